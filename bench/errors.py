@@ -1,0 +1,32 @@
+"""Errors with an exit code. The CLI prints their message as one line, without a traceback.
+
+Exit codes (house rule): 2 for bad input, 1 for a failed check, 0 for success.
+"""
+
+
+class TwinbenchError(Exception):
+    """Base class: a message meant for the user, and the exit code that goes with it."""
+
+    exit_code = 1
+
+
+class UserError(TwinbenchError):
+    """Bad input: a path, a value or an option the user can fix. Exit code 2."""
+
+    exit_code = 2
+
+
+class CheckFailed(TwinbenchError):
+    """A check ran and failed (parity out of tolerance, manifest changed, regression). Exit 1."""
+
+    exit_code = 1
+
+
+class WorkerError(TwinbenchError):
+    """A framework worker crashed or failed. Exit 1 unless it reported a user error."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -1,0 +1,179 @@
+"""Start a framework worker in its own process, hand it a job, read back its result.
+
+One process, one framework: importing tensorflow and then torch in one process segfaults here
+(TF 2.21 + torch 2.14.1), and separate processes also give each side its own allocator and its
+own peak memory. A job crosses as ``job.json``; a result comes back as ``result.json`` plus an
+optional ``arrays.npz``, both written atomically by the worker (``bench.workerproto``).
+
+A worker that crashes (segfault, out of memory, exception) becomes a :class:`WorkerError` naming
+the framework, the exit status and the last lines the worker wrote on stderr; never a hang.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench import atomic
+from bench.errors import UserError, WorkerError
+
+FRAMEWORKS = ("tf", "torch")
+FRAMEWORK_LABELS = {"tf": "TensorFlow", "torch": "PyTorch"}
+STDERR_TAIL_LINES = 15
+
+
+@dataclass
+class WorkerConfig:
+    """How to start workers: which Python per framework, threads, extra environment."""
+
+    tf_python: str = field(default_factory=lambda: os.environ.get("TWINBENCH_TF_PYTHON", sys.executable))
+    torch_python: str = field(default_factory=lambda: os.environ.get("TWINBENCH_TORCH_PYTHON", sys.executable))
+    threads: int | None = None  # intra-op threads on both sides; None: all cores
+    quiet: bool = False  # do not echo the worker's stderr (progress) to ours
+    env: dict[str, str] = field(default_factory=dict)
+
+    def python(self, framework: str) -> str:
+        return self.tf_python if framework == "tf" else self.torch_python
+
+
+@dataclass
+class WorkerResult:
+    result: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+    job_dir: Path
+
+
+def check_framework(framework: str) -> str:
+    if framework not in FRAMEWORKS:
+        raise UserError(f"unknown framework {framework!r}: choose one of {', '.join(FRAMEWORKS)}")
+    return framework
+
+
+def worker_env(config: WorkerConfig) -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ info lines drown the progress output
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    if config.threads:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            env[var] = str(config.threads)
+        env["TWINBENCH_THREADS"] = str(config.threads)
+    # The workers import bench and their own package from this source tree even when the
+    # worker Python is another interpreter (--tf-python / --torch-python).
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.update(config.env)
+    return env
+
+
+def run_worker(
+    framework: str,
+    task: str,
+    args: dict[str, Any],
+    *,
+    arrays: dict[str, np.ndarray] | None = None,
+    job_dir: str | os.PathLike | None = None,
+    config: WorkerConfig | None = None,
+    timeout: float | None = None,
+) -> WorkerResult:
+    """Run ``task`` in the ``framework`` worker and return its result.
+
+    ``args`` must be JSON-serialisable; ``arrays`` travel as ``inputs.npz`` beside the job.
+    Raises WorkerError (the worker failed) or UserError (the worker rejected the input).
+    """
+    check_framework(framework)
+    config = config or WorkerConfig()
+    if job_dir is None:
+        job_dir = Path(tempfile.mkdtemp(prefix=f"twinbench-{framework}-{task}-"))
+    job_dir = Path(job_dir)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("result.json", "arrays.npz"):
+        (job_dir / stale).unlink(missing_ok=True)
+    job = {"framework": framework, "task": task, "args": args, "threads": config.threads}
+    if arrays:
+        atomic.write_npz(job_dir / "inputs.npz", arrays)
+        job["inputs"] = "inputs.npz"
+    job_path = job_dir / "job.json"
+    atomic.write_json(job_path, job)
+
+    label = FRAMEWORK_LABELS[framework]
+    cmd = [config.python(framework), "-m", f"{framework}_impl.worker", str(job_path)]
+    tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+    try:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env=worker_env(config), text=True, errors="replace")
+    except OSError as exc:
+        raise UserError(f"cannot start the {label} worker with {config.python(framework)!r}: {exc.strerror}; "
+                        f"pass a working Python with --{framework}-python") from None
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            tail.append(line.rstrip("\n"))
+            if not config.quiet:
+                sys.stderr.write(line)
+                sys.stderr.flush()
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        returncode = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        reader.join(timeout=5)
+        raise WorkerError(f"{label} worker ({task}) did not finish within {timeout:.0f} s and was killed; "
+                          f"last output:\n" + "\n".join(tail)) from None
+    except KeyboardInterrupt:
+        # Ctrl-C reaches the worker too (same process group); give it a moment to stop cleanly.
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
+    reader.join(timeout=5)
+
+    result_path = job_dir / "result.json"
+    payload: dict[str, Any] | None = None
+    if result_path.exists():
+        try:
+            payload = json.loads(result_path.read_text())
+        except (OSError, ValueError):
+            payload = None
+    if payload is not None and not payload.get("ok", False):
+        message = payload.get("error", "unknown error")
+        if payload.get("user_error"):
+            raise UserError(message)
+        raise WorkerError(f"{label} worker ({task}) failed: {message}\n" + "\n".join(tail), exit_code=1)
+    if returncode != 0 or payload is None:
+        raise WorkerError(f"{label} worker ({task}) {describe_exit(returncode)}; last output:\n"
+                          + ("\n".join(tail) if tail else "(nothing)"))
+    arrays_out: dict[str, np.ndarray] = {}
+    if payload.get("arrays"):
+        with np.load(job_dir / payload["arrays"], allow_pickle=False) as data:
+            arrays_out = {k: data[k] for k in data.files}
+    return WorkerResult(payload.get("result", {}), arrays_out, job_dir)
+
+
+def describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        hint = " (out of memory?)" if name == "SIGKILL" else ""
+        return f"was killed by {name}{hint}"
+    if returncode == 0:
+        return "exited without writing a result"
+    return f"exited with code {returncode}"

@@ -1,0 +1,125 @@
+"""TensorFlow worker: ``python -m tf_impl.worker JOB.json``.
+
+TensorFlow is imported first and torch never (TF 2.21 then torch 2.14.1 segfaults here).
+Tasks are looked up in TASKS, an explicit table; each lives beside its subject.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf  # noqa: E402  (first, before anything that might pull in another framework)
+
+import numpy as np  # noqa: E402
+
+from bench.errors import UserError  # noqa: E402
+from bench.workerproto import serve, threads_from_env  # noqa: E402
+
+TASKS = {
+    "info": "tf_impl.worker:info",
+    "forward": "tf_impl.worker:forward",
+    "export": "tf_impl.worker:export",
+    "convert": "tf_impl.worker:convert",
+}
+
+
+def setup_threads() -> None:
+    threads = threads_from_env()
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
+    for gpu in tf.config.list_physical_devices("GPU"):
+        tf.config.experimental.set_memory_growth(gpu, True)  # the seed does this too
+
+
+def info(args, inputs, job_dir):
+    import keras
+
+    return {
+        "framework": "tf",
+        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+        "devices": [d.name for d in tf.config.list_logical_devices()],
+        "gpus": [tf.config.experimental.get_device_details(g).get("device_name", g.name)
+                 for g in tf.config.list_physical_devices("GPU")],
+        "threads": {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+                    "inter_op": tf.config.threading.get_inter_op_parallelism_threads()},
+        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
+    }, None
+
+
+def _model_and_bundle(args):
+    """Build the model named by ``args`` and load ``args['weights']`` (a bundle or other file)."""
+    import keras
+
+    from bench.spec import spec_from_args
+    from tf_impl import model as tfm
+    from tf_impl import weights as tfw
+
+    spec = spec_from_args(args)
+    dtype = args.get("dtype", "float32")
+    keras.utils.set_random_seed(int(args.get("seed", 0)))
+    model = tfm.build(spec, dtype=dtype)
+    if args.get("weights"):
+        bundle = tfw.load_file(args["weights"], spec, skip_head=bool(args.get("skip_head")))
+        tfw.from_bundle(model, spec, bundle, source=args["weights"], skip_head=bool(args.get("skip_head")))
+    return spec, model
+
+
+def forward(args, inputs, job_dir):
+    """Inference forward pass: logits, probabilities, counts, names and probe-point shapes."""
+    from tf_impl import model as tfm
+
+    spec, model = _model_and_bundle(args)
+    x = tf.constant(inputs["x"], dtype=args.get("dtype", "float32"))
+    features = tfm.features_model(model, spec)(x, training=False)
+    logits = tfm.logits(model, spec, features)
+    probs = model(x, training=False)
+    trainable = int(sum(int(tf.size(w)) for w in model.trainable_weights))
+    non_trainable = int(sum(int(tf.size(w)) for w in model.non_trainable_weights))
+    shapes = {p: list(model.get_layer(tfm.block_output_layer(spec, p)).output.shape[1:])
+              for p in spec.probe_points if p != "logits"}
+    result = {
+        "params": {"total": trainable + non_trainable, "trainable": trainable, "non_trainable": non_trainable},
+        "weighted_layers": [layer.name for layer in model.layers if layer.weights],
+        "layers": [layer.name for layer in model.layers],
+        "shapes": shapes,
+    }
+    return result, {"logits": np.asarray(logits), "probs": np.asarray(probs), "features": np.asarray(features)}
+
+
+def export(args, inputs, job_dir):
+    """Build (Keras' own initialisers, or ``weights``) and write the model's bundle to ``out``."""
+    from tf_impl import weights as tfw
+
+    spec, model = _model_and_bundle(args)
+    tfw.to_bundle(model, spec, source=args.get("weights") or "keras init").save(args["out"])
+    return {"out": args["out"]}, None
+
+
+def convert(args, inputs, job_dir):
+    """Any weight file this side reads -> any it writes (.npz bundle, legacy .h5, .weights.h5)."""
+    from bench.spec import spec_from_args
+    from bench.weights import weight_format, write_legacy_h5
+    from tf_impl import weights as tfw
+
+    spec = spec_from_args(args)
+    bundle = tfw.load_file(args["src"], spec)
+    bundle.check(spec, source=args["src"])
+    fmt = weight_format(args["dst"], must_exist=False)
+    if fmt == "bundle":
+        bundle.save(args["dst"])
+    elif fmt == "legacy_h5":
+        write_legacy_h5(bundle, args["dst"], spec)
+    elif fmt == "keras_h5":
+        tfw.save_file(bundle, args["dst"], spec)
+    else:
+        raise UserError(f"{args['dst']}: the TF worker does not write {fmt}")
+    return {"layers": len(bundle.layer_names()), "tensors": len(bundle.arrays)}, None
+
+
+if __name__ == "__main__":
+    setup_threads()
+    sys.exit(serve(TASKS))
