@@ -17,11 +17,17 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/twinbench run
 
+# Three pytest processes: framework-free tests (workers in subprocesses), then the TF and the
+# torch in-process tests. One process never imports both frameworks (see tests/conftest.py).
 test: $(STAMP)
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" --framework none $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" --framework torch $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" --framework tf $(PYTEST_ARGS)
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+	$(PY) -m pytest -m slow --framework none $(PYTEST_ARGS)
+	$(PY) -m pytest -m slow --framework torch $(PYTEST_ARGS)
+	$(PY) -m pytest -m slow --framework tf $(PYTEST_ARGS)
 
 gpu-check:
 	python3 -m bench.gpu_check

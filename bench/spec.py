@@ -352,3 +352,110 @@ def spec_from_args(args: dict) -> ModelSpec:
     """The spec named by a job's model arguments (what every worker task receives)."""
     return build_spec(args.get("model", "resnet50"), int(args.get("classes", 1000)),
                       int(args.get("input_size", 224)), args.get("pooling", "avg7"))
+
+
+# ---- resnet50_c3 ----------------------------------------------------------------------------------
+C3_HIDDEN_RATIO = 0.5  # YOLOv5: C3(c1, c2, n, e=0.5) -> c_ = int(c2 * e)
+
+
+def resnet50_c3_blocks() -> tuple[BlockSpec, ...]:
+    """The four stages of ``resnet50_c3``: ResNet-50 with each stage rebuilt as a YOLOv5-style C3
+    stage of ResNet bottleneck units. Filters are (f1, f2, c_, c2); ``depth`` is the unit count.
+
+    The seed's third task asks whether ResNet's residual module can be merged into YOLOv5's C3
+    (CSP bottleneck with 3 convolutions). ``resnet50_c3`` keeps the seed's stem and head unchanged
+    and replaces each of the four stages (depths 3, 4, 6, 3) by ONE stage block of kind ``c3_block``:
+
+        y = relu(bn(cv3(concat(m(cv1(x)), cv2(x)))))      cv1, cv2: relu(bn(conv1x1(x)))
+        m = n ResNet bottleneck units on c_ channels:      u(h) = relu(h + bn3(conv3(relu(bn2(conv2(
+                                                                    relu(bn1(conv1(h)))))))))
+
+    Design choices, and why:
+
+    - Widths. A stage's output width c2 is the seed's (256, 512, 1024, 2048), so every probe shape
+      equals ResNet-50's and the seed's head (AveragePooling2D(7) + fc1000 on 2048 features) is
+      unchanged. The hidden width is YOLOv5's ``c_ = c2 * 0.5``: cv1 and cv2 each carry half the
+      channels, and the bottleneck units run on cv1's half only (the cross-stage partial split).
+      Inside a unit the 1x1 -> 3x3 widths stay the seed's (64, 128, 256, 512), so the 3x3 convs -
+      the spatial work - are ResNet-50's, and a unit is 128 -> 64 -> 64 -> 128 in stage 2 (expansion
+      2 instead of 4). That is how CSPNet's CSPResNet-50 sizes its units (timm's ``cspresnet50``:
+      bottle_ratio 0.5 on the split half), and it keeps the model at ResNet-50's budget (26.85M
+      parameters, +4.7%; 7.89 GFLOPs at 224 px, +2.9%), so a difference in accuracy reflects the
+      topology rather than the size. Halving the units' widths as well (32 -> 32 -> 128 in stage 2)
+      would give 15.83M parameters and 4.32 GFLOPs: a different question (a smaller model).
+    - Stride. Downsampling sits at the stage entry, on the two 1x1 entry convs cv1 and cv2 (stride 2
+      in stages 3-5), just as the seed's conv_block strides its first 1x1 and its 1x1 shortcut
+      (ResNet v1). All units then see c_ -> c_ at the stage's output size, so every unit has an
+      IDENTITY shortcut and no projection conv (C3 needs none: cv1 already maps c1 -> c_).
+    - Activation. ReLU everywhere, also in cv1/cv2/cv3 where YOLOv5's ``Conv`` uses SiLU: one
+      activation across the whole network, so that resnet50 vs resnet50_c3 isolates the C3
+      topology; the seed is a ReLU network. The units keep ResNet's ReLU after the add (YOLOv5's
+      own Bottleneck has none); the stage output is cv3's ReLU.
+    - Bias. cv1, cv2, cv3 are YOLOv5 ``Conv``s: no bias (BN follows, a bias would be absorbed by
+      beta). The units are the seed's identity_block verbatim, so their convs keep Keras' default
+      bias (``use_bias=True``). BN everywhere uses the Keras defaults (BN_EPSILON, BN_MOMENTUM).
+    - Probe points: one per stage (``2``..``5``), the stage's output, not one per unit: a C3 stage
+      is not a chain of units (cv2's half bypasses all of them and joins at the concat), so a unit
+      output is not a point where both models hold the same tensor as the next block's input, and
+      four stage points line up one to one with the ends of ResNet-50's stages (2c, 3d, 4f, 5c).
+      Each unit is still a residual unit with its own F(x) and identity shortcut, for per-unit
+      branch-to-shortcut ratios (torch ``C3Stage.unit_branches``; Keras ``<prefix>m<i>_add``).
+
+    Canonical names follow the seed's scheme ``<block id>_<kind>_<layer>``: block ids are the stage
+    numbers, e.g. ``3_c3_block_cv1_conv``, ``3_c3_block_cv1_bn``, ``3_c3_block_m0_conv1`` ..
+    ``3_c3_block_m3_bn3``, ``3_c3_block_cv3_bn``; activations ``..._cv1_relu``, ``..._m0_relu1``,
+    ``..._m0_add``, ``..._m0_relu4`` (the unit's names are the seed's identity_block names),
+    ``..._concat``, ``..._cv3_relu`` (the stage's output). A layer's ``local`` is its dotted torch
+    path inside the stage module (``cv1.conv``, ``m.0.conv1``, ``cv3.bn``), YOLOv5's own structure.
+    """
+    blocks = []
+    in_ch = 64
+    for stage, (f1, f2, f3), count, stride in RESNET50_STAGES:
+        hidden = int(f3 * C3_HIDDEN_RATIO)
+        blocks.append(BlockSpec(str(stage), "c3_block", stage, in_ch, (f1, f2, hidden, f3), 3, stride, depth=count))
+        in_ch = f3
+    return tuple(blocks)
+
+
+def c3_unit_prefix(block: BlockSpec, unit: int) -> str:
+    """Canonical name prefix of a C3 stage's ``unit``-th bottleneck (``2_c3_block_m0_``)."""
+    return f"{block.prefix}m{unit}_"
+
+
+def c3_unit_layers(block: BlockSpec) -> list[list[Layer]]:
+    """A C3 stage's bottleneck units, each as its six layers (conv1, bn1, conv2, bn2, conv3, bn3)."""
+    units: dict[int, list[Layer]] = {}
+    for layer in block.layers():
+        if layer.local.startswith("m."):
+            units.setdefault(int(layer.local.split(".")[1]), []).append(layer)
+    return [units[i] for i in sorted(units)]
+
+
+def _c3_layers(block: BlockSpec) -> list[Layer]:
+    """cv1, cv2 (strided 1x1 entry convs), ``depth`` bottleneck units on c_ channels, cv3."""
+    f1, f2, hidden, c2 = block.filters
+    p, b, k, s = block.prefix, block.id, block.kernel_size, block.strides
+
+    def conv_bn(name: str, cin: int, cout: int, stride: int) -> list[Layer]:
+        # YOLOv5's Conv: conv without bias, then BN (the activation is not a weighted layer).
+        return [Layer(f"{p}{name}_conv", "conv", b, f"{name}.conv", cin, cout, 1, stride, use_bias=False),
+                Layer(f"{p}{name}_bn", "bn", b, f"{name}.bn", cout, cout)]
+
+    layers = conv_bn("cv1", block.in_channels, hidden, s) + conv_bn("cv2", block.in_channels, hidden, s)
+    for i in range(block.depth):
+        up, lp = c3_unit_prefix(block, i), f"m.{i}."
+        layers += [
+            Layer(up + "conv1", "conv", b, lp + "conv1", hidden, f1, 1, 1),
+            Layer(up + "bn1", "bn", b, lp + "bn1", f1, f1),
+            Layer(up + "conv2", "conv", b, lp + "conv2", f1, f2, k, 1, "same"),
+            Layer(up + "bn2", "bn", b, lp + "bn2", f2, f2),
+            Layer(up + "conv3", "conv", b, lp + "conv3", f2, hidden, 1, 1),
+            Layer(up + "bn3", "bn", b, lp + "bn3", hidden, hidden),
+        ]
+    return layers + conv_bn("cv3", 2 * hidden, c2, 1)
+
+
+BLOCK_LAYERS["c3_block"] = _c3_layers
+# Every conv of a C3 stage runs at the stage's output size (the stride is on the 1x1 entry convs).
+BLOCK_FLOPS["c3_block"] = _plain_block_flops
+MODELS["resnet50_c3"] = resnet50_c3_blocks

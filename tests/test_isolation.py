@@ -1,0 +1,79 @@
+"""bench never imports a framework; the runner turns worker crashes into clear errors."""
+
+from __future__ import annotations
+
+import os
+import pkgutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import bench
+from bench.errors import UserError, WorkerError
+from bench.runner import WorkerConfig, run_worker
+
+FRAMEWORK_MODULES = ("tensorflow", "keras", "torch", "torchvision")
+# Standalone scripts for machines with one framework only; never imported by the CLI.
+STANDALONE = {"bench.gpu_check"}
+
+
+def test_bench_imports_no_framework():
+    modules = [f"bench.{m.name}" for m in pkgutil.iter_modules(bench.__path__)
+               if f"bench.{m.name}" not in STANDALONE]
+    code = ("import importlib, sys\n"
+            f"for m in {modules!r}: importlib.import_module(m)\n"
+            "from bench.cli import build_parser; build_parser()\n"
+            f"bad = [m for m in {FRAMEWORK_MODULES!r} if m in sys.modules]\n"
+            "print(','.join(bad))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "bench.cli" in modules and "bench.runner" in modules
+    assert out.stdout.strip() == "", f"bench imported {out.stdout.strip()}"
+
+
+def fake_python(tmp_path: Path, body: str) -> str:
+    """An executable that stands in for a worker's Python."""
+    path = tmp_path / "fake-python"
+    path.write_text("#!/usr/bin/env bash\n" + body + "\n")
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return str(path)
+
+
+def test_segfaulting_worker_names_framework_and_last_lines(tmp_path):
+    py = fake_python(tmp_path, 'echo "loading model"; echo "oneDNN exploded" >&2; kill -SEGV $$')
+    config = WorkerConfig(tf_python=py, quiet=True)
+    with pytest.raises(WorkerError) as err:
+        run_worker("tf", "forward", {}, config=config, job_dir=tmp_path / "job")
+    text = str(err.value)
+    assert text.startswith("TensorFlow worker (forward) was killed by SIGSEGV")
+    assert "oneDNN exploded" in text and "loading model" in text
+
+
+def test_worker_exiting_nonzero_is_reported(tmp_path):
+    py = fake_python(tmp_path, 'echo "CUDA out of memory" >&2; exit 3')
+    with pytest.raises(WorkerError, match=r"PyTorch worker \(train\) exited with code 3(.|\n)*CUDA out of memory"):
+        run_worker("torch", "train", {}, config=WorkerConfig(torch_python=py, quiet=True), job_dir=tmp_path / "j")
+
+
+def test_hanging_worker_is_killed_at_the_timeout(tmp_path):
+    py = fake_python(tmp_path, "sleep 30")
+    with pytest.raises(WorkerError, match="did not finish within 1 s"):
+        run_worker("torch", "info", {}, config=WorkerConfig(torch_python=py, quiet=True), timeout=1)
+
+
+def test_missing_python_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="--tf-python"):
+        run_worker("tf", "info", {}, config=WorkerConfig(tf_python=str(tmp_path / "nope"), quiet=True))
+
+
+def test_unknown_framework_is_a_user_error():
+    with pytest.raises(UserError, match="unknown framework 'jax'"):
+        run_worker("jax", "info", {})
+
+
+def test_worker_user_error_comes_back_as_user_error(tmp_path):
+    # A real torch worker, asked for a model that does not exist: exit 2 material, no traceback.
+    with pytest.raises(UserError, match="unknown pooling 'max'"):
+        run_worker("torch", "forward", {"pooling": "max"}, config=WorkerConfig(quiet=True), job_dir=tmp_path)
