@@ -432,7 +432,9 @@ def c3_unit_layers(block: BlockSpec) -> list[list[Layer]]:
 
 
 def _c3_layers(block: BlockSpec) -> list[Layer]:
-    """cv1, cv2 (strided 1x1 entry convs), ``depth`` bottleneck units on c_ channels, cv3."""
+    """cv1, ``depth`` bottleneck units on c_ channels, cv2, cv3: the order in which YOLOv5's
+    forward runs them (``cv3(cat(m(cv1(x)), cv2(x)))``) and Keras lists them (depth-first from
+    the output, concat inputs in order), so spec, Keras and torch list the layers alike."""
     f1, f2, hidden, c2 = block.filters
     p, b, k, s = block.prefix, block.id, block.kernel_size, block.strides
 
@@ -441,7 +443,7 @@ def _c3_layers(block: BlockSpec) -> list[Layer]:
         return [Layer(f"{p}{name}_conv", "conv", b, f"{name}.conv", cin, cout, 1, stride, use_bias=False),
                 Layer(f"{p}{name}_bn", "bn", b, f"{name}.bn", cout, cout)]
 
-    layers = conv_bn("cv1", block.in_channels, hidden, s) + conv_bn("cv2", block.in_channels, hidden, s)
+    layers = conv_bn("cv1", block.in_channels, hidden, s)
     for i in range(block.depth):
         up, lp = c3_unit_prefix(block, i), f"m.{i}."
         layers += [
@@ -452,7 +454,7 @@ def _c3_layers(block: BlockSpec) -> list[Layer]:
             Layer(up + "conv3", "conv", b, lp + "conv3", f2, hidden, 1, 1),
             Layer(up + "bn3", "bn", b, lp + "bn3", hidden, hidden),
         ]
-    return layers + conv_bn("cv3", 2 * hidden, c2, 1)
+    return layers + conv_bn("cv2", block.in_channels, hidden, s) + conv_bn("cv3", 2 * hidden, c2, 1)
 
 
 BLOCK_LAYERS["c3_block"] = _c3_layers

@@ -272,6 +272,10 @@ def write_legacy_h5(bundle: WeightBundle, path: str | Path, spec: ModelSpec,
     import h5py
 
     bundle.check(spec)
+    if any(block.kind not in ("conv_block", "identity_block") for block in spec.blocks):
+        # keras-applications names exist for ResNet-50's blocks only (resnet50_c3 has no place there).
+        raise UserError(f"{path}: the legacy Keras .h5 layout holds ResNet-50 only; write {spec.name} "
+                        f"as .npz, .pt or .weights.h5")
 
     def weight_names(app: str, layer) -> list[str]:
         if weight_style == "keras1":

@@ -116,7 +116,8 @@ def block_output_layer(spec: ModelSpec, point: str) -> str:
     if point == "probs":
         return spec.head_layers()[0].name
     block = next(b for b in spec.blocks if b.id == point)
-    return block.prefix + "relu4"
+    output = BLOCK_OUTPUTS.get(block.kind)  # ResNet's blocks end in '<prefix>relu4'
+    return output(block) if output else block.prefix + "relu4"
 
 
 def features_model(model: keras.Model, spec: ModelSpec) -> keras.Model:
@@ -131,3 +132,45 @@ def logits(model: keras.Model, spec: ModelSpec, features):
     if dense.use_bias:
         out = out + keras.ops.cast(dense.bias, features.dtype)
     return out
+
+
+# ---- resnet50_c3 ----------------------------------------------------------------------------------
+# C3 stages of ResNet bottleneck units; the design and its reasons: bench.spec.resnet50_c3_blocks.
+def _conv_bn_relu(x, block: BlockSpec, name: str, dtype: str):
+    """YOLOv5's Conv (conv without bias -> BN -> activation), with ReLU where YOLOv5 has SiLU."""
+    by_local = {layer.local: layer for layer in block.layers()}
+    x = _conv(by_local[f"{name}.conv"], dtype)(x)
+    x = _bn(by_local[f"{name}.bn"].name, dtype)(x)
+    return layers.Activation("relu", name=f"{block.prefix}{name}_relu", dtype=dtype)(x)
+
+
+def _c3_unit(h, unit: list[specs.Layer], prefix: str, dtype: str):
+    """One bottleneck unit: the seed's identity_block, named ``<prefix>conv1`` .. ``<prefix>relu4``."""
+    x = h
+    for i in (1, 2, 3):
+        conv, bn = unit[2 * i - 2], unit[2 * i - 1]
+        x = _conv(conv, dtype)(x)
+        x = _bn(bn.name, dtype)(x)
+        if i < 3:
+            x = layers.Activation("relu", name=f"{prefix}relu{i}", dtype=dtype)(x)
+    x = layers.add([x, h], name=prefix + "add", dtype=dtype)
+    return layers.Activation("relu", name=prefix + "relu4", dtype=dtype)(x)
+
+
+def c3_block(input_tensor, block: BlockSpec, dtype: str = "float32"):
+    """cv3(concat(m(cv1(x)), cv2(x))): the units run on cv1's half, cv2's half bypasses them."""
+    y = _conv_bn_relu(input_tensor, block, "cv1", dtype)
+    for i, unit in enumerate(specs.c3_unit_layers(block)):
+        y = _c3_unit(y, unit, specs.c3_unit_prefix(block, i), dtype)
+    bypass = _conv_bn_relu(input_tensor, block, "cv2", dtype)
+    # YOLOv5 concatenates m's output first: torch.cat((m(cv1(x)), cv2(x)), 1).
+    x = layers.Concatenate(axis=-1, name=block.prefix + "concat", dtype=dtype)([y, bypass])
+    return _conv_bn_relu(x, block, "cv3", dtype)
+
+
+BLOCK_BUILDERS["c3_block"] = c3_block
+
+# Block kind -> its output layer's name, where that is not '<prefix>relu4' (used by block_output_layer).
+BLOCK_OUTPUTS = {
+    "c3_block": lambda block: block.prefix + "cv3_relu",
+}

@@ -59,12 +59,17 @@ class KerasBatchNorm2d(nn.BatchNorm2d):
         if not (self.training and self.biased_variance and self.track_running_stats):
             return super().forward(x)
         n = x.numel() // x.shape[1]
+        # batch_norm saves the running buffers it is given for its backward: updating those same
+        # tensors in place afterwards fails loss.backward(). It updates copies; we write them back.
         old = self.running_var.detach().clone()
-        out = super().forward(x)
+        running_mean, running_var = self.running_mean.clone(), old.clone()
+        out = F.batch_norm(x, running_mean, running_var, self.weight, self.bias, True, self.momentum, self.eps)
         with torch.no_grad():
             keep = 1.0 - self.momentum
-            increment = self.running_var - keep * old  # m * var_unbiased
+            increment = running_var - keep * old  # m * var_unbiased
+            self.running_mean.copy_(running_mean)
             self.running_var.copy_(keep * old + increment * ((n - 1) / n))
+            self.num_batches_tracked.add_(1)
         return out
 
 
@@ -188,3 +193,78 @@ def param_count(model: nn.Module) -> dict[str, int]:
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     stats = sum(b.numel() for name, b in model.named_buffers() if name.endswith(("running_mean", "running_var")))
     return {"total": trainable + frozen + stats, "trainable": trainable, "non_trainable": frozen + stats}
+
+
+# ---- resnet50_c3 ----------------------------------------------------------------------------------
+# C3 stages of ResNet bottleneck units; the design and its reasons: bench.spec.resnet50_c3_blocks.
+# Children mirror YOLOv5's C3 (cv1, m, cv2, cv3), so the spec's dotted locals are module paths;
+# they are registered in the spec's order (the order the forward runs them), as Keras lists them.
+class ConvBnRelu(nn.Module):
+    """YOLOv5's Conv (conv without bias -> BN -> activation), with ReLU where YOLOv5 has SiLU."""
+
+    def __init__(self, conv: Layer, bn: Layer, align: Alignment = Alignment()):
+        super().__init__()
+        self.conv = _conv(conv, align)
+        self.bn = _bn(bn, align)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.conv(x)))
+
+
+class C3Unit(nn.Module):
+    """One bottleneck unit: the seed's identity_block (1x1 -> 3x3 -> 1x1, identity shortcut)."""
+
+    def __init__(self, unit: list[Layer], align: Alignment = Alignment()):
+        super().__init__()
+        conv1, bn1, conv2, bn2, conv3, bn3 = unit
+        self.conv1, self.bn1 = _conv(conv1, align), _bn(bn1, align)
+        self.conv2, self.bn2 = _conv(conv2, align), _bn(bn2, align)
+        self.conv3, self.bn3 = _conv(conv3, align), _bn(bn3, align)
+
+    def branches(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(residual branch F(x), shortcut(x) = x), before the add."""
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = F.relu(self.bn2(self.conv2(y)))
+        return self.bn3(self.conv3(y)), x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, shortcut = self.branches(x)
+        return F.relu(y + shortcut)
+
+
+class C3Stage(nn.Module):
+    """cv3(cat(m(cv1(x)), cv2(x))): ``depth`` units on cv1's half; cv2's half bypasses them.
+
+    The stride sits on cv1 and cv2 (the stage's 1x1 entry convs, as the seed's conv_block), so
+    ``Alignment.stride_on_3x3`` (a ResNet v1.5 ablation) has no C3 counterpart and is ignored.
+    """
+
+    def __init__(self, block: BlockSpec, align: Alignment = Alignment()):
+        super().__init__()
+        by_local = {layer.local: layer for layer in block.layers()}
+        self.cv1 = ConvBnRelu(by_local["cv1.conv"], by_local["cv1.bn"], align)
+        self.m = nn.Sequential(*(C3Unit(unit, align) for unit in specs.c3_unit_layers(block)))
+        self.cv2 = ConvBnRelu(by_local["cv2.conv"], by_local["cv2.bn"], align)
+        self.cv3 = ConvBnRelu(by_local["cv3.conv"], by_local["cv3.bn"], align)
+        self.unit_names = [specs.c3_unit_prefix(block, i).rstrip("_") for i in range(len(self.m))]
+
+    def unit_branches(self, x: torch.Tensor) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+        """(unit name, F(h), shortcut h) for each residual unit, as the stage runs on input ``x``.
+
+        A stage has no residual add of its own (its skip is cv2's half, joined by a concat), so
+        the residual structure lives in the units: ``2_c3_block_m0`` .. per stage.
+        """
+        out = []
+        h = self.cv1(x)
+        for name, unit in zip(self.unit_names, self.m):
+            y, shortcut = unit.branches(h)
+            out.append((name, y, shortcut))
+            h = F.relu(y + shortcut)
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # YOLOv5 concatenates m's output first; dim 1 is channels in NCHW.
+        return self.cv3(torch.cat((self.m(self.cv1(x)), self.cv2(x)), dim=1))
+
+
+BLOCK_MODULES["c3_block"] = C3Stage
