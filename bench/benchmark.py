@@ -1,0 +1,889 @@
+"""Throughput and memory of both frameworks, measured fairly, against their own ResNet-50s and the
+machine's measured peak.
+
+    twinbench bench --quick             # the subset `make run` uses: 64 px, fp32, eager (< 2 min, 2 cores)
+    twinbench bench                     # the CPU matrix at 224 px, batch 8 (long: every jit row compiles)
+    twinbench bench --batch 8,32 --precision fp32,bf16 --layout nhwc,nchw --compile eager,jit
+    twinbench bench --precision fp32,tf32,bf16,fp16 --batch 256     # on a GPU
+    twinbench bench --data runs/demo/manifest.json                  # adds the end-to-end rows
+    twinbench bench --compare 0001 --compare-fail median:5%         # gate on a stored run
+
+The matrix: framework x model (ours, and the framework's own ``torchvision.models.resnet50`` /
+``keras.applications.ResNet50(weights=None)``) x mode (train, infer) x batch x precision (fp32;
+tf32, GPU only; bf16 mixed: torch autocast / Keras ``mixed_bfloat16``; fp16 mixed with loss
+scaling, GPU only) x layout (nhwc: TF's native NHWC, torch ``channels_last``; nchw: torch only)
+x compilation (eager: torch eager / TF ``tf.function`` without XLA, what Keras' ``fit`` runs on
+a CPU; jit: ``torch.compile`` / ``tf.function(jit_compile=True)``) x input (synthetic batches
+already on the device, or the manifest pipeline: NVIDIA's compute_ips vs total_ips).
+
+Measurement rules (each tested where a test can show it):
+
+- warm-up steps (tracing, compilation, autotuning, the first batch) are timed apart and never
+  counted in throughput; the first step's time is reported as the compile/trace time;
+- a framework device sync before every clock read, on CPU too (``torch.cuda.synchronize`` or
+  ``torch.cpu.synchronize``; TF ``tf.test.experimental.sync_devices``, else fetching the result);
+- throughput = images / synced time of a window of steps (never a mean of per-step rates);
+  at least :data:`MIN_REPEATS` windows; median and interquartile range over the windows;
+- memory in a separate loop after resetting the peak counters (GPU: the allocator's peak; CPU:
+  the worker's peak RSS, ``VmHWM`` reset through ``/proc/self/clear_refs``);
+- the batch actually fed is recorded; out of memory is a failed row with a clear message, never
+  a silently smaller batch (timm's retry-smaller habit makes the number lie about its batch);
+- one worker process per row (own allocator, own peak), equal intra-op threads on both sides.
+
+This module is framework-free AND numpy-free at import: ``bench/gpu_check.py`` reuses the timing
+loop, statistics and FLOP counts on a machine where only PyTorch is installed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from bench.errors import CheckFailed, UserError
+from bench.spec import build_spec, resnet50_blocks
+
+FRAMEWORKS = ("tf", "torch")
+MODELS = ("ours", "reference")
+MODES = ("train", "infer")
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+GPU_ONLY_PRECISIONS = ("tf32", "fp16")
+LAYOUTS = ("nhwc", "nchw")
+COMPILES = ("eager", "jit")
+INPUTS = ("synthetic", "pipeline")
+MIN_REPEATS = 5  # the issue's floor: median and IQR need at least five windows to mean anything
+
+# What each axis value is, per framework (printed and stored with every row).
+REFERENCE_MODELS = {"torch": "torchvision.models.resnet50", "tf": "keras.applications.ResNet50"}
+COMPILE_LABELS = {("torch", "eager"): "eager", ("torch", "jit"): "torch.compile",
+                  ("tf", "eager"): "tf.function", ("tf", "jit"): "tf.function+XLA"}
+LAYOUT_LABELS = {("torch", "nhwc"): "channels_last", ("torch", "nchw"): "NCHW",
+                 ("tf", "nhwc"): "NHWC", ("tf", "nchw"): "NCHW"}
+# Peak-matmul dtype that bounds each precision (MFU divides by the matching peak).
+PEAK_DTYPE = {"fp32": "fp32", "tf32": "tf32", "bf16": "bf16", "fp16": "fp16"}
+
+# Targets from the issue, printed beside the measured ratios.
+TARGET_OURS_VS_REFERENCE = 0.97
+TARGET_END_TO_END = 0.95
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One benchmark run's matrix and loop sizes. Defaults: the CPU matrix at the seed's size."""
+
+    frameworks: tuple[str, ...] = FRAMEWORKS
+    models: tuple[str, ...] = MODELS
+    modes: tuple[str, ...] = MODES
+    batches: tuple[int, ...] = (8,)  # the seed's batch
+    precisions: tuple[str, ...] = ("fp32", "bf16")  # add tf32,fp16 on a GPU
+    layouts: tuple[str, ...] = LAYOUTS
+    compiles: tuple[str, ...] = COMPILES
+    inputs: tuple[str, ...] = ("synthetic",)  # "pipeline" needs a manifest
+    input_size: int = 224
+    pooling: str = "avg7"  # ours; the references always pool globally (equal at 224 px)
+    classes: int = 1000  # the seed keeps the 1000-way ImageNet head
+    arch: str = "resnet50"  # our model's bench.spec architecture; the references are ResNet-50s
+    warmup: int = 3  # steps before timing: tracing/compile, oneDNN/cuDNN autotuning, caches
+    repeats: int = 5  # timed windows
+    steps: int = 5  # steps per window
+    memory_steps: int = 3  # steps of the separate memory loop
+    device: str = "auto"  # auto: the first GPU if the framework sees one, else the CPU
+    manifest: str | None = None
+    peak_size: int = 0  # matmul side for the machine peak; 0: 2048 on CPU, 8192 on GPU
+
+    def with_(self, **changes: Any) -> "Settings":
+        return Settings(**{**self.__dict__, **changes})
+
+
+# `make run`'s subset: both frameworks, ours vs reference, train and infer, fp32 eager at 64 px
+# (about 1/12 of the 224 px FLOPs), so it fits in under two minutes on two cores.
+QUICK = Settings(precisions=("fp32",), layouts=("nhwc",), compiles=("eager",), input_size=64,
+                 pooling="global", warmup=2, repeats=5, steps=2, memory_steps=2, peak_size=1024)
+
+
+# ---- statistics ---------------------------------------------------------------------------------
+def _quartiles(data: Sequence[float]) -> tuple[float, float]:
+    """Q1 and Q3 exactly as pytest-benchmark computes them (``pytest_benchmark.stats.Stats``:
+    method 3 for an odd count, method 2 for an even one), so stored IQRs mean the same thing."""
+    xs, n = sorted(data), len(data)
+    if n == 1:
+        return xs[0], xs[0]
+    if n % 2:
+        k, r = n // 4, n % 4
+        if r == 1:
+            return 0.25 * xs[k - 1] + 0.75 * xs[k], 0.75 * xs[3 * k] + 0.25 * xs[3 * k + 1]
+        return 0.75 * xs[k] + 0.25 * xs[k + 1], 0.25 * xs[3 * k + 1] + 0.75 * xs[3 * k + 2]
+    return statistics.median(xs[: n // 2]), statistics.median(xs[n // 2:])
+
+
+def summarize(data: Sequence[float]) -> dict[str, Any]:
+    """pytest-benchmark's stats fields for ``data`` (seconds per step, one value per round)."""
+    if not data:
+        raise ValueError("no data to summarize")
+    xs = sorted(data)
+    n = len(xs)
+    mean = statistics.fmean(xs)
+    stddev = statistics.stdev(xs) if n > 1 else 0.0
+    q1, q3 = _quartiles(xs)
+    iqr = q3 - q1
+    low, high = q1 - 1.5 * iqr, q3 + 1.5 * iqr
+    total = math.fsum(xs)
+    iqr_out = sum(1 for x in xs if x < low or x > high)
+    std_out = sum(1 for x in xs if x < mean - stddev or x > mean + stddev)
+    return {
+        "min": xs[0], "max": xs[-1], "mean": mean, "stddev": stddev, "rounds": n,
+        "median": statistics.median(xs), "iqr": iqr, "q1": q1, "q3": q3,
+        "iqr_outliers": iqr_out, "stddev_outliers": std_out, "outliers": f"{std_out};{iqr_out}",
+        "ld15iqr": next(x for x in xs if x >= low), "hd15iqr": next(x for x in reversed(xs) if x <= high),
+        "ops": n / total if total else 0.0, "total": total,
+    }
+
+
+def throughput_stats(window_s: Sequence[float], images_per_window: int) -> dict[str, float]:
+    """Images per second per window (images / synced window time); median and IQR over windows,
+    and the overall figure: all images over all timed seconds."""
+    rates = [images_per_window / t for t in window_s]
+    q1, q3 = _quartiles(rates)
+    return {"median": statistics.median(rates), "q1": q1, "q3": q3, "iqr": q3 - q1,
+            "min": min(rates), "max": max(rates),
+            "overall": images_per_window * len(window_s) / math.fsum(window_s), "windows": rates}
+
+
+# ---- the timing loop ------------------------------------------------------------------------------
+Sync = Callable[[Any], None]
+
+
+def time_steps(step: Callable[[], Any], sync: Sync, *, warmup: int, repeats: int, steps: int,
+               batch: int, clock: Callable[[], float] = time.perf_counter,
+               progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Warm up, then time ``repeats`` windows of ``steps`` steps each.
+
+    ``sync(last_output)`` runs before EVERY clock read: a device may still be working on steps
+    the host already queued, and an unsynced clock times the queueing, not the work. Inside a
+    window the steps run back to back (no sync), as in training. Warm-up is timed on its own:
+    the first step (tracing, compilation) and the whole warm-up, never part of throughput.
+    """
+    if repeats < MIN_REPEATS:
+        raise UserError(f"repeats={repeats}: at least {MIN_REPEATS} timed windows are needed for a median and IQR")
+    if warmup < 1:
+        raise UserError(f"warmup={warmup}: at least one warm-up step (the first one traces/compiles)")
+    if steps < 1:
+        raise UserError(f"steps={steps}: a window needs at least one step")
+    sync(None)
+    start = clock()
+    out = step()
+    sync(out)
+    first = clock() - start
+    for _ in range(warmup - 1):
+        out = step()
+    sync(out)
+    warm = clock() - start
+    windows: list[float] = []
+    for r in range(repeats):
+        sync(None)
+        t0 = clock()
+        for _ in range(steps):
+            out = step()
+        sync(out)
+        windows.append(clock() - t0)
+        if progress:
+            progress(f"window {r + 1}/{repeats}: {batch * steps / windows[-1]:.1f} img/s")
+    return {"first_step_s": first, "warmup_s": warm, "warmup_steps": warmup, "repeats": repeats,
+            "steps": steps, "batch": batch, "window_s": windows,
+            "throughput": throughput_stats(windows, batch * steps)}
+
+
+def measure_memory(step: Callable[[], Any], sync: Sync, *, steps: int, reset: Callable[[], bool],
+                   read: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """A separate loop after resetting the peak counters: the peak of steady-state steps only."""
+    sync(None)
+    reset_ok = reset()
+    for _ in range(steps):
+        out = step()
+        sync(out)
+    return {**read(), "reset": reset_ok, "steps": steps}
+
+
+# ---- CPU memory: peak RSS ----------------------------------------------------------------------
+def _status_kib(key: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak RSS (VmHWM) to its current RSS: ``echo 5 > /proc/self/clear_refs``
+    (Linux >= 4.0). Returns whether the reset took (VmHWM now equals VmRSS, within a page or so);
+    where it cannot, the peak read afterwards is the whole process lifetime's, and says so."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    hwm, rss = _status_kib("VmHWM"), _status_kib("VmRSS")
+    return hwm is not None and rss is not None and hwm <= rss + 1024
+
+
+def read_peak_rss() -> dict[str, Any]:
+    """Peak RSS in bytes: VmHWM where /proc has it, else getrusage's ru_maxrss (never reset)."""
+    hwm = _status_kib("VmHWM")
+    if hwm is not None:
+        return {"kind": "cpu peak RSS (VmHWM)", "peak_bytes": hwm * 1024,
+                "current_bytes": (_status_kib("VmRSS") or 0) * 1024}
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    scale = 1 if sys.platform == "darwin" else 1024
+    return {"kind": "cpu peak RSS (ru_maxrss, lifetime)", "peak_bytes": maxrss * scale, "current_bytes": None}
+
+
+def oom_message(framework: str, batch: int, device: str, exc: BaseException) -> str:
+    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    return (f"out of memory at batch {batch} on {device} ({framework}: {first}); "
+            f"twinbench never retries a smaller batch: pass a smaller --batch yourself")
+
+
+# ---- FLOPs and MFU --------------------------------------------------------------------------------
+def reference_forward_flops(kind: str, input_size: int, classes: int) -> int:
+    """Forward FLOPs (2 x MACs of convs and dense) per image of a framework's own ResNet-50.
+
+    - ``keras``: ``keras.applications.ResNet50``: ResNet v1 like ours (stride on the first 1x1),
+      but its stem pads the max pool (ZeroPadding2D(1)): 56x56 after the stem where ours has 55x55.
+    - ``torchvision``: ResNet v1.5: stride on the 3x3, so each conv_block's first 1x1 runs at the
+      input resolution; padded max pool (56x56); no conv biases (biases are not counted anyway).
+    """
+    if kind not in ("keras", "torchvision"):
+        raise ValueError(f"unknown reference {kind!r}")
+    s = (input_size + 6 - 7) // 2 + 1  # 7x7/2 conv with 3 pixels of padding, in both
+    flops = 2 * s * s * 7 * 7 * 3 * 64
+    s = (s + 2 - 3) // 2 + 1  # 3x3/2 max pool with 1 pixel of padding, in both
+    for block in resnet50_blocks():
+        stride = block.strides if block.kind == "conv_block" else 1
+        out = (s - 1) // stride + 1
+        f1, f2, f3 = block.filters
+        first = s if kind == "torchvision" else out
+        flops += 2 * first * first * block.in_channels * f1 + 2 * out * out * 9 * f1 * f2 + 2 * out * out * f2 * f3
+        if block.kind == "conv_block":
+            flops += 2 * out * out * block.in_channels * f3
+        s = out
+    return flops + 2 * 2048 * classes
+
+
+def forward_flops(framework: str, model: str, input_size: int, classes: int, pooling: str,
+                  arch: str = "resnet50") -> int:
+    """Forward FLOPs per image of a row's model: ours from ``bench.spec``, references as above."""
+    if model == "ours":
+        return build_spec(arch, classes, input_size, pooling).forward_flops()
+    return reference_forward_flops("torchvision" if framework == "torch" else "keras", input_size, classes)
+
+
+def step_flops_per_image(framework: str, model: str, mode: str, input_size: int, classes: int,
+                         pooling: str, arch: str = "resnet50") -> int:
+    """Inference: the forward FLOPs; training: forward + backward, 3 x forward (the convention of
+    ``bench.spec.train_flops``: the backward pass costs two forwards, data and weight gradients)."""
+    fwd = forward_flops(framework, model, input_size, classes, pooling, arch)
+    return 3 * fwd if mode == "train" else fwd
+
+
+def mfu(images_per_s: float, flops_per_image: float, peak_flops_per_s: float | None) -> float | None:
+    """Model FLOPs utilisation: achieved FLOP/s over the measured matmul peak of the same dtype."""
+    if not peak_flops_per_s:
+        return None
+    return images_per_s * flops_per_image / peak_flops_per_s
+
+
+def matmul_flops(n: int) -> int:
+    return 2 * n ** 3
+
+
+# ---- rows -----------------------------------------------------------------------------------------
+def row_id(row: dict[str, Any]) -> str:
+    """The stable name of a configuration: pytest-benchmark's ``fullname`` and compare's key."""
+    model = row["model"] if row.get("arch", "resnet50") == "resnet50" or row["model"] != "ours" \
+        else f"ours-{row['arch']}"
+    return (f"twinbench::{row['framework']}/{model}/{row['mode']}/{row['input']}/b{row['batch']}/"
+            f"{row['input_size']}px/{row['precision']}/{row['layout']}/{row['compile']}")
+
+
+def plan(settings: Settings) -> tuple[list[dict[str, Any]], list[str]]:
+    """The rows to run, and notes on combinations left out (and why).
+
+    Ours and the reference of one configuration run back to back, so drift (thermal, other load)
+    hits both sides of a ratio alike.
+    """
+    notes: list[str] = []
+    rows: list[dict[str, Any]] = []
+    if "pipeline" in settings.inputs and not settings.manifest:
+        raise UserError("end-to-end rows need a manifest: pass --data MANIFEST (twinbench manifest writes one)")
+    if "nchw" in settings.layouts and "tf" in settings.frameworks:
+        notes.append("tf nchw left out: Keras on CPU convolves NHWC only and our Keras model is NHWC")
+    for fw in settings.frameworks:
+        for input_kind in settings.inputs:
+            for mode in settings.modes:
+                if input_kind == "pipeline" and mode != "train":
+                    continue  # end-to-end is a training figure (the issue's target)
+                for batch in settings.batches:
+                    for precision in settings.precisions:
+                        for layout in settings.layouts:
+                            if fw == "tf" and layout == "nchw":
+                                continue
+                            for comp in settings.compiles:
+                                for model in settings.models:
+                                    if input_kind == "pipeline" and model != "ours":
+                                        continue
+                                    row = {
+                                        "framework": fw, "model": model, "mode": mode, "input": input_kind,
+                                        "batch": batch, "input_size": settings.input_size,
+                                        "pooling": settings.pooling if model == "ours" else "global",
+                                        "classes": settings.classes, "arch": settings.arch,
+                                        "precision": precision, "layout": layout,
+                                        "compile": comp, "warmup": settings.warmup, "repeats": settings.repeats,
+                                        "steps": settings.steps, "memory_steps": settings.memory_steps,
+                                        "device": settings.device,
+                                    }
+                                    if input_kind == "pipeline":
+                                        row["manifest"] = settings.manifest
+                                    row["id"] = row_id(row)
+                                    rows.append(row)
+    return rows, notes
+
+
+def skipped_row(row: dict[str, Any], reason: str) -> dict[str, Any]:
+    return {**row, "status": "skipped", "error": reason}
+
+
+def finish_row(row: dict[str, Any], timing: dict[str, Any], memory: dict[str, Any], *, batch_used: int,
+               device: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A measured row: the configuration, what was fed, timing, throughput, FLOPs and memory."""
+    flops = step_flops_per_image(row["framework"], row["model"], row["mode"], row["input_size"],
+                                 row["classes"], row["pooling"], row.get("arch", "resnet50"))
+    tp = timing["throughput"]
+    return {**row, "status": "ok", "error": None, "batch_used": batch_used, "device": device,
+            "compile_label": COMPILE_LABELS[(row["framework"], row["compile"])],
+            "layout_label": LAYOUT_LABELS[(row["framework"], row["layout"])],
+            "model_label": "ours" if row["model"] == "ours" else REFERENCE_MODELS[row["framework"]],
+            "timing": timing, "images_per_s": tp["median"], "images_per_s_iqr": tp["iqr"],
+            "step_s": [t / timing["steps"] for t in timing["window_s"]],
+            "flops_per_image": flops, "achieved_flops_per_s": tp["median"] * flops,
+            "memory": memory, **(extra or {})}
+
+
+def failed_row(row: dict[str, Any], error: str, *, oom: bool = False, **extra: Any) -> dict[str, Any]:
+    # The batch asked for stays the batch recorded: nothing is retried smaller.
+    return {**row, "status": "failed", "error": error, "oom": oom, **extra}
+
+
+def add_mfu(rows: list[dict[str, Any]], peaks: dict[str, dict[str, float]]) -> None:
+    """MFU of every measured row, against the machine's peak for its dtype: the best matmul rate
+    either framework reached in this run (each framework's own peak is stored too)."""
+    machine = machine_peaks(peaks)
+    for row in rows:
+        if row.get("status") != "ok":
+            continue
+        dtype = PEAK_DTYPE[row["precision"]]
+        peak = machine.get(dtype)
+        own = peaks.get(row["framework"], {}).get(dtype)
+        row["peak_dtype"] = dtype
+        row["peak_flops_per_s"] = peak
+        row["mfu"] = mfu(row["images_per_s"], row["flops_per_image"], peak)
+        row["mfu_own_peak"] = mfu(row["images_per_s"], row["flops_per_image"], own)
+
+
+def machine_peaks(peaks: dict[str, dict[str, float]]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for per_fw in peaks.values():
+        for dtype, value in per_fw.items():
+            if value and value > out.get(dtype, 0.0):
+                out[dtype] = value
+    return out
+
+
+def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Ours / reference (throughput and per FLOP) for every configuration with both measured, and
+    end-to-end / compute-only for every pipeline row."""
+    ok = {r["id"]: r for r in rows if r.get("status") == "ok"}
+    out = []
+    for r in ok.values():
+        if r["model"] != "ours":
+            continue
+        if r["input"] == "synthetic":
+            ref = ok.get(row_id({**r, "model": "reference"}))
+            if ref:
+                tp = r["images_per_s"] / ref["images_per_s"]
+                out.append({"kind": "ours/reference", "id": r["id"], "framework": r["framework"],
+                            "mode": r["mode"], "throughput": tp,
+                            "per_flop": tp * r["flops_per_image"] / ref["flops_per_image"],
+                            "target": TARGET_OURS_VS_REFERENCE, "ours": r["images_per_s"],
+                            "reference": ref["images_per_s"]})
+        else:
+            compute = ok.get(row_id({**r, "input": "synthetic"}))
+            if compute:
+                out.append({"kind": "end-to-end/compute-only", "id": r["id"], "framework": r["framework"],
+                            "mode": r["mode"], "throughput": r["images_per_s"] / compute["images_per_s"],
+                            "target": TARGET_END_TO_END, "ours": r["images_per_s"],
+                            "reference": compute["images_per_s"]})
+    return out
+
+
+def best_settings(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per framework and mode, the fastest measured setting of our model (compute-only)."""
+    best: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in rows:
+        if r.get("status") == "ok" and r["model"] == "ours" and r["input"] == "synthetic":
+            key = (r["framework"], r["mode"])
+            if key not in best or r["images_per_s"] > best[key]["images_per_s"]:
+                best[key] = r
+    return [best[k] for k in sorted(best)]
+
+
+# ---- running the matrix -------------------------------------------------------------------------
+Runner = Callable[..., Any]
+
+
+def run_rows(rows: list[dict[str, Any]], config: Any, *, peak_size: int,
+             runner: Runner | None = None, log: Callable[[str], None] | None = None,
+             timeout: float | None = None,
+             on_row: Callable[[list, dict, dict], None] | None = None,
+             ) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]], dict[str, Any]]:
+    """Run each row in its own worker; a worker failure becomes a failed row, never an abort.
+
+    The first row of each framework also measures that framework's matmul peak (before it
+    builds its model), which saves a worker start; a later row retries if that one crashed.
+    ``on_row(results, peaks, envs)`` runs after every row (the command saves progress there).
+    Returns (rows, peaks per framework, environment per framework).
+    """
+    from bench.errors import WorkerError
+    from bench.runner import run_worker
+
+    runner = runner or run_worker
+    log = log or (lambda msg: None)
+    results: list[dict[str, Any]] = []
+    peaks: dict[str, dict[str, float]] = {}
+    envs: dict[str, Any] = {}
+    started = time.monotonic()
+    for i, row in enumerate(rows):
+        fw = row["framework"]
+        args: dict[str, Any] = {"row": row}
+        if fw not in peaks:
+            args["peak"] = {"size": peak_size}
+        eta = ""
+        if i:
+            per_row = (time.monotonic() - started) / i
+            eta = f", about {per_row * (len(rows) - i):.0f} s left"
+        log(f"[{i + 1}/{len(rows)}] {describe(row)}{eta}")
+        try:
+            out = runner(fw, "bench_row", args, config=config, timeout=timeout).result
+        except WorkerError as exc:
+            results.append(failed_row(row, str(exc).splitlines()[0]))
+            log(f"    failed: {results[-1]['error']}")
+            if on_row:
+                on_row(results, peaks, envs)
+            continue
+        if out.get("peak"):
+            peaks[fw] = out["peak"]
+        envs.setdefault(fw, out.get("env", {}))
+        result = out["row"]
+        results.append(result)
+        if result["status"] == "ok":
+            log(f"    {result['images_per_s']:.2f} img/s (IQR {result['images_per_s_iqr']:.2f}), "
+                f"first step {result['timing']['first_step_s']:.2f} s, batch {result['batch_used']}")
+        else:
+            log(f"    {result['status']}: {result['error']}")
+        if on_row:
+            on_row(results, peaks, envs)
+    add_mfu(results, peaks)
+    return results, peaks, envs
+
+
+def describe(row: dict[str, Any]) -> str:
+    return (f"{row['framework']} {row['model']} {row['mode']} {row['input']} batch {row['batch']} "
+            f"{row['input_size']}px {row['precision']} {row['layout']} {row['compile']}")
+
+
+def thread_summary(envs: dict[str, Any]) -> dict[str, Any]:
+    threads = {fw: env.get("threads", {}) for fw, env in envs.items()}
+    intra = {t.get("intra_op") for t in threads.values()}
+    return {"per_framework": threads, "equal": len(intra) == 1}
+
+
+# ---- records and pytest-benchmark storage ---------------------------------------------------------
+RECORD_FORMAT = "twinbench.bench"
+RECORD_VERSION = 1
+
+
+def make_record(settings: Settings, rows: list[dict[str, Any]], peaks: dict[str, dict[str, float]],
+                envs: dict[str, Any], notes: list[str], threads: int | None) -> dict[str, Any]:
+    from bench import __version__, envinfo
+
+    return {
+        "format": RECORD_FORMAT, "version": RECORD_VERSION, "twinbench": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": envinfo.machine_info(), "commit": envinfo.commit_info(),
+        "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.__dict__.items()},
+        "threads_requested": threads, "threads": thread_summary(envs), "environments": envs,
+        "peaks": peaks, "machine_peaks": machine_peaks(peaks), "notes": notes,
+        "rows": rows, "ratios": ratios(rows),
+        "best": [{"framework": r["framework"], "mode": r["mode"], "id": r["id"], "images_per_s": r["images_per_s"],
+                  "mfu": r.get("mfu")} for r in best_settings(rows)],
+    }
+
+
+def _pytest_benchmark():
+    try:
+        import pytest_benchmark  # noqa: F401  (imports pytest; only the orchestrator needs it)
+        from pytest_benchmark import plugin, utils
+    except ImportError:
+        raise UserError("pytest-benchmark is not installed: pip install 'pytest-benchmark>=4.0'") from None
+    return pytest_benchmark, plugin, utils
+
+
+def pytest_benchmark_entry(*, name: str, fullname: str, group: str, data: Sequence[float], iterations: int,
+                           params: dict[str, Any] | None = None, extra_info: dict[str, Any] | None = None,
+                           options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One benchmark in pytest-benchmark's JSON: ``data`` is seconds per call, one per round
+    (here: per step, one per timed window of ``iterations`` steps, as the fixture divides)."""
+    stats = summarize(data)
+    stats["data"] = list(data)
+    stats["iterations"] = iterations
+    params = params or {}
+    return {"group": group, "name": name, "fullname": fullname, "params": params,
+            "param": "-".join(str(v) for v in params.values()) or None,
+            "extra_info": extra_info or {}, "options": options or {}, "stats": stats}
+
+
+def row_entry(row: dict[str, Any]) -> dict[str, Any]:
+    params = {k: row[k] for k in ("precision", "layout", "compile")}
+    extra = {k: row.get(k) for k in ("framework", "model", "mode", "input", "batch", "batch_used", "input_size",
+                                      "pooling", "classes", "device", "model_label", "compile_label",
+                                      "layout_label", "images_per_s", "images_per_s_iqr", "flops_per_image",
+                                      "mfu", "peak_dtype", "peak_flops_per_s")}
+    extra["first_step_s"] = row["timing"]["first_step_s"]
+    extra["warmup_s"] = row["timing"]["warmup_s"]
+    extra["memory_peak_bytes"] = row["memory"].get("peak_bytes")
+    extra["memory_kind"] = row["memory"].get("kind")
+    return pytest_benchmark_entry(
+        name=f"{row['model']}[{params['precision']}-{params['layout']}-{params['compile']}]",
+        fullname=row["id"],
+        group=f"{row['framework']} {row['mode']} {row['input']} b{row['batch']} {row['input_size']}px",
+        data=row["step_s"], iterations=row["timing"]["steps"], params=params, extra_info=extra,
+        options={"timer": "perf_counter", "warmup": row["timing"]["warmup_steps"], "min_rounds": MIN_REPEATS,
+                 "disable_gc": False, "device_sync": True})
+
+
+def storage_json(record: dict[str, Any]) -> dict[str, Any]:
+    """The record in pytest-benchmark's saved-run format: machine_info (pytest-benchmark's own,
+    so comparisons on one machine do not warn), commit_info, benchmarks (measured rows), datetime,
+    version. Failed rows are left out, as pytest-benchmark leaves out errored benchmarks."""
+    import datetime
+
+    pb, plugin, _ = _pytest_benchmark()
+    commit = record.get("commit") or {}
+    return {
+        "machine_info": plugin.pytest_benchmark_generate_machine_info(),
+        "commit_info": {"id": commit.get("id") or "unversioned", "time": commit.get("time"),
+                        "author_time": commit.get("time"), "dirty": bool(commit.get("dirty")),
+                        "project": "twinbench", "branch": commit.get("branch") or "(unknown)"},
+        "benchmarks": [row_entry(r) for r in record["rows"] if r.get("status") == "ok"],
+        "datetime": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "version": pb.__version__,
+    }
+
+
+def storage_dir(storage: str | os.PathLike) -> Path:
+    """``--benchmark-storage``'s folder plus pytest-benchmark's machine id (``Linux-CPython-3.11-64bit``)."""
+    _, _, utils = _pytest_benchmark()
+    text = str(storage)
+    if text.startswith("file://"):
+        text = text[len("file://"):]
+    return Path(text) / utils.get_machine_id()
+
+
+def save_storage(storage: str | os.PathLike, name: str, payload: dict[str, Any]) -> Path:
+    """Save as pytest-benchmark's ``--benchmark-save=NAME`` does: ``NNNN_NAME.json``, numbered
+    after the highest existing run, written atomically."""
+    from bench import atomic
+
+    folder = storage_dir(storage)
+    folder.mkdir(parents=True, exist_ok=True)
+    numbers = [int(p.name[:4]) for p in folder.glob("[0-9][0-9][0-9][0-9]_*.json")]
+    path = folder / f"{max(numbers, default=0) + 1:04d}_{name}.json"
+    atomic.write_json(path, payload)
+    return path
+
+
+def load_stored(storage: str | os.PathLike, ref: str | None, *, exclude: Path | None = None) -> tuple[Path, dict]:
+    """A stored run: ``ref`` as pytest-benchmark's ``--benchmark-compare`` takes it (a run number
+    such as 0001, a glob, or a file); None: the latest run before ``exclude``."""
+    import json
+
+    folder = storage_dir(storage)
+    if ref and Path(ref).is_file():
+        files = [Path(ref)]
+    else:
+        pattern = f"{ref}*.json" if ref else "[0-9][0-9][0-9][0-9]_*.json"
+        files = sorted(p for p in folder.glob(pattern) if exclude is None or p.resolve() != exclude.resolve())
+    if not files:
+        raise UserError(f"no stored benchmark run matches {ref or 'the latest'} in {folder}: "
+                        f"run twinbench bench (or pytest --benchmark-save) first")
+    path = files[-1]
+    try:
+        data = json.loads(path.read_text())
+        data["benchmarks"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(f"{path}: not a pytest-benchmark run file") from None
+    return path, data
+
+
+def compare(current: dict[str, Any], stored: dict[str, Any], checks: Iterable[str]) -> tuple[list[dict], list[str]]:
+    """Rows of ``current`` (storage JSON) against ``stored`` matched by fullname, with
+    pytest-benchmark's own regression checks (``median:5%``, ``mean:0.001``).
+    Returns (comparison lines, failure messages)."""
+    _, _, utils = _pytest_benchmark()
+    parsed = []
+    for text in checks:
+        try:
+            parsed.append(utils.parse_compare_fail(text))
+        except Exception:
+            raise UserError(f"--compare-fail {text!r}: expected FIELD:PERCENT% or FIELD:DIFFERENCE with FIELD "
+                            f"one of min, max, mean, median, stddev, iqr (e.g. median:5%)") from None
+    before = {b["fullname"]: b["stats"] for b in stored["benchmarks"]}
+    lines, failures = [], []
+    for bench in current["benchmarks"]:
+        old = before.get(bench["fullname"])
+        if old is None:
+            continue
+        now = bench["stats"]
+        change = now["median"] / old["median"] - 1 if old.get("median") else float("inf")
+        lines.append({"fullname": bench["fullname"], "median_s": now["median"], "stored_median_s": old["median"],
+                      "change": change})
+        for check in parsed:
+            message = check.fails(now, old)
+            if message:
+                failures.append(f"{bench['fullname']}: {message}")
+    return lines, failures
+
+
+# ---- output ---------------------------------------------------------------------------------------
+def _mb(value: float | None) -> str:
+    return "-" if value is None else f"{value / 2**20:,.0f}"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def format_report(record: dict[str, Any]) -> str:
+    """The rows, the ratios the issue's targets are stated in, the best setting per framework."""
+    lines = []
+    peaks = record["machine_peaks"]
+    if peaks:
+        lines.append("machine peak (matmul): " + ", ".join(f"{d} {v / 1e9:,.0f} GFLOP/s" for d, v in sorted(peaks.items())))
+    th = record["threads"]
+    lines.append("threads (intra/inter-op): " + ", ".join(
+        f"{fw} {t.get('intra_op')}/{t.get('inter_op')}" for fw, t in sorted(th["per_framework"].items()))
+        + ("" if th["equal"] else "  WARNING: not equal"))
+    header = (f"{'framework':<9} {'model':<9} {'mode':<5} {'input':<9} {'batch':>5} {'prec':<4} {'layout':<13} "
+              f"{'compile':<15} {'img/s':>8} {'IQR':>6} {'ms/step':>8} {'warm-up s':>9} {'MFU':>6} {'peak MB':>8}")
+    lines += ["", header, "-" * len(header)]
+    for r in record["rows"]:
+        fw = r["framework"]
+        head = (f"{fw:<9} {r['model']:<9} {r['mode']:<5} {r['input']:<9} {r['batch']:>5} {r['precision']:<4} "
+                f"{LAYOUT_LABELS[(fw, r['layout'])]:<13} {COMPILE_LABELS[(fw, r['compile'])]:<15}")
+        if r.get("status") != "ok":
+            lines.append(f"{head} {r.get('status', 'failed').upper()}: {r.get('error')}")
+            continue
+        step_ms = 1000 * statistics.median(r["step_s"])
+        lines.append(f"{head} {r['images_per_s']:>8.2f} {r['images_per_s_iqr']:>6.2f} {step_ms:>8.1f} "
+                     f"{r['timing']['warmup_s']:>9.2f} {_pct(r.get('mfu')):>6} {_mb(r['memory'].get('peak_bytes')):>8}")
+    mem_kinds = sorted({r["memory"]["kind"] for r in record["rows"] if r.get("status") == "ok"})
+    if mem_kinds:
+        lines.append(f"peak MB: {', '.join(mem_kinds)}, of a separate loop after resetting the peak counters")
+    if record["ratios"]:
+        lines += ["", "ratios (target in brackets):"]
+        for q in record["ratios"]:
+            verdict = "ok" if q["throughput"] >= q["target"] else "BELOW TARGET"
+            r = next(x for x in record["rows"] if x["id"] == q["id"])
+            what = f"{q['framework']} {q['mode']} b{r['batch']} {r['precision']} {r['layout']} {r['compile']}"
+            if q["kind"] == "ours/reference":
+                lines.append(f"  ours/{REFERENCE_MODELS[q['framework']]} {what}: throughput {q['throughput']:.3f}x, "
+                             f"per FLOP {q['per_flop']:.3f}x [>= {q['target']}] {verdict}")
+            else:
+                first = r.get("first_batch_s")
+                lines.append(f"  end-to-end/compute-only {what}: {q['throughput']:.3f}x [>= {q['target']}] {verdict}"
+                             + (f" (first batch after {first:.2f} s)" if first is not None else ""))
+    best = best_settings(record["rows"])
+    if best:
+        lines += ["", "best setting of our model:"]
+        for r in best:
+            lines.append(f"  {r['framework']} {r['mode']}: {r['precision']} {LAYOUT_LABELS[(r['framework'], r['layout'])]} "
+                         f"{COMPILE_LABELS[(r['framework'], r['compile'])]} batch {r['batch']}: "
+                         f"{r['images_per_s']:.2f} img/s, MFU {_pct(r.get('mfu'))}")
+    for note in record["notes"]:
+        lines.append(f"note: {note}")
+    return "\n".join(lines)
+
+
+# ---- command ------------------------------------------------------------------------------------
+def _csv(choices: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
+    import argparse
+
+    def parse(text: str) -> tuple[str, ...]:
+        values = tuple(v.strip() for v in text.split(",") if v.strip())
+        bad = [v for v in values if v not in choices]
+        if bad or not values:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {', '.join(choices)}, "
+                                             f"received {text!r}")
+        return values
+    return parse
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    import argparse
+
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, received {text!r}")
+    return values
+
+
+def register(sub) -> None:
+    from bench.cli import add_worker_options, positive_int
+
+    p = sub.add_parser("bench", help="throughput, memory and MFU of both frameworks vs their own ResNet-50s",
+                       description=__doc__.split("\n\n")[0])
+    d = Settings()
+    p.add_argument("--quick", action="store_true",
+                   help="the subset make run uses: 64 px, batch 8, fp32, eager, both models and modes")
+    p.add_argument("--frameworks", type=_csv(FRAMEWORKS), help="default tf,torch")
+    p.add_argument("--models", type=_csv(MODELS), help="ours, reference (torchvision / keras.applications); default both")
+    p.add_argument("--modes", type=_csv(MODES), help="train, infer; default both")
+    p.add_argument("--batch", type=_int_list, help=f"batch sizes, e.g. 8,32 (default {d.batches[0]})")
+    p.add_argument("--precision", type=_csv(PRECISIONS),
+                   help="fp32, tf32 (GPU), bf16 (mixed), fp16 (mixed, GPU); default fp32,bf16")
+    p.add_argument("--layout", type=_csv(LAYOUTS), help="nhwc (torch channels_last), nchw (torch only); default both")
+    p.add_argument("--compile", type=_csv(COMPILES), help="eager, jit (torch.compile / XLA); default both")
+    p.add_argument("--input-size", type=positive_int, help=f"square input size (default {d.input_size}; quick 64)")
+    p.add_argument("--pooling", choices=("avg7", "global"), help="our head: avg7 (seed, 197..228 px) or global")
+    p.add_argument("--classes", type=positive_int, help=f"head size (default {d.classes}, as the seed)")
+    from bench.spec import MODELS as ARCHS
+    p.add_argument("--model", dest="arch", choices=sorted(ARCHS),
+                   help="our model's architecture (default resnet50); the references stay ResNet-50")
+    p.add_argument("--data", metavar="MANIFEST", help="also time end-to-end training on this manifest's pipeline")
+    p.add_argument("--warmup", type=positive_int, help=f"warm-up steps, timed apart (default {d.warmup})")
+    p.add_argument("--repeats", type=positive_int, help=f"timed windows, at least {MIN_REPEATS} (default {d.repeats})")
+    p.add_argument("--steps", type=positive_int, help=f"steps per window (default {d.steps})")
+    p.add_argument("--memory-steps", type=positive_int, help=f"steps of the memory loop (default {d.memory_steps})")
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"), help="auto: a GPU where the framework sees one")
+    p.add_argument("--peak-size", type=positive_int, help="matmul side for the peak (default 2048 CPU, 8192 GPU)")
+    p.add_argument("--out", default="runs", help="directory for the run record (default runs/)")
+    p.add_argument("--storage", default=".benchmarks",
+                   help="pytest-benchmark storage folder (default .benchmarks, as pytest --benchmark-save)")
+    p.add_argument("--save", default="twinbench", metavar="NAME", help="stored run name (NNNN_NAME.json)")
+    p.add_argument("--no-save", action="store_true", help="do not add this run to the storage")
+    p.add_argument("--compare", nargs="?", const="", metavar="RUN",
+                   help="compare with a stored run (0001, a glob or a file; default the latest)")
+    p.add_argument("--compare-fail", action="append", default=[], metavar="EXPR",
+                   help="fail (exit 1) on a regression, e.g. median:5%% (pytest-benchmark's syntax); repeatable")
+    p.add_argument("--list", action="store_true", help="print the planned rows and exit")
+    p.add_argument("--timeout", type=positive_int, default=1800, help="seconds a row may take (default 1800)")
+    add_worker_options(p)
+    p.set_defaults(func=cmd_bench)
+
+
+def settings_from_args(args) -> Settings:
+    base = QUICK if args.quick else Settings()
+    changes: dict[str, Any] = {}
+    for arg, key in (("frameworks", "frameworks"), ("models", "models"), ("modes", "modes"), ("batch", "batches"),
+                     ("precision", "precisions"), ("layout", "layouts"), ("compile", "compiles"),
+                     ("input_size", "input_size"), ("pooling", "pooling"), ("classes", "classes"), ("arch", "arch"),
+                     ("warmup", "warmup"), ("repeats", "repeats"), ("steps", "steps"),
+                     ("memory_steps", "memory_steps"), ("device", "device"), ("peak_size", "peak_size")):
+        value = getattr(args, arg, None)
+        if value is not None:
+            changes[key] = value
+    if args.data:
+        if not Path(args.data).is_file():
+            raise UserError(f"{args.data}: no such manifest file (twinbench manifest DATA_DIR -o FILE writes one)")
+        changes["manifest"] = str(Path(args.data).resolve())
+        changes["inputs"] = ("synthetic", "pipeline")
+    settings = base.with_(**changes)
+    if settings.input_size != 224 and args.pooling is None and settings.pooling == "avg7":
+        settings = settings.with_(pooling="global")  # avg7 is the seed's 224 px head only
+    if settings.repeats < MIN_REPEATS:
+        raise UserError(f"--repeats {settings.repeats}: at least {MIN_REPEATS} windows give a median and IQR")
+    build_spec(settings.arch, settings.classes, settings.input_size, settings.pooling)  # validates size/pooling
+    return settings
+
+
+def cmd_bench(args) -> int:
+    """Plan, run each row in its worker, print the table and ratios, store record and storage."""
+    from bench import atomic
+    from bench.cli import worker_config
+
+    settings = settings_from_args(args)
+    rows, notes = plan(settings)
+    if args.list:
+        for row in rows:
+            print(row["id"])
+        for note in notes:
+            print(f"note: {note}")
+        return 0
+    if settings.manifest:
+        from bench.manifest import load_manifest
+
+        load_manifest(settings.manifest)  # sizes and hashes, once; the workers check sizes only
+    config = worker_config(args)
+    # Equal threads on both sides: the same explicit count, all cores unless told otherwise.
+    config.threads = args.threads or os.cpu_count() or 1
+    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    started = time.monotonic()
+    record_path = Path(args.out) / time.strftime("bench-%Y%m%d-%H%M%S") / "bench.json"
+
+    def save(results: list, peaks: dict, envs: dict, *, complete: bool = False) -> dict[str, Any]:
+        # Rewritten after every row: an interrupted or crashed run keeps what it measured.
+        add_mfu(results, peaks)
+        record = make_record(settings, results, peaks, envs, notes, config.threads)
+        record.update(wall_s=time.monotonic() - started, complete=complete, planned=len(rows))
+        atomic.write_json(record_path, record)
+        return record
+
+    results, peaks, envs = run_rows(rows, config, peak_size=settings.peak_size, log=log, timeout=args.timeout,
+                                    on_row=save)
+    record = save(results, peaks, envs, complete=True)
+    # pytest-benchmark's format only where it is used (it asks pytest-benchmark for machine_info).
+    payload = storage_json(record) if not args.no_save or args.compare is not None else None
+    stored_path = None
+    if payload and not args.no_save and payload["benchmarks"]:
+        stored_path = save_storage(args.storage, args.save, payload)
+    print(format_report(record))
+    print(f"\nwrote {record_path}" + (f" and {stored_path}" if stored_path else "")
+          + f" ({record['wall_s']:.0f} s)")
+    status = 0
+    if args.compare is not None:
+        path, stored = load_stored(args.storage, args.compare or None, exclude=stored_path)
+        lines, failures = compare(payload, stored, args.compare_fail)
+        print(f"\ncompared with {path}:")
+        for line in lines:
+            print(f"  {line['fullname']}: median step {1000 * line['median_s']:.1f} ms vs "
+                  f"{1000 * line['stored_median_s']:.1f} ms ({100 * line['change']:+.1f}%)")
+        if not lines:
+            print("  no benchmark in common")
+        if failures:
+            print("Performance has regressed:\n" + "\n".join(f"  {f}" for f in failures))
+            status = 1
+    failed = [r for r in results if r.get("status") == "failed"]
+    if failed:
+        raise CheckFailed(f"{len(failed)} of {len(results)} benchmark rows failed (first: {failed[0]['id']}: "
+                          f"{failed[0]['error']}); the record is in {record_path}")
+    return status

@@ -1,0 +1,225 @@
+"""GPU check: our torch ResNet-50 against torchvision's on a lent NVIDIA GPU (an H200), torch only.
+
+    python3 bench/gpu_check.py             # or: python3 -m bench.gpu_check, or: make gpu-check
+    python3 bench/gpu_check.py --smoke     # a tiny CPU run of the same code (what the tests run)
+
+For a machine with PyTorch alone: no TensorFlow, no network, twinbench not installed, maybe no
+numpy and no torchvision (then an architecture copy of torchvision's resnet50 stands in, and the
+rows say so). It runs from the source tree and imports only the standard library, ``bench``'s
+framework-free and numpy-free modules (``bench.benchmark``, ``bench.spec``) and ``torch_impl``.
+torch is imported inside the functions, never when ``bench`` is imported.
+
+What it measures, at batch 256 with channels_last (cuDNN's fast layout), each row with the
+rules of ``bench.benchmark`` (warm-up apart, synced clock reads, >= 5 windows, median and IQR,
+allocator peak from a separate loop): training and inference of ours and torchvision's, in
+fp32 (TF32 off for matmuls AND cuDNN convolutions), TF32, bf16 autocast, eager, then
+``torch.compile``; the matmul peak per dtype for MFU. Rows run in priority order within a time
+budget (``--budget-s``, default 7 minutes, so the whole script ends within 8); a row that would
+not fit is recorded as skipped, never cut short. The JSON is rewritten after every row, to
+``$OUT/gpu_check.json`` when ``$OUT`` is set (else ``runs/gpu-check-<time>.json``).
+
+Anchor (NVIDIA DeepLearningExamples, ResNet-50 v1.5, 1x A100 80GB, batch 256, training):
+938 img/s TF32 and 2470 img/s AMP; the output prints this machine's ratio to each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a file: make the source tree importable, nothing installed
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import benchmark as bb  # noqa: E402  (stdlib-only at import)
+
+FORMAT = "twinbench.gpu-check"
+VERSION = 1
+# NVIDIA DeepLearningExamples, PyTorch ResNet-50 v1.5, 1x A100 80GB, batch 256, training img/s.
+ANCHORS = {"tf32": 938.0, "amp": 2470.0}
+COMPILE_ESTIMATE_S = {"train": 200.0, "infer": 100.0}  # torch.compile of ResNet-50: a generous guess, so
+# that a compile row starts only when it will end within the budget even if slow
+
+# (mode, precision, compile) in priority order: the anchors' settings first, torch.compile last.
+FULL_PLAN = [
+    ("train", "tf32", "eager"), ("train", "bf16", "eager"),
+    ("infer", "tf32", "eager"), ("infer", "bf16", "eager"),
+    ("train", "fp32", "eager"), ("infer", "fp32", "eager"),
+    ("train", "bf16", "jit"), ("infer", "bf16", "jit"),
+    ("train", "fp16", "eager"),  # DeepLearningExamples' "AMP" is fp16 autocast + loss scaling
+    ("train", "tf32", "jit"), ("infer", "tf32", "jit"),
+]
+SMOKE_PLAN = [("train", "fp32", "eager"), ("infer", "bf16", "eager"), ("train", "tf32", "eager")]
+
+
+def settings(smoke: bool, batch: int | None) -> dict[str, Any]:
+    if smoke:  # seconds on a CPU: the code paths, not the figures
+        return {"batch": batch or 2, "input_size": 32, "pooling": "global", "warmup": 1, "repeats": bb.MIN_REPEATS,
+                "steps": 1, "memory_steps": 1, "peak_size": 256, "plan": SMOKE_PLAN}
+    return {"batch": batch or 256, "input_size": 224, "pooling": "avg7", "warmup": 10, "repeats": bb.MIN_REPEATS,
+            "steps": 10, "memory_steps": 3, "peak_size": 8192, "plan": FULL_PLAN}
+
+
+def make_rows(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for mode, precision, comp in cfg["plan"]:
+        for model in ("ours", "reference"):  # back to back: drift hits both sides of the ratio alike
+            row = {"framework": "torch", "model": model, "mode": mode, "input": "synthetic", "batch": cfg["batch"],
+                   "input_size": cfg["input_size"], "pooling": cfg["pooling"] if model == "ours" else "global",
+                   "classes": 1000, "arch": "resnet50", "precision": precision, "layout": "nhwc", "compile": comp,
+                   "warmup": cfg["warmup"], "repeats": cfg["repeats"], "steps": cfg["steps"],
+                   "memory_steps": cfg["memory_steps"], "device": "auto"}
+            row["id"] = bb.row_id(row)
+            rows.append(row)
+    return rows
+
+
+def estimate_s(row: dict[str, Any], done: list[dict[str, Any]]) -> float:
+    """Seconds a row should take: its eager twin's step time (or any measured row's, scaled by
+    FLOPs) times its steps, plus compilation. Unknown: 30 s."""
+    steps = row["warmup"] + row["repeats"] * row["steps"] + row["memory_steps"]
+    measured = [r for r in done if r.get("status") == "ok"]
+    twin = next((r for r in measured if (r["mode"], r["precision"], r["model"]) ==
+                 (row["mode"], row["precision"], row["model"])), None)
+    if twin is not None:
+        per_step = min(twin["step_s"])
+    elif measured:
+        r = measured[-1]
+        per_step = min(r["step_s"]) * (3.0 if row["mode"] == "train" and r["mode"] == "infer" else 1.0)
+    else:
+        return 30.0
+    compile_s = COMPILE_ESTIMATE_S[row["mode"]] if row["compile"] == "jit" else 0.0
+    return steps * per_step * 1.5 + compile_s + 2.0
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Atomic write with the standard library only (bench.atomic needs numpy, which may be absent)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def output_path(explicit: str | None) -> Path:
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("OUT"):
+        return Path(os.environ["OUT"]) / "gpu_check.json"
+    return Path("runs") / time.strftime("gpu-check-%Y%m%d-%H%M%S.json")
+
+
+def anchor_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """This machine's eager training throughput over DeepLearningExamples' A100 figures."""
+    out = []
+    for r in rows:
+        if r.get("status") != "ok" or r["mode"] != "train" or r["compile"] != "eager":
+            continue
+        key = {"tf32": "tf32", "fp16": "amp", "bf16": "amp"}.get(r["precision"])
+        if key:
+            out.append({"id": r["id"], "model": r["model"], "precision": r["precision"], "anchor": key,
+                        "anchor_images_per_s": ANCHORS[key], "images_per_s": r["images_per_s"],
+                        "ratio": r["images_per_s"] / ANCHORS[key]})
+    return out
+
+
+def summary_lines(payload: dict[str, Any]) -> list[str]:
+    lines = [f"device: {payload['device']}; torch {payload['versions'].get('torch')}, "
+             f"torchvision {payload['versions'].get('torchvision') or 'absent (architecture copy used)'}"]
+    if payload["peaks"]:
+        lines.append("matmul peak: " + ", ".join(f"{k} {v / 1e12:.1f} TFLOP/s" for k, v in payload["peaks"].items()))
+    lines.append(f"{'model':<9} {'mode':<5} {'prec':<4} {'compile':<13} {'batch':>5} {'img/s':>9} {'IQR':>7} "
+                 f"{'first s':>7} {'MFU':>6} {'peak MB':>8}")
+    for r in payload["rows"]:
+        head = (f"{r['model']:<9} {r['mode']:<5} {r['precision']:<4} "
+                f"{bb.COMPILE_LABELS[('torch', r['compile'])]:<13} {r['batch']:>5}")
+        if r.get("status") != "ok":
+            lines.append(f"{head} {r.get('status', '?').upper()}: {r.get('error')}")
+            continue
+        mfu = "-" if r.get("mfu") is None else f"{100 * r['mfu']:.1f}%"
+        lines.append(f"{head} {r['images_per_s']:>9.1f} {r['images_per_s_iqr']:>7.1f} "
+                     f"{r['timing']['first_step_s']:>7.1f} {mfu:>6} {r['memory']['peak_bytes'] / 2**20:>8,.0f}")
+    for q in payload["ratios"]:
+        r = next(x for x in payload["rows"] if x["id"] == q["id"])
+        verdict = "ok" if q["throughput"] >= q["target"] else "BELOW TARGET"
+        lines.append(f"ours/torchvision {r['mode']} {r['precision']} {r['compile']}: throughput "
+                     f"{q['throughput']:.3f}x, per FLOP {q['per_flop']:.3f}x [>= {q['target']}] {verdict}")
+    for a in payload["anchors"]:
+        lines.append(f"{a['model']} train {a['precision']} vs A100 {a['anchor'].upper()} anchor "
+                     f"({a['anchor_images_per_s']:.0f} img/s): {a['ratio']:.2f}x")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gpu_check", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny CPU-sized run of every code path")
+    parser.add_argument("--batch", type=int, help="batch size (default 256; smoke 2)")
+    parser.add_argument("--budget-s", type=float, default=420.0, help="seconds for all rows (default 420)")
+    parser.add_argument("--out", help="JSON path (default $OUT/gpu_check.json, else runs/gpu-check-*.json)")
+    parser.add_argument("--quiet", action="store_true", help="no per-window progress")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+
+    from torch_impl import benchmark as tb  # imports torch: only now, never with the bench package
+
+    cfg = settings(args.smoke, args.batch)
+    device = tb.device_for("auto")
+    out_path = output_path(args.out)
+    log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    rows = make_rows(cfg)
+    payload: dict[str, Any] = {
+        "format": FORMAT, "version": VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "smoke": args.smoke, "device": tb.device_label(device), "versions": tb.versions(),
+        "threads": tb.threads(), "machine": {"node": platform.node(), "system": platform.system(),
+                                             "python": platform.python_version(), "cpus": os.cpu_count()},
+        "settings": {k: v for k, v in cfg.items() if k != "plan"}, "budget_s": args.budget_s,
+        "peaks": {}, "rows": [], "ratios": [], "anchors": [], "anchor_source":
+            "NVIDIA DeepLearningExamples PyTorch ResNet-50 v1.5, 1x A100 80GB, batch 256 (DALI, end-to-end)",
+    }
+    if device.type != "cuda" and not args.smoke:
+        log("gpu_check: torch sees no CUDA device; measuring on the CPU (use --smoke for a quick check)")
+    log(f"gpu_check: {payload['device']}, torch {payload['versions']['torch']}, {len(rows)} rows, "
+        f"budget {args.budget_s:.0f} s")
+    payload["peaks"] = tb.peak_flops(("fp32", "tf32", "bf16", "fp16"), device, cfg["peak_size"], log)
+    write_json(out_path, payload)
+    done: list[dict[str, Any]] = []
+    for i, row in enumerate(rows):
+        left = args.budget_s - (time.monotonic() - started)
+        need = estimate_s(row, done)
+        if need > left:
+            done.append(bb.skipped_row(row, f"time budget: needs about {need:.0f} s, {max(left, 0):.0f} s left"))
+            log(f"[{i + 1}/{len(rows)}] {bb.describe(row)}: skipped (time budget)")
+        else:
+            log(f"[{i + 1}/{len(rows)}] {bb.describe(row)} (about {need:.0f} s; {left:.0f} s left)")
+            t0 = time.monotonic()
+            try:
+                done.append(tb.run_row(row, progress=None if args.quiet else (lambda m: log("    " + m))))
+            except Exception as exc:  # one broken row must not lose the others
+                done.append(bb.failed_row(row, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"))
+            r = done[-1]
+            log(f"    {r['images_per_s']:.1f} img/s in {time.monotonic() - t0:.0f} s" if r["status"] == "ok"
+                else f"    {r['status']}: {r['error']}")
+        bb.add_mfu(done, {"torch": payload["peaks"]})
+        payload.update(rows=done, ratios=bb.ratios(done), anchors=anchor_ratios(done),
+                       wall_s=time.monotonic() - started)
+        write_json(out_path, payload)
+    print("\n".join(summary_lines(payload)))
+    print(f"wrote {out_path} ({payload['wall_s']:.0f} s)")
+    return 0 if all(r["status"] != "failed" for r in done) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

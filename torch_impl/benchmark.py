@@ -1,0 +1,383 @@
+"""Timed training and inference steps in PyTorch: our ResNet-50 and ``torchvision.models.resnet50``.
+
+The worker side of ``twinbench bench`` (task ``bench_row``), also run in-process by
+``bench/gpu_check.py``; mirror of ``tf_impl/benchmark.py``. The loop, statistics and FLOPs are
+``bench.benchmark``'s; this module supplies the model, the step, the device sync, the precision
+switches and the memory counters. numpy-free on purpose (the GPU check machine may lack it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import platform
+import sys
+import time
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench import benchmark as bb
+from bench.errors import UserError
+from bench.spec import build_spec
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+MATMUL_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+KERAS_ADAM_EPSILON = 1e-7  # Keras' Adam default (its "epsilon hat" form does not change the cost)
+
+
+# ---- device, sync, precision ----------------------------------------------------------------------
+def device_for(requested: str = "auto") -> torch.device:
+    if requested == "gpu" and not torch.cuda.is_available():
+        raise UserError("--device gpu: torch sees no CUDA device")
+    if requested in ("auto", "gpu") and torch.cuda.is_available():
+        return torch.device("cuda", 0)
+    return torch.device("cpu")
+
+
+def device_label(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:0 {torch.cuda.get_device_name(device)}"
+    return f"cpu {platform.processor() or platform.machine()}"
+
+
+def make_sync(device: torch.device) -> bb.Sync:
+    """torch's own device sync: CUDA kernels run asynchronously to the host; on the CPU
+    ``torch.cpu.synchronize`` is the same call's CPU form (ops return when done)."""
+    if device.type == "cuda":
+        return lambda out: torch.cuda.synchronize(device)
+    return lambda out: torch.cpu.synchronize()
+
+
+def set_tf32(enabled: bool) -> None:
+    """TF32 for CUDA matmuls AND cuDNN convolutions. cuDNN's flag defaults to True in PyTorch,
+    so a plain "fp32" torch run convolves in TF32 unless this turns it off.
+
+    Through the legacy flags on purpose: from torch 2.9 a write through the new per-backend
+    ``fp32_precision`` API makes inductor's legacy reads raise "mix of the legacy and new APIs"
+    (pytorch/pytorch#166387, fixed only by #189955), i.e. it breaks ``torch.compile``; the legacy
+    flags merely warn that they are deprecated."""
+    torch.set_float32_matmul_precision("high" if enabled else "highest")
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
+def check_precision(precision: str, device: torch.device) -> str | None:
+    """Why a precision cannot run here (None: it can)."""
+    if precision in bb.GPU_ONLY_PRECISIONS and device.type != "cuda":
+        return f"{precision} needs a GPU (TF32 and fp16 tensor cores); this worker runs on the CPU"
+    return None
+
+
+def autocast(precision: str, device: torch.device):
+    """torch autocast for mixed precision (weights and optimizer state stay fp32, as Keras'
+    mixed_bfloat16 / mixed_float16 policies keep variables in float32)."""
+    dtype = AUTOCAST_DTYPES.get(precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def is_oom(exc: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU allocator's failure (DefaultCPUAllocator)."""
+    oom_type = getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom_type is not None and isinstance(exc, oom_type):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text
+                                              or "not enough memory" in text)
+
+
+# ---- models ---------------------------------------------------------------------------------------
+def build_model(row: dict[str, Any]) -> tuple[nn.Module, str]:
+    """Ours (from bench.spec) or torchvision's resnet50 (v1.5, weights=None: random init)."""
+    torch.manual_seed(int(row.get("seed", 0)))
+    if row["model"] == "ours":
+        from torch_impl import model as tm
+
+        spec = build_spec(row.get("arch", "resnet50"), row["classes"], row["input_size"], row["pooling"])
+        return tm.build(spec), "ours (torch_impl.model)"
+    try:
+        import torchvision
+    except ImportError:
+        # The GPU check machine may have torch alone: an architecture copy of torchvision's.
+        return TorchvisionResNet50(row["classes"]), "torchvision-architecture copy (torchvision not installed)"
+    return torchvision.models.resnet50(weights=None, num_classes=row["classes"]), \
+        f"torchvision.models.resnet50 ({torchvision.__version__})"
+
+
+class _TVBottleneck(nn.Module):
+    """torchvision's Bottleneck (v1.5: stride on the 3x3, no conv biases, BN eps 1e-5)."""
+
+    def __init__(self, cin: int, width: int, stride: int):
+        super().__init__()
+        cout = width * 4
+        self.conv1, self.bn1 = nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width)
+        self.conv2, self.bn2 = nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width)
+        self.conv3, self.bn3 = nn.Conv2d(width, cout, 1, bias=False), nn.BatchNorm2d(cout)
+        self.downsample = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                           if stride != 1 or cin != cout else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = F.relu(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        return F.relu(y + (self.downsample(x) if self.downsample is not None else x))
+
+
+class TorchvisionResNet50(nn.Module):
+    """Layer for layer ``torchvision.models.resnet50()`` (same convs, strides, pads, head), for a
+    machine without torchvision. Initialisation differs; speed and memory do not."""
+
+    def __init__(self, num_classes: int = 1000):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64)
+        layers, cin = [], 64
+        for width, count, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+            blocks = []
+            for i in range(count):
+                blocks.append(_TVBottleneck(cin, width, stride if i == 0 else 1))
+                cin = width * 4
+            layers.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.fc = nn.Linear(2048, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+# ---- inputs and steps -------------------------------------------------------------------------------
+def synthetic_batch(row: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A device-resident batch of raw 0..255 pixels (the seed's input) and labels."""
+    g = torch.Generator(device="cpu").manual_seed(int(row.get("seed", 0)))
+    b, s = row["batch"], row["input_size"]
+    x = (torch.rand(b, 3, s, s, generator=g) * 255).to(device)
+    y = torch.randint(0, row["classes"], (b,), generator=g).to(device)
+    if row["layout"] == "nhwc":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y
+
+
+def pipeline_batches(row: dict[str, Any], device: torch.device) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
+    """Batches from the manifest's training pipeline (``torch_impl.data.make_loader``, its default
+    options at the row's size and batch), endlessly, copied to the device inside the step: what
+    end-to-end throughput includes. An epoch's last, partial batch is fetched (its time counts)
+    but not fed, so every step trains on exactly the recorded batch."""
+    from bench.manifest import PipelineOptions, load_manifest
+    from torch_impl import data as td
+
+    manifest = load_manifest(row["manifest"], verify="size")  # the parent verified the hashes
+    options = PipelineOptions(image_size=row["input_size"], batch_size=row["batch"])
+    loader = td.make_loader(manifest, "training", options)
+    state: dict[str, Any] = {"it": iter(loader), "partial": 0}
+    row["pipeline"] = {**options.to_dict(), "workers": td.default_workers(options), "loader": "torch DataLoader"}
+
+    def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
+        while True:
+            try:
+                x, y = next(state["it"])
+            except StopIteration:
+                state["it"] = iter(loader)
+                continue
+            if x.shape[0] == row["batch"]:
+                break
+            state["partial"] += 1
+            row["pipeline"]["partial_batches_skipped"] = state["partial"]
+        x = x.to(device, non_blocking=True)
+        x = x.contiguous(memory_format=torch.channels_last if row["layout"] == "nhwc" else torch.contiguous_format)
+        return x, y.to(device, non_blocking=True).long()
+    return next_batch
+
+
+def make_step(model: nn.Module, row: dict[str, Any], device: torch.device,
+              batches: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> Callable[[], Any]:
+    """One training step (forward, cross-entropy on the logits, backward, Adam) or one inference
+    forward, under the row's precision and compilation. Both models get the same step."""
+    forward = torch.compile(model) if row["compile"] == "jit" else model
+    precision = row["precision"]
+    if row["mode"] == "infer":
+        model.eval()
+
+        def infer() -> torch.Tensor:
+            x, _ = batches()
+            with torch.inference_mode(), autocast(precision, device):
+                return forward(x)
+        return infer
+
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=KERAS_ADAM_EPSILON)
+    # fp16 needs loss scaling (Keras wraps its optimizer in a LossScaleOptimizer likewise); bf16 does not.
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+
+    def train() -> torch.Tensor:
+        x, y = batches()
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(precision, device):
+            logits = forward(x)
+        # The seed's loss: sparse categorical cross-entropy of the softmax, i.e. of the logits.
+        loss = F.cross_entropy(logits.float(), y)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        return loss
+    return train
+
+
+# ---- memory ---------------------------------------------------------------------------------------
+def memory_counters(device: torch.device) -> tuple[Callable[[], bool], Callable[[], dict[str, Any]]]:
+    """(reset, read) of the peak: CUDA caching allocator on a GPU, peak RSS on the CPU."""
+    if device.type == "cuda":
+        def reset() -> bool:
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            return True
+
+        def read() -> dict[str, Any]:
+            return {"kind": "torch CUDA allocator peak (max_memory_allocated)",
+                    "peak_bytes": torch.cuda.max_memory_allocated(device),
+                    "reserved_peak_bytes": torch.cuda.max_memory_reserved(device)}
+        return reset, read
+    return bb.reset_peak_rss, bb.read_peak_rss
+
+
+def memory_in_use(device: torch.device) -> int | None:
+    """Bytes in use now: allocated tensors on a GPU, the process's RSS on the CPU (what a row's
+    peak adds to: inputs, framework, anything earlier rows left behind)."""
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device)
+    return bb.read_peak_rss().get("current_bytes")
+
+
+# ---- one row ----------------------------------------------------------------------------------------
+def run_row(row: dict[str, Any], progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Measure one configuration: warm-up, timed windows, then the memory loop."""
+    device = device_for(row.get("device", "auto"))
+    label = device_label(device)
+    reason = check_precision(row["precision"], device)
+    if reason:
+        return bb.skipped_row(row, reason)
+    if device.type == "cuda":
+        set_tf32(row["precision"] == "tf32")
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
+    sync = make_sync(device)
+    model = step = None
+    extra: dict[str, Any] = {}
+    try:
+        if row["input"] == "pipeline":
+            batches = pipeline_batches(row, device)
+            sync(None)
+            t0 = time.perf_counter()
+            first = batches()
+            sync(None)
+            extra["first_batch_s"] = time.perf_counter() - t0
+        else:
+            x, y = synthetic_batch(row, device)
+            batches = lambda: (x, y)  # noqa: E731  (already on the device: compute-only)
+            first = (x, y)
+        batch_used = int(first[0].shape[0])
+        before_model = memory_in_use(device)
+        # after the inputs: a batch that cannot fit fails before a model is built
+        model, model_label = build_model(row)
+        model = model.to(device)
+        if row["layout"] == "nhwc":
+            model = model.to(memory_format=torch.channels_last)
+        step = make_step(model, row, device, batches)
+        timing = bb.time_steps(step, sync, warmup=row["warmup"], repeats=row["repeats"], steps=row["steps"],
+                               batch=batch_used, progress=progress)
+        reset, read = memory_counters(device)
+        memory = bb.measure_memory(step, sync, steps=row["memory_steps"], reset=reset, read=read)
+        memory["before_model_bytes"] = before_model
+    except Exception as exc:
+        if not is_oom(exc):
+            raise
+        return bb.failed_row(row, bb.oom_message("torch", row["batch"], label, exc), oom=True, device=label)
+    finally:
+        # One process may run many rows (bench/gpu_check.py): free this row's model, optimizer
+        # and compiled graphs so the next row's allocator peak holds only its own.
+        del model, step
+        if row["compile"] == "jit":
+            torch._dynamo.reset()
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    extra.update(threads=threads(), versions=versions(), model_label_full=model_label)
+    return bb.finish_row(row, timing, memory, batch_used=batch_used, device=label, extra=extra)
+
+
+# ---- machine peak -----------------------------------------------------------------------------------
+def peak_flops(dtypes: tuple[str, ...], device: torch.device, size: int = 0,
+               progress: Callable[[str], None] | None = None) -> dict[str, float]:
+    """FLOP/s of a large square matmul per dtype (median of windows, synced): the measured
+    ceiling that MFU divides by. fp32 runs with TF32 off, tf32 with it on (GPU)."""
+    n = size or (8192 if device.type == "cuda" else 2048)
+    sync = make_sync(device)
+    out: dict[str, float] = {}
+    for name in dtypes:
+        if check_precision(name, device):
+            continue
+        if device.type == "cuda":
+            set_tf32(name == "tf32")
+        g = torch.Generator(device="cpu").manual_seed(0)
+        a = torch.randn(n, n, generator=g).to(device, MATMUL_DTYPES[name])
+        b = torch.randn(n, n, generator=g).to(device, MATMUL_DTYPES[name])
+        step = lambda: a @ b  # noqa: E731
+        sync(step())
+        t0 = time.perf_counter()
+        sync(step())
+        one = max(time.perf_counter() - t0, 1e-6)
+        steps = max(1, min(50, int(0.2 / one)))  # windows of about 0.2 s
+        timing = bb.time_steps(step, sync, warmup=2, repeats=bb.MIN_REPEATS, steps=steps, batch=1)
+        out[name] = bb.matmul_flops(n) * timing["throughput"]["median"]
+        if progress:
+            progress(f"peak {name}: {out[name] / 1e9:,.0f} GFLOP/s ({n}x{n} matmul)")
+    if device.type == "cuda":
+        set_tf32(False)
+    return out
+
+
+# ---- environment ------------------------------------------------------------------------------------
+def threads() -> dict[str, int]:
+    return {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads()}
+
+
+def versions() -> dict[str, Any]:
+    out: dict[str, Any] = {"torch": torch.__version__, "cuda": torch.version.cuda,
+                           "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
+                           "python": platform.python_version()}
+    try:
+        import torchvision
+        out["torchvision"] = torchvision.__version__
+    except ImportError:
+        out["torchvision"] = None
+    return out
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    return {"framework": "torch", "device": device_label(device), "threads": threads(), "versions": versions(),
+            "onednn": torch.backends.mkldnn.is_available(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+
+
+# ---- worker task ------------------------------------------------------------------------------------
+def _progress(message: str) -> None:
+    print(f"    torch: {message}", file=sys.stderr, flush=True)
+
+
+def bench_row(args: dict[str, Any], inputs: dict, job_dir) -> tuple[dict[str, Any], None]:
+    """Worker task: optionally the matmul peak (before any model exists), then one row."""
+    row = args["row"]
+    device = device_for(row.get("device", "auto"))
+    peak = None
+    if args.get("peak") is not None:
+        peak = peak_flops(("fp32", "tf32", "bf16", "fp16"), device, int(args["peak"].get("size", 0)), _progress)
+    result = run_row(row, progress=_progress)
+    return {"row": result, "peak": peak, "env": environment(device)}, None
