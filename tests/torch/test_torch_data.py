@@ -1,0 +1,90 @@
+"""torch_impl.data: TF's decoding rules with PIL, loader layout, and the manifest order."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bench.manifest import PipelineOptions, build_manifest, epoch_permutation
+from tests.data_fixtures import make_format_zoo
+from torch_impl import data as td
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("zoo")
+    files = make_format_zoo(root)
+    return root, files, build_manifest(root, validation_split=0.3, seed=11)
+
+
+def test_decode_follows_tf_where_pil_convert_differs(zoo):
+    _, files, _ = zoo
+    # 16-bit grayscale PNG: TF keeps the high byte; PIL's convert("RGB") would clip at 255.
+    with Image.open(files["gray16_png"]) as im:
+        raw = np.asarray(im).astype(np.uint32)
+    got = td.decode_image(files["gray16_png"].read_bytes())
+    np.testing.assert_array_equal(got, np.repeat((raw >> 8).astype(np.uint8)[..., None], 3, axis=2))
+    # Transparent GIF: TF paints the transparent index black.
+    with Image.open(files["transparent_gif"]) as im:
+        index, palette_rgb = np.asarray(im), np.asarray(im.convert("RGB"))
+    got = td.decode_image(files["transparent_gif"].read_bytes())
+    assert np.any(index == 0) and np.all(got[index == 0] == 0) and np.any(palette_rgb[index == 0] != 0)
+    np.testing.assert_array_equal(got[index != 0], palette_rgb[index != 0])
+    # 8-bit palette BMP: TF reads the stored values as gray levels.
+    with Image.open(files["palette_bmp"]) as im:
+        index = np.asarray(im)
+    np.testing.assert_array_equal(td.decode_image(files["palette_bmp"].read_bytes()),
+                                  np.repeat(index[..., None], 3, axis=2))
+    # Everything else: PIL's RGB conversion, three channels, uint8.
+    for kind, path in files.items():
+        rgb = td.decode_image(path.read_bytes())
+        assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3, kind
+
+
+def test_loader_layout_and_caffe(zoo):
+    _, _, manifest = zoo
+    options = PipelineOptions(image_size=24, batch_size=4, preprocessing="caffe", workers=0)
+    x, y = next(iter(td.make_loader(manifest, "validation", options)))
+    assert x.shape == (4, 3, 24, 24) and x.dtype == torch.float32 and y.dtype == torch.int64
+    raw, _ = td.load_images(manifest, "validation", range(4), options.replace(preprocessing="none"))
+    expected = raw[..., ::-1] - np.array([103.939, 116.779, 123.68], np.float32)
+    np.testing.assert_array_equal(x.permute(0, 2, 3, 1).numpy(), expected)
+    np.testing.assert_array_equal(y.numpy(), manifest.labels("validation")[:4])
+
+
+def test_manifest_order_follows_epoch_permutation(zoo):
+    _, _, manifest = zoo
+    options = PipelineOptions(image_size=8, batch_size=3, order="manifest", workers=0)
+    labels = manifest.labels("training")
+    n = len(labels)
+    loader = td.make_loader(manifest, "training", options)
+    for epoch in range(2):  # each iteration is the next epoch
+        got = torch.cat([y for _, y in loader]).numpy()
+        np.testing.assert_array_equal(got, labels[epoch_permutation(manifest, n, epoch)])
+    pinned = td.make_loader(manifest, "training", options, epoch=3)
+    a = torch.cat([x for x, _ in pinned])
+    b = torch.cat([x for x, _ in pinned])
+    assert torch.equal(a, b)
+    x_all, _ = td.load_images(manifest, "training", range(n), options)
+    np.testing.assert_array_equal(a.permute(0, 2, 3, 1).numpy(), x_all[epoch_permutation(manifest, n, 3)])
+
+
+def test_native_order_is_seeded_and_reshuffles(zoo):
+    _, _, manifest = zoo
+    options = PipelineOptions(image_size=8, batch_size=50, workers=0, seed=3)
+    order = lambda loader: torch.cat([x.flatten(1).sum(1) for x, _ in loader]).numpy()  # noqa: E731
+    first = td.make_loader(manifest, "training", options)
+    e0, e1 = order(first), order(first)
+    assert not np.array_equal(e0, e1)  # a new permutation each epoch
+    np.testing.assert_array_equal(order(td.make_loader(manifest, "training", options)), e0)  # same seed
+
+
+def test_worker_processes_give_the_same_batches(zoo):
+    _, _, manifest = zoo
+    options = PipelineOptions(image_size=20, batch_size=4)
+    single = [x for x, _ in td.make_loader(manifest, "validation", options, workers=0)]
+    multi = [x for x, _ in td.make_loader(manifest, "validation", options, workers=2)]
+    assert len(single) == len(multi)
+    assert all(torch.equal(a, b) for a, b in zip(single, multi))

@@ -1,0 +1,282 @@
+"""PyTorch input pipeline (Dataset + DataLoader) that reads only the manifest. Mirror: ``tf_impl/data.py``.
+
+Per image, to the same numbers as the TF pipeline: read the file, decode to 3-channel RGB with
+PIL the way ``tf.io.decode_image(channels=3, expand_animations=False)`` does (PIL's JPEG decode
+is libjpeg's integer-accurate IDCT, bit-identical to TF's ``INTEGER_ACCURATE``; TF's fast IDCT,
+the ``seed`` decoder, cannot be reproduced here and is not attempted), then
+``F.interpolate(bilinear, align_corners=False, antialias=False)`` (TF's half-pixel bilinear;
+torchvision's ``Resize`` antialiases by default: a different function), then the optional
+caffe preprocessing.
+
+Where TF's decoders differ from PIL's ``convert("RGB")``, this module follows TF (measured):
+- 16-bit grayscale PNG: TF keeps the high byte (``v >> 8``); PIL would clip at 255;
+- GIF: TF paints the transparent colour index black in the first frame; PIL uses its palette colour;
+- 8-bit BMP: TF reads the pixel values as gray levels and ignores the palette.
+
+Order (``PipelineOptions.order``): ``native``, training split: ``DataLoader(shuffle=True)`` with a
+seeded generator (a new permutation each epoch); ``manifest``: :class:`EpochPermutationSampler`
+follows ``bench.manifest.epoch_permutation``, exactly as the TF pipeline does; validation: the
+manifest's order. Images are decoded every epoch in the DataLoader's worker processes (the
+idiomatic torch pipeline; the TF side caches in ``native`` order as the seed does).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from bench.manifest import (CAFFE_MEAN_BGR, SPLITS, Manifest, PipelineOptions, epoch_permutation,
+                            load_manifest)
+
+
+# ---- one image -------------------------------------------------------------------------------------
+def decode_image(data: bytes, decoder: str = "accurate") -> np.ndarray:
+    """Encoded bytes -> uint8 (H, W, 3), matching TF's ``decode_image(channels=3)``.
+
+    ``decoder`` is accepted for symmetry with ``tf_impl.data``: both values decode accurately here.
+    """
+    with Image.open(io.BytesIO(data)) as im:  # frame 0, as expand_animations=False
+        if im.format == "BMP" and im.mode in ("P", "L"):
+            gray = np.asarray(im)  # the stored 8-bit values, not the palette colours
+            return np.repeat(gray[..., None], 3, axis=2)
+        if im.mode.startswith("I;16") or im.mode == "I":
+            gray = (np.asarray(im).astype(np.uint32) >> 8).astype(np.uint8)
+            return np.repeat(gray[..., None], 3, axis=2)
+        rgb = np.array(im.convert("RGB"))
+        if im.format == "GIF" and im.mode in ("P", "L") and "transparency" in im.info:
+            rgb[np.asarray(im) == im.info["transparency"]] = 0
+        return rgb
+
+
+def resize_image(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(3, H, W) float32 -> (3, size, size): TF's ``tf.image.resize(bilinear)``, no antialiasing."""
+    return F.interpolate(x[None], size=(size, size), mode="bilinear", align_corners=False, antialias=False)[0]
+
+
+_NEG_MEAN = torch.tensor([-m for m in CAFFE_MEAN_BGR], dtype=torch.float32).view(3, 1, 1)
+
+
+def preprocess(x: torch.Tensor, mode: str) -> torch.Tensor:
+    """``none``: raw 0..255 (the seed). ``caffe``: Keras ResNet50 ``preprocess_input`` (RGB -> BGR,
+    plus minus the ImageNet BGR means), the same float32 operations as the TF side."""
+    if mode == "none":
+        return x
+    return x.flip(0) + _NEG_MEAN.to(x.dtype)
+
+
+def load_image(path: str | os.PathLike, options: PipelineOptions) -> torch.Tensor:
+    """File path -> float32 (3, size, size), the Dataset's per-image function."""
+    with open(path, "rb") as f:
+        rgb = decode_image(f.read(), options.decoder)
+    x = torch.from_numpy(rgb).permute(2, 0, 1).to(torch.float32)
+    return preprocess(resize_image(x, options.image_size), options.preprocessing).contiguous()
+
+
+# ---- datasets --------------------------------------------------------------------------------------
+class ManifestDataset(Dataset):
+    """One split of a manifest: (x float32 CHW, label) in the manifest's order."""
+
+    def __init__(self, manifest: Manifest, split: str, options: PipelineOptions):
+        self.split = manifest.split_name(split)
+        self.paths = [str(p) for p in manifest.paths(self.split)]
+        self.labels = manifest.labels(self.split)
+        self.options = options
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return load_image(self.paths[index], self.options), int(self.labels[index])
+
+
+class EpochPermutationSampler(Sampler[int]):
+    """The ``manifest`` order: epoch e visits ``epoch_permutation(seed, n, e)``. With ``epoch=None``
+    the k-th iteration follows epoch k (counting from 0), as the TF pipeline does; ``set_epoch``
+    pins one, as DistributedSampler's does."""
+
+    def __init__(self, seed: int, size: int, epoch: int | None = None):
+        self.seed, self.size = seed, size
+        self.fixed = epoch
+        self.next_epoch = 0 if epoch is None else epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.fixed = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        epoch = self.fixed if self.fixed is not None else self.next_epoch
+        if self.fixed is None:
+            self.next_epoch += 1
+        return iter(epoch_permutation(self.seed, self.size, epoch).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def default_workers(options: PipelineOptions) -> int:
+    if options.workers is not None:
+        return options.workers
+    return min(4, os.cpu_count() or 1)
+
+
+def make_loader(manifest: Manifest, split: str, options: PipelineOptions, *,
+                epoch: int | None = None, workers: int | None = None) -> DataLoader:
+    """Batches of (x: float32 NCHW, y: int64) for ``split`` of ``manifest`` (see module docstring).
+
+    ``epoch``: for ``order="manifest"`` the permutation of that epoch on every iteration (None:
+    iteration k follows epoch k); for ``native`` it seeds the shuffle of a one-epoch loader.
+    """
+    dataset = ManifestDataset(manifest, split, options)
+    n_workers = default_workers(options) if workers is None else workers
+    kwargs: dict[str, Any] = {
+        "batch_size": options.batch_size,
+        "num_workers": n_workers,
+        "persistent_workers": n_workers > 0,  # no worker restart per epoch
+        "pin_memory": torch.cuda.is_available(),
+    }
+    if dataset.split != "training":
+        return DataLoader(dataset, shuffle=False, **kwargs)
+    if options.order == "native":
+        seed = options.seed if epoch is None else int(np.random.SeedSequence([options.seed, epoch]).generate_state(1)[0])
+        generator = torch.Generator().manual_seed(seed)
+        return DataLoader(dataset, shuffle=True, generator=generator, **kwargs)
+    return DataLoader(dataset, sampler=EpochPermutationSampler(manifest.seed, len(dataset), epoch), **kwargs)
+
+
+def sequential_loader(manifest: Manifest, split: str, options: PipelineOptions) -> DataLoader:
+    """The split in manifest order, batched, through the same Dataset and worker processes."""
+    n_workers = default_workers(options)
+    return DataLoader(ManifestDataset(manifest, split, options), batch_size=options.batch_size, shuffle=False,
+                      num_workers=n_workers)
+
+
+def load_images(manifest: Manifest, split: str, indices: Sequence[int],
+                options: PipelineOptions) -> tuple[np.ndarray, np.ndarray]:
+    """The pipeline's images ``indices`` of ``split`` as (float32 NHWC, int64 labels): the exact
+    batch the parity suite feeds both models."""
+    dataset = ManifestDataset(manifest, split, options)
+    if len(indices) == 0:
+        return np.zeros((0, options.image_size, options.image_size, 3), np.float32), np.zeros((0,), np.int64)
+    xs = torch.stack([dataset[int(i)][0] for i in indices])
+    return xs.permute(0, 2, 3, 1).numpy().copy(), dataset.labels[np.asarray(indices, dtype=np.int64)]
+
+
+# ---- worker tasks ----------------------------------------------------------------------------------
+def data_check(args: dict[str, Any], inputs: dict[str, np.ndarray], job_dir: Path):
+    """Decode every image through the loader and compare with the TF worker's images
+    (``args['reference'][decoder][split]``, float32 NHWC .npy): per image max and mean |diff|
+    and the fraction of values that differ, for each reference decoder."""
+    manifest = load_manifest(args["manifest"], data_root=args.get("data_root"), verify="none")
+    options = PipelineOptions.from_dict(args["pipeline"])
+    quiet = bool(args.get("quiet"))
+    arrays: dict[str, np.ndarray] = {}
+    for split in SPLITS:
+        n = len(manifest.entries(split))
+        refs = {d: np.load(paths[split], mmap_mode="r") for d, paths in args["reference"].items()}
+        for d, ref in refs.items():
+            if ref.shape != (n, options.image_size, options.image_size, 3):
+                raise ValueError(f"reference {d}/{split} has shape {ref.shape}, expected {n} images")
+        stats = {(d, k): np.zeros((n,), np.float64) for d in refs for k in ("max", "mean", "frac")}
+        labels = np.empty((n,), np.int64)
+        done, start, last = 0, time.monotonic(), time.monotonic()
+        for x, y in sequential_loader(manifest, split, options):
+            b = int(x.shape[0])
+            ours = x.permute(0, 2, 3, 1).numpy().reshape(b, -1)
+            labels[done:done + b] = y.numpy()
+            for d, ref in refs.items():
+                diff = np.abs(ours - np.asarray(ref[done:done + b]).reshape(b, -1))
+                stats[(d, "max")][done:done + b] = diff.max(axis=1)
+                stats[(d, "mean")][done:done + b] = diff.mean(axis=1)
+                stats[(d, "frac")][done:done + b] = (diff > 0).mean(axis=1)
+            done += b
+            if not quiet and time.monotonic() - last > 2:
+                last = time.monotonic()
+                print(f"  torch decode {split}: {done}/{n} images, {done / (last - start):.0f} img/s",
+                      file=sys.stderr, flush=True)
+        for (d, k), values in stats.items():
+            arrays[f"{k}_{d}_{split}"] = values
+        arrays[f"labels_{split}"] = labels
+    return {"workers": default_workers(options)}, arrays
+
+
+def pipeline_speed(args: dict[str, Any], inputs: dict[str, np.ndarray], job_dir: Path):
+    """Training steps fed by the real loader vs the same kind of batches already in memory.
+
+    Blocks of ``steps`` synced training steps alternate (real, memory, real, memory, ...) so that
+    drift on a shared machine hits both alike; throughput = images / synced block time. Time spent
+    waiting for the next batch is recorded too: a loader that keeps up makes it ~0.
+    """
+    from bench.spec import spec_from_args
+    from torch_impl import model as tm
+
+    manifest = load_manifest(args["manifest"], data_root=args.get("data_root"), verify="none")
+    options = PipelineOptions.from_dict(args["pipeline"])
+    steps, rounds, warmup = int(args.get("steps", 8)), int(args.get("rounds", 2)), int(args.get("warmup", 2))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    model = tm.build(spec_from_args(args)).to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7)  # Keras' Adam defaults
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def train_step(x: torch.Tensor, y: torch.Tensor) -> float:
+        loss = F.cross_entropy(model(x), y)  # log_softmax of the logits: Keras' exact loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.item()  # sync: the step has finished
+
+    memory = []
+    for x, y in sequential_loader(manifest, "training", options.replace(workers=0)):
+        memory.append((x.to(device), y.to(device)))
+        if len(memory) == steps:
+            break
+    for i in range(warmup):  # first-step allocations, excluded
+        train_step(*memory[i % len(memory)])
+    loader = make_loader(manifest, "training", options)
+
+    def forever():
+        while True:
+            yield from loader
+
+    real = forever()
+
+    def next_real(k: int):
+        x, y = next(real)
+        return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+    train_step(*next_real(0))  # starts the worker processes and fills their prefetch queue
+
+    def block(feed) -> tuple[float, float, int]:
+        sync()
+        images, waited, start = 0, 0.0, time.perf_counter()
+        for k in range(steps):
+            t = time.perf_counter()
+            x, y = feed(k)
+            waited += time.perf_counter() - t
+            train_step(x, y)
+            images += int(x.shape[0])
+        sync()
+        return time.perf_counter() - start, waited, images
+
+    runs: dict[str, list[dict[str, float]]] = {"real": [], "memory": []}
+    for r in range(rounds):
+        for mode, feed in (("real", next_real), ("memory", lambda k: memory[k % len(memory)])):
+            seconds, waited, images = block(feed)
+            runs[mode].append({"images_per_s": images / seconds, "wait_fraction": waited / seconds, "seconds": seconds})
+            if not args.get("quiet"):
+                print(f"  torch round {r + 1}/{rounds} {mode:<6} {images / seconds:6.2f} img/s "
+                      f"(waiting for data {100 * waited / seconds:.1f}%)", file=sys.stderr, flush=True)
+    return {"framework": "torch", "runs": runs, "steps": steps, "rounds": rounds, "warmup": warmup,
+            "workers": default_workers(options), "device": str(device)}, None
