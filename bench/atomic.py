@@ -7,6 +7,7 @@ leaves the previous file intact.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -16,22 +17,37 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from bench.errors import TwinbenchError
+
+# Errors that mean "this place cannot take the file now", not a bug of ours.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                errno.ENOTDIR, errno.EEXIST, errno.EISDIR}
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path: Path | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        # Disk full, a read-only or forbidden folder: one line for the user, not a traceback.
+        kept = "the previous file is kept" if path.exists() else "nothing was written"
+        where = f": {exc.filename}" if exc.filename and str(exc.filename) != str(path) else ""
+        raise TwinbenchError(f"{path}: cannot write ({exc.strerror}{where}); {kept}: free disk space or "
+                             f"choose a writable folder, then run again") from None
     finally:
-        if tmp_path.exists():
+        if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
 
 

@@ -26,8 +26,16 @@ from bench.runner import WorkerConfig
 # Command name -> "module:function" registering its subparser. An explicit table.
 COMMANDS: dict[str, str] = {
     "info": "bench.cli:register_info",
+    "train": "bench.train:register",
     "weights": "bench.cli:register_weights",
-    "run": "bench.cli:register_run",
+    "run": "bench.pipeline:register",
+    "parity": "bench.parity:register",
+    "bench": "bench.benchmark:register",
+    "manifest": "bench.manifest:register",
+    "data": "bench.datacheck:register",
+    "report": "bench.report:register",
+    "compare": "bench.compare:register",
+    "history": "bench.history:register",
 }
 
 
@@ -156,46 +164,6 @@ def cmd_weights_convert(args: argparse.Namespace) -> int:
         out = run_worker(read_fw or write_fw or "torch", "convert", {**margs, "src": str(src), "dst": str(dst)},
                          config=config)
     print(f"wrote {dst} ({out.result['layers']} layers, {out.result['tensors']} tensors, from {src})")
-    return 0
-
-
-# ---- run -------------------------------------------------------------------------------------------
-def register_run(sub) -> None:
-    p = sub.add_parser("run", help="the full comparison on the demo data (what 'make run' does)")
-    p.add_argument("--out", default="runs", help="directory for run outputs (default: runs/)")
-    p.add_argument("--batch", type=positive_int, default=2, help="images in the parity batch (default 2)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weight bundle and inputs")
-    add_model_options(p)
-    add_worker_options(p)
-    p.set_defaults(func=cmd_run)
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    """Both models from one random bundle, one batch: the end-to-end parity figure."""
-    import time
-    from pathlib import Path
-
-    import numpy as np
-
-    from bench.runner import run_worker
-    from bench.spec import build_spec
-    from bench.weights import random_bundle
-
-    margs = model_args(args)
-    spec = build_spec(args.model, args.classes, args.input_size, args.pooling)
-    run_dir = Path(args.out) / time.strftime("run-%Y%m%d-%H%M%S")
-    run_dir.mkdir(parents=True, exist_ok=False)
-    bundle_path = run_dir / "bundle.npz"
-    random_bundle(spec, seed=args.seed).save(bundle_path)
-    x = np.random.default_rng(args.seed).uniform(0, 255, (args.batch, spec.input_size, spec.input_size, 3)).astype("float32")
-    config = worker_config(args)
-    outs = {fw: run_worker(fw, "forward", {**margs, "weights": str(bundle_path)}, arrays={"x": x}, config=config)
-            for fw in ("tf", "torch")}
-    print(f"{spec.name}: {spec.param_counts()['total']:,} parameters; batch {args.batch} at {spec.input_size} px")
-    for key in ("features", "logits", "probs"):
-        ref, other = outs["tf"].arrays[key], outs["torch"].arrays[key]
-        rel = float(np.abs(ref - other).max() / max(np.abs(ref).max(), np.finfo(np.float32).tiny))
-        print(f"  {key:<9} max relative error TF vs torch: {rel:.2e}")
     return 0
 
 

@@ -30,3 +30,13 @@ class WorkerError(TwinbenchError):
     def __init__(self, message: str, exit_code: int = 1):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def one_line(message: str, *, tail: int = 3) -> str:
+    """A multi-line error as one line for a record or a step table: the first line and the last
+    ``tail`` non-empty lines after it (a worker's "last output:" block names what went wrong)."""
+    # Traceback caret lines ("^^^^") carry nothing once joined.
+    lines = [line.strip() for line in str(message).splitlines() if line.strip(" ^~")]
+    if len(lines) <= 1:
+        return lines[0] if lines else ""
+    return lines[0] + " " + " | ".join(lines[1:][-tail:])

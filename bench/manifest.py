@@ -369,7 +369,7 @@ def build_manifest(data_dir: str | os.PathLike, *, validation_split: float = DEF
     n = len(shuffled)
     if n_val == 0 or n - n_val == 0:
         empty = "validation" if n_val == 0 else "training"
-        raise UserError(f"validation split {validation_split:g} of {n} files leaves the {empty} set empty "
+        raise UserError(f"{data_dir}: validation split {validation_split:g} of {n} files leaves the {empty} set empty "
                         f"(int({validation_split:g} x {n}) = {n_val} validation files): add images or "
                         f"change --validation-split")
 

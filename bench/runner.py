@@ -21,7 +21,7 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -63,6 +63,8 @@ def check_framework(framework: str) -> str:
 def worker_env(config: WorkerConfig) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ info lines drown the progress output
+    # Spinning OpenMP threads made a torch forward 80x slower on 2 shared cores (measured here).
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     env.setdefault("PYTHONUNBUFFERED", "1")
     if config.threads:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
@@ -155,15 +157,30 @@ def run_worker(
         message = payload.get("error", "unknown error")
         if payload.get("user_error"):
             raise UserError(message)
-        raise WorkerError(f"{label} worker ({task}) failed: {message}\n" + "\n".join(tail), exit_code=1)
+        raise WorkerError(f"{label} worker ({task}) failed: {message}{memory_hint(message, tail)}\n"
+                          + "\n".join(tail), exit_code=1)
     if returncode != 0 or payload is None:
-        raise WorkerError(f"{label} worker ({task}) {describe_exit(returncode)}; last output:\n"
+        raise WorkerError(f"{label} worker ({task}) {describe_exit(returncode)}{memory_hint('', tail)}; last output:\n"
                           + ("\n".join(tail) if tail else "(nothing)"))
     arrays_out: dict[str, np.ndarray] = {}
     if payload.get("arrays"):
         with np.load(job_dir / payload["arrays"], allow_pickle=False) as data:
             arrays_out = {k: data[k] for k in data.files}
     return WorkerResult(payload.get("result", {}), arrays_out, job_dir)
+
+
+# What an allocation failure looks like from each side: Python, torch's CPU allocator, CUDA,
+# TF's BFC allocator, oneDNN under a memory limit (measured here with ulimit -v), the loader.
+MEMORY_SIGNS = ("MemoryError", "can't allocate memory", "out of memory", "OOM when allocating",
+                "ResourceExhaustedError", "could not create a primitive", "failed to map segment")
+
+
+def memory_hint(message: str, tail: Iterable[str]) -> str:
+    """A hint when a worker failed for want of memory: the batch is never shrunk behind the user's back."""
+    text = "\n".join([message, *list(tail)[-20:]])
+    if any(sign in text for sign in MEMORY_SIGNS):
+        return " (out of memory? lower --batch-size or --input-size, or free memory; nothing was retried smaller)"
+    return ""
 
 
 def describe_exit(returncode: int) -> str:

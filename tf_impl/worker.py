@@ -20,9 +20,16 @@ from bench.workerproto import serve, threads_from_env  # noqa: E402
 
 TASKS = {
     "info": "tf_impl.worker:info",
+    "train": "tf_impl.train:train",
     "forward": "tf_impl.worker:forward",
     "export": "tf_impl.worker:export",
     "convert": "tf_impl.worker:convert",
+    "bench_row": "tf_impl.benchmark:bench_row",
+    "residual_ratios": "tf_impl.residuals:residual_ratios",
+    "parity_probe": "tf_impl.probes:probe",
+    "parity_inputs": "tf_impl.probes:load_inputs",
+    "data_check": "tf_impl.data:data_check",
+    "pipeline_speed": "tf_impl.data:pipeline_speed",
 }
 
 

@@ -18,9 +18,17 @@ from bench.workerproto import serve, threads_from_env  # noqa: E402
 
 TASKS = {
     "info": "torch_impl.worker:info",
+    "train": "torch_impl.train:train",
     "forward": "torch_impl.worker:forward",
     "export": "torch_impl.worker:export",
     "convert": "torch_impl.worker:convert",
+    "bench_row": "torch_impl.benchmark:bench_row",
+    "residual_ratios": "torch_impl.residuals:residual_ratios",
+    "parity_probe": "torch_impl.probes:probe",
+    "parity_calibrate": "torch_impl.probes:calibrate",
+    "parity_inputs": "torch_impl.probes:load_inputs",
+    "data_check": "torch_impl.data:data_check",
+    "pipeline_speed": "torch_impl.data:pipeline_speed",
 }
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}

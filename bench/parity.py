@@ -1,0 +1,981 @@
+"""Per-block numeric parity between the Keras model and its PyTorch port, forward to training.
+
+    twinbench parity                                 # defaults: < 3 min on 2 cores
+    twinbench parity --dtype float64 --json parity.json
+    twinbench parity --checks forward,grad --input-size 64 --pooling global
+    twinbench parity --checks all --steps 20         # adds the K-step training trajectory
+    twinbench parity --ablate bn-eps                 # switch one alignment off on the torch side
+    twinbench parity --ablation-table                # every ablation alone: what each mismatch costs
+
+Both frameworks load one weight bundle and read one input batch, each in its own worker; TF is the
+reference. Rows are the probe points (``spec.probe_points``: stem, each residual block, pooled
+features, logits, probabilities), plus ``input`` (the two data pipelines' batches, with
+``--manifest``) and ``loss``. Columns (checks; ``--checks`` takes the groups in brackets):
+
+==========  =============================================================================
+input       the two data pipelines' batches (``--manifest`` only): TF's vs torch's decode.
+isolated    [forward] inference mode, each torch stage fed TF's input of that stage (as
+            nobuco does): errors do not accumulate, a bad block is pinned exactly.
+forward     [forward] inference mode, chained: each side runs end to end.
+train-iso   [train] training mode (batch statistics), isolated.
+train       [train] training mode, chained; the loss row compares the loss.
+bn          [train] BN moving mean and variance after that one isolated training-mode update:
+            Keras' momentum 0.99 (torch 0.01) and Keras' biased batch variance.
+grad-iso    [grad] gradients in training mode, isolated: each torch stage fed TF's input and
+            TF's gradient of its output; the parameters' and the input's gradients.
+grad        [grad] gradients of the loss (sparse categorical cross-entropy on the softmax
+            output, mean over the batch, same labels) for every parameter, per block, chained.
+adam        [step] parameters, first and second moment after one Adam step from the bundle's
+            weights and the SAME (TF's) gradients: Keras' Adam vs torch_impl's KerasAdam.
+sgd         [step] parameters after one plain SGD step: the control for ``adam``.
+traj        [trajectory] K training steps (``--steps``, default 20) on identical batches in
+            identical order: per block the sampled weights and BN statistics after step K; the
+            loss row compares the loss of every step; the result holds the curve per step.
+==========  =============================================================================
+
+Metrics per cell: shape and dtype equality, equality of the NaN / +inf / -inf masks, max
+absolute error, max relative error ``max|a - b| / max|ref|`` over the cell's arrays (finite
+elements) and where the worst element sits. Cells with several kinds of arrays (bn: mean and
+variance; adam: parameters, m, v; traj: weights, moving mean, moving variance) take the worst
+of the kinds' relative errors, so a small-valued kind is not drowned by a large one. A cell
+passes when shapes, dtypes and masks agree and max_rel <= its tolerance (:data:`TOLERANCES`).
+The first failing cell, taking the checks in pipeline order (input, forward, isolated, ...,
+traj) and within a check the rows in network order, names the first divergent check and block;
+the command then exits 1.
+
+Weights: ``--weights BUNDLE|H5`` or, by default, ``bench.weights.random_bundle`` CALIBRATED
+(``torch_impl.probes.calibrate``): raw 0..255 pixels through random weights give activations
+of 1e3..1e6 and a one-hot softmax (logits ~1e6), where every check is vacuous. Calibration runs
+training mode once over the parity batch, sets every BN layer's moving mean and variance from
+the batch statistics its input had, perturbs them by a few percent (``perturb`` 0.05: mean by
+0.05 std x N(0, 1), variance by a factor in [0.95, 1.05]) so inference and training mode differ,
+and scales fc1000 so the logits' standard deviation is 2 (probabilities well away from one-hot).
+``--calibrate`` applies it to a weight file too; ``--no-calibrate`` skips it.
+
+Inputs: seeded uniform 0..255 pixels (the seed feeds raw pixels) and seeded labels; with
+``--manifest M``, the first ``--batch`` validation images decoded by ``torch_impl.data`` (the
+accurate decoder, bit-identical to TF's INTEGER_ACCURATE) feed both sides, and the ``input`` row
+compares the two pipelines' batches.
+
+JSON (``--json OUT``; :func:`run_parity` returns the same dict)::
+
+    {"format": "twinbench.parity", "version": 1,
+     "verdict": "pass" | "fail",
+     "first_failure": null | {"block", "check", "max_rel", "tol", "reason"},
+     "failures": [{"block", "check", "max_rel", "tol", "reason"}, ...],
+     "first_divergent": {check: block | null},
+     "config": {model, classes, input_size, pooling, dtype, batch, seed, checks, ablations,
+                steps, weights, manifest, calibrate},
+     "ablation": {name: description} (torch-side changes in force),
+     "rows": [...], "columns": [...], "tolerances": {check: tol},
+     "table": {row: {check: null | {"ok", "max_abs", "max_rel", "tol", "reason",
+                                    "shape_ok", "dtype_ok", "nonfinite_ok",
+                                    "where": {"array", "index", "ref", "other"}}}},
+     "loss": {"tf", "torch", "tf_from_logits", "keras_logits_recovered"},
+     "trajectory": null | {"steps", "loss_tf", "loss_torch", "loss_rel", "param_rel", "bn_rel"},
+     "calibration": null | {...}, "inputs": {...},
+     "seconds": {"tf": {phase: s}, "torch": {phase: s}, "total": s},
+     "env": {"machine", "commit", "twinbench"}}
+
+Non-finite floats are written as null. ``run_ablation_table`` returns
+``{"format": "twinbench.parity-ablations", "baseline": <summary>, "ablations": {name: summary}}``
+where a summary is ``{"verdict", "first_failure", "worst": {check: max_rel over the rows},
+"shape_mismatch": [checks], "expected", "detected"}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from bench.errors import CheckFailed, UserError
+from bench.runner import WorkerConfig, WorkerResult, run_worker
+from bench.spec import ModelSpec, build_spec
+
+FORMAT = "twinbench.parity"
+FORMAT_VERSION = 1
+
+# Check groups (what --checks takes) -> the table columns they fill.
+CHECK_GROUPS: dict[str, tuple[str, ...]] = {
+    "forward": ("isolated", "forward"),
+    "train": ("train-iso", "train", "bn"),
+    "grad": ("grad-iso", "grad"),
+    "step": ("adam", "sgd"),
+    "trajectory": ("traj",),
+}
+# Pipeline order; within a pair the isolated check first: it pins the block exactly.
+COLUMNS = ("input", "isolated", "forward", "train-iso", "train", "bn", "grad-iso", "grad", "adam", "sgd", "traj")
+DEFAULT_CHECKS = ("forward", "train", "grad", "step")
+DEFAULT_STEPS = 20
+
+# Relative tolerances (max|a-b| / max|ref|) per dtype and check, set from measurements at
+# 224 px, batch 2, seed 0, calibrated random weights, on random pixels and on the demo
+# manifest's images (largest cell of the two with every alignment on -> tolerance; in brackets
+# the smallest first-failure error of the ablation aimed at the check):
+#   float32: isolated 1.5e-6 -> 1e-5 (bn-eps 2.1e-3); forward 7e-5 -> 1e-3 (chained errors grow
+#   ~1.3x a block); train-iso 1.6e-6 -> 1e-5; train 1e-4 -> 1e-3; bn 1.1e-7 -> 1e-6
+#   (bn-momentum 8e-3; bn-variance 1.6e-6 at 2a: at the stem its n/(n-1), 3.9e-7, is within
+#   4x of float32 rounding); adam/sgd 1.2e-7 (1-2 ulp) -> 1e-6 (adam-eps 1.3e-2); input 0
+#   (bit-identical decoders and resize at 64 and 224 px) -> 1e-4 (decoder 1.7e-2).
+#   Gradients: float32 gradients of this network are only good to ~10% (TF, torch, and torch
+#   against its own float64 alike): a ReLU or max-pool derivative flips where the last bit
+#   decides the sign of a value ~1e-7 from 0 (one element of 200k in block 3c gives a 7e-2
+#   isolated error; most blocks agree to 1e-6), and training-mode BN over 2 images amplifies
+#   chained differences (grad 0.13, grad-iso 0.074 -> 0.5: only gross errors fail). The
+#   trajectory decorrelates chaotically after such a flip (0.55 per block after 20 steps on
+#   the demo images, loss off by 90% at some steps) -> 1.0: only NaNs, shapes or total
+#   divergence fail; use float64.
+#   float64 pins everything: isolated 3e-15 -> 1e-12, forward 1.9e-13 -> 1e-10, train-iso
+#   1.4e-13 (stem, real images: channels whose mean dwarfs their spread) -> 1e-11, train
+#   5.2e-12 -> 1e-10, bn 1.8e-15 -> 1e-13, grad-iso 7.8e-13 -> 1e-10, grad 1.7e-11 -> 1e-9,
+#   adam/sgd 1.2e-16 -> 1e-14; the trajectory agrees to 1e-8 for 5 (real) and 11 (random)
+#   steps, then a flip and chaos: 1.1e-2 per block at step 20 -> 0.1.
+TOLERANCES: dict[str, dict[str, float]] = {
+    "float32": {"input": 1e-4, "forward": 1e-3, "isolated": 1e-5, "train": 1e-3, "train-iso": 1e-5,
+                "bn": 1e-6, "grad": 0.5, "grad-iso": 0.5, "adam": 1e-6, "sgd": 1e-6, "traj": 1.0},
+    "float64": {"input": 1e-4, "forward": 1e-10, "isolated": 1e-12, "train": 1e-10, "train-iso": 1e-11,
+                "bn": 1e-13, "grad": 1e-9, "grad-iso": 1e-10, "adam": 1e-14, "sgd": 1e-14, "traj": 0.1},
+}
+
+
+# The trajectory's "still together" level: agree_steps counts the leading steps whose loss and
+# weights stay within it. In float64 the sides agree to ~1e-10 until a discrete event (a ReLU or
+# max-pool derivative, or the sign of a ~0 gradient in Adam's first steps, decided differently
+# by the last bit) and then separate chaotically (measured at 224 px: 11 steps on random
+# pixels, 5 on the demo images, then ~1e-3 by step 20).
+TRAJECTORY_ONSET = {"float32": 1e-2, "float64": 1e-8}
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """One alignment switched off on the torch side, and what parity should then show."""
+
+    description: str
+    align: dict[str, Any] = field(default_factory=dict)  # torch_impl.model.Alignment fields
+    optimizer: dict[str, Any] | None = None  # the torch side's Adam config instead of KerasAdam
+    pipeline: str | None = None  # "tf" or "torch": whose data options change (input row)
+    options: dict[str, Any] = field(default_factory=dict)  # data options for that pipeline
+    # (check, block) of the first failure, measured at 224 px, batch 2, seed 0 (the block can
+    # move with the input size: bn-variance's n/(n-1) grows as the feature maps shrink).
+    expect: tuple[str, str] = ("isolated", "stem")
+
+
+ABLATIONS: dict[str, Ablation] = {
+    "bn-eps": Ablation("BN epsilon 1e-5 (torch default) instead of Keras' 1e-3",
+                       align={"bn_eps": 1e-5}, expect=("isolated", "2a")),
+    "bn-momentum": Ablation("BN momentum 0.1 read as Keras' 0.1 (Keras 0.99 is torch 0.01)",
+                            align={"bn_momentum": 0.1}, expect=("bn", "stem")),
+    # float32 at 224 px: 2a, just (1.6e-6 vs 1e-6; 3a on 6e-6): at the stem n/(n-1) is too
+    # small for float32; float64 and smaller inputs catch it at the stem.
+    "bn-variance": Ablation("moving variance updated with the unbiased batch variance (torch) "
+                            "instead of Keras' biased one", align={"bn_biased_variance": False},
+                            expect=("bn", "2a")),
+    "adam-eps": Ablation("torch.optim.Adam with eps 1e-8 instead of Keras' epsilon-hat 1e-7",
+                         optimizer={"name": "torch-adam", "epsilon": 1e-8}, expect=("adam", "stem")),
+    "maxpool-pad": Ablation("stem max pool padded by 1 (torchvision) instead of 'valid'",
+                            align={"maxpool_padding": 1}, expect=("isolated", "stem")),
+    "stride-3x3": Ablation("stride on the 3x3 conv (torchvision's v1.5) instead of the first 1x1 (v1)",
+                           align={"stride_on_3x3": True}, expect=("isolated", "3a")),
+    "decoder": Ablation("TF decodes JPEG with its default fast IDCT (tf.io.decode_image, as the "
+                        "seed) instead of INTEGER_ACCURATE", pipeline="tf",
+                        options={"decoder": "seed"}, expect=("input", "input")),
+    "resize-antialias": Ablation("torch resizes with antialias=True (torchvision's Resize default)",
+                                 pipeline="torch", options={"antialias": True}, expect=("input", "input")),
+}
+PIPELINE_ABLATIONS = tuple(n for n, a in ABLATIONS.items() if a.pipeline)
+
+# Adam and SGD with Keras' defaults; SGD uses Adam's learning rate.
+ADAM = {"name": "adam", "learning_rate": 1e-3, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}
+SGD = {"name": "sgd", "learning_rate": 1e-3, "momentum": 0.0}
+TRAJECTORY_SAMPLE = 2048  # weights sampled per tensor per trajectory step (all of smaller ones)
+
+
+# ---- metrics (framework-free) --------------------------------------------------------------------
+def compare(ref: np.ndarray, other: np.ndarray) -> dict[str, Any]:
+    """Error metrics of ``other`` against ``ref``: shape, dtype, non-finite masks, max abs / rel."""
+    return compare_group({"": (ref, other)})
+
+
+def compare_group(pairs: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """Metrics over several arrays at once: max_rel = max|a-b| over all / max|ref| over all."""
+    out: dict[str, Any] = {"shape_ok": True, "dtype_ok": True, "nonfinite_ok": True, "max_abs": 0.0,
+                           "max_rel": 0.0, "where": None, "reason": None}
+    worst, scale = -1.0, 0.0
+    for name, (ref, other) in pairs.items():
+        ref, other = np.asarray(ref), np.asarray(other)
+        if ref.dtype != other.dtype:
+            out["dtype_ok"] = False
+            out["reason"] = out["reason"] or f"{_label(name)}dtype {other.dtype} != reference {ref.dtype}"
+        if ref.shape != other.shape:
+            out["shape_ok"] = False
+            out["reason"] = out["reason"] or f"{_label(name)}shape {other.shape} != reference {ref.shape}"
+            continue
+        r, o = ref.astype(np.float64), other.astype(np.float64)
+        for test, what in ((np.isnan, "NaN"), (np.isposinf, "+inf"), (lambda a: np.isneginf(a), "-inf")):
+            if not np.array_equal(test(r), test(o)):
+                out["nonfinite_ok"] = False
+                out["reason"] = out["reason"] or f"{_label(name)}{what} positions differ"
+        finite = np.isfinite(r) & np.isfinite(o)
+        with np.errstate(invalid="ignore"):  # inf - inf where both are inf: masked out here
+            diff = np.where(finite, np.abs(r - o), 0.0)
+        if diff.size:
+            scale = max(scale, float(np.max(np.abs(np.where(np.isfinite(r), r, 0.0)))))
+            flat = int(np.argmax(diff))
+            if diff.flat[flat] > worst:
+                worst = float(diff.flat[flat])
+                index = [int(i) for i in np.unravel_index(flat, diff.shape)]
+                out["where"] = {"array": name or None, "index": index, "ref": float(r.flat[flat]),
+                                "other": float(o.flat[flat])}
+    if not out["shape_ok"]:
+        out["max_abs"] = out["max_rel"] = math.inf
+        return out
+    out["max_abs"] = max(worst, 0.0)
+    out["max_rel"] = out["max_abs"] / scale if scale > 0 else (0.0 if out["max_abs"] == 0 else math.inf)
+    return out
+
+
+def compare_parts(parts: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]) -> dict[str, Any]:
+    """Several kinds of arrays (e.g. parameters, m, v): each kind its own relative error; the cell
+    is its worst kind. ``parts`` maps kind -> {array name: (ref, other)}."""
+    results = {kind: compare_group(pairs) for kind, pairs in parts.items() if pairs}
+    if not results:
+        raise ValueError("nothing to compare")
+    kind = max(results, key=lambda k: (not results[k]["shape_ok"], results[k]["max_rel"]))
+    out = dict(results[kind])
+    for flag in ("shape_ok", "dtype_ok", "nonfinite_ok"):
+        out[flag] = all(r[flag] for r in results.values())
+    out["reason"] = next((r["reason"] for r in results.values() if r["reason"]), None)
+    if len(results) > 1:
+        out["parts"] = {k: _finite(r["max_rel"]) for k, r in results.items()}
+        out["worst_part"] = kind
+    return out
+
+
+def judge(metrics: dict[str, Any], tol: float) -> dict[str, Any]:
+    """A cell: the metrics plus ``ok``, ``tol`` and a one-line ``reason`` when it fails."""
+    cell = dict(metrics)
+    cell["tol"] = tol
+    ok = metrics["shape_ok"] and metrics["dtype_ok"] and metrics["nonfinite_ok"] and metrics["max_rel"] <= tol
+    cell["ok"] = bool(ok)
+    if not ok and cell.get("reason") is None:
+        cell["reason"] = f"max rel error {metrics['max_rel']:.2e} > tolerance {tol:.0e}"
+    if ok:
+        cell["reason"] = None
+    return cell
+
+
+def _label(name: str) -> str:
+    return f"{name}: " if name else ""
+
+
+def _finite(value: Any) -> Any:
+    return value if not isinstance(value, float) or math.isfinite(value) else None
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe copy: non-finite floats -> None, numpy scalars -> Python."""
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    return _finite(obj)
+
+
+# ---- what belongs to which row ---------------------------------------------------------------------
+def owner(spec: ModelSpec, layer_name: str) -> str:
+    """The probe point that owns a weighted layer: stem, a block id, or logits (the head)."""
+    if layer_name in {layer.name for layer in spec.stem_layers()}:
+        return "stem"
+    if layer_name in {layer.name for layer in spec.head_layers()}:
+        return "logits"
+    return spec.layer(layer_name).block
+
+
+def weights_by_owner(spec: ModelSpec) -> dict[str, list[str]]:
+    """Probe point -> the bundle keys (``layer/weight``) it owns, in model order."""
+    out: dict[str, list[str]] = {}
+    for layer in spec.layers():
+        point = owner(spec, layer.name)
+        out.setdefault(point, []).extend(f"{layer.name}/{w}" for w in layer.weight_names)
+    return out
+
+
+def trajectory_sample(spec: ModelSpec, per_tensor: int = TRAJECTORY_SAMPLE) -> dict[str, np.ndarray]:
+    """Bundle key -> flat indices (Keras layout) sampled at every trajectory step: all elements of
+    small tensors, ``per_tensor`` evenly spaced ones of larger kernels. Both workers use it."""
+    out = {}
+    for key, shape in spec.weight_shapes().items():
+        size = math.prod(shape)
+        out[key] = np.arange(size) if size <= per_tensor else np.linspace(0, size - 1, per_tensor).astype(np.int64)
+    return out
+
+
+def sample_offsets(spec: ModelSpec) -> dict[str, slice]:
+    """Bundle key -> its slice in the concatenated trajectory sample."""
+    offsets, start = {}, 0
+    for key, idx in trajectory_sample(spec).items():
+        offsets[key] = slice(start, start + len(idx))
+        start += len(idx)
+    return offsets
+
+
+def _previous_point(spec: ModelSpec, point: str) -> str | None:
+    """The probe point whose output feeds ``point`` in the isolated backward (None for stem)."""
+    if point == "logits":
+        return "pool"
+    points = ["stem"] + [b.id for b in spec.blocks]
+    return points[points.index(point) - 1] if point in points[1:] else None
+
+
+def _is_stat(key: str) -> bool:
+    return key.endswith(("/moving_mean", "/moving_variance"))
+
+
+# ---- the table ------------------------------------------------------------------------------------
+def build_table(spec: ModelSpec, ref: dict[str, np.ndarray], other: dict[str, np.ndarray], columns: list[str],
+                tolerances: dict[str, float], inputs: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+    """Compare the reference's and the other side's arrays into ``{row: {column: cell | None}}``."""
+    rows = (["input"] if inputs is not None else []) + list(spec.probe_points) + ["loss"]
+    table: dict[str, dict[str, Any]] = {row: {c: None for c in columns} for row in rows}
+    owned = weights_by_owner(spec)
+
+    def put(row: str, column: str, metrics: dict[str, Any]) -> None:
+        table[row][column] = judge(metrics, tolerances[column])
+
+    if inputs is not None and "input" in columns:
+        put("input", "input", compare(*inputs))
+    for column, prefix in (("forward", "fwd/"), ("isolated", "iso/"), ("train", "train/"), ("train-iso", "triso/")):
+        if column not in columns:
+            continue
+        ref_prefix = "train/" if prefix in ("train/", "triso/") else "fwd/"
+        for point in spec.probe_points:
+            if f"{prefix}{point}" in other and f"{ref_prefix}{point}" in ref:
+                put(point, column, compare(ref[f"{ref_prefix}{point}"], other[f"{prefix}{point}"]))
+    if "train" in columns and "train/loss" in other:
+        put("loss", "train", compare(ref["train/loss"], other["train/loss"]))
+    for point, keys in owned.items():
+        stats = [k for k in keys if _is_stat(k)]
+        params = [k for k in keys if not _is_stat(k)]
+        if "bn" in columns and stats and f"bn/{stats[0]}" in other:
+            put(point, "bn", compare_parts({
+                stat: {k: (ref[f"bn/{k}"], other[f"bn/{k}"]) for k in stats if k.endswith("/" + stat)}
+                for stat in ("moving_mean", "moving_variance")}))
+        if "grad" in columns and params and f"grad/{params[0]}" in other:
+            put(point, "grad", compare_group({k: (ref[f"grad/{k}"], other[f"grad/{k}"]) for k in params}))
+        if "grad-iso" in columns and params and all(f"gradiso/{k}" in other for k in params):
+            parts = {"params": {k: (ref[f"grad/{k}"], other[f"gradiso/{k}"]) for k in params}}
+            before = _previous_point(spec, point)
+            if before and f"dxiso/{point}" in other:
+                parts["input"] = {f"d{before}": (ref[f"dtrain/{before}"], other[f"dxiso/{point}"])}
+            put(point, "grad-iso", compare_parts(parts))
+        for column in ("adam", "sgd"):
+            if column in columns and params and f"{column}/{params[0]}" in other:
+                parts = {"params": {k: (ref[f"{column}/{k}"], other[f"{column}/{k}"]) for k in params}}
+                for moment in ("m", "v"):
+                    pairs = {k: (ref[f"{column}_{moment}/{k}"], other[f"{column}_{moment}/{k}"]) for k in params
+                             if f"{column}_{moment}/{k}" in ref and f"{column}_{moment}/{k}" in other}
+                    missing = [k for k in params if f"{column}_{moment}/{k}" in ref and f"{column}_{moment}/{k}" not in other]
+                    if missing:
+                        raise ValueError(f"torch side returned no {moment} for {missing[0]}")
+                    if pairs:
+                        parts[moment] = pairs
+                put(point, column, compare_parts(parts))
+    if "traj" in columns and "traj/sample" in other:
+        offsets = sample_offsets(spec)
+        a, b = ref["traj/sample"][-1], other["traj/sample"][-1]
+        for point, keys in owned.items():
+            parts = {"weights": {k: (a[offsets[k]], b[offsets[k]]) for k in keys if not _is_stat(k)},
+                     "moving_mean": {k: (a[offsets[k]], b[offsets[k]]) for k in keys if k.endswith("/moving_mean")},
+                     "moving_variance": {k: (a[offsets[k]], b[offsets[k]]) for k in keys
+                                         if k.endswith("/moving_variance")}}
+            put(point, "traj", compare_parts(parts))
+        put("loss", "traj", compare(ref["traj/loss"], other["traj/loss"]))
+    return {"rows": rows, "table": table}
+
+
+def trajectory_curve(spec: ModelSpec, ref: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Per step: both losses, the loss's relative error, and the relative error of the sampled
+    trainable weights and of the BN statistics (max|a-b| / max|ref| over all of them)."""
+    offsets = sample_offsets(spec)
+    weights = np.concatenate([np.arange(s.start, s.stop) for k, s in offsets.items() if not _is_stat(k)])
+    stats = np.concatenate([np.arange(s.start, s.stop) for k, s in offsets.items() if _is_stat(k)] or [np.arange(0)])
+    a, b = ref["traj/sample"].astype(np.float64), other["traj/sample"].astype(np.float64)
+
+    def rel(idx: np.ndarray) -> list[float]:
+        if not len(idx):
+            return []
+        return [float(np.max(np.abs(a[k, idx] - b[k, idx])) / max(np.max(np.abs(a[k, idx])), 1e-300))
+                for k in range(len(a))]
+
+    la, lb = ref["traj/loss"].astype(np.float64), other["traj/loss"].astype(np.float64)
+    loss_rel = (np.abs(la - lb) / np.maximum(np.abs(la), 1e-300)).tolist()
+    param_rel = rel(weights)
+    onset = TRAJECTORY_ONSET.get(str(ref["traj/sample"].dtype), 0.0)
+    agree = next((k for k in range(len(la)) if max(loss_rel[k], param_rel[k]) > onset), len(la))
+    return {"steps": len(la), "loss_tf": la.tolist(), "loss_torch": lb.tolist(), "loss_rel": loss_rel,
+            "param_rel": param_rel, "bn_rel": rel(stats), "onset": onset, "agree_steps": agree}
+
+
+def failures(table: dict[str, Any], columns: list[str]) -> list[dict[str, Any]]:
+    """Failing cells, check by check in pipeline order (input, forward, ..., trajectory) and
+    within a check in network order: the first names the earliest stage where the two
+    implementations part, and the first block there. (Row-major order would blame the stem's
+    gradient for a forward error at 3a, since gradient errors flow backwards.)"""
+    out = []
+    for column in columns:
+        for row in table["rows"]:
+            cell = table["table"][row].get(column)
+            if cell is not None and not cell["ok"]:
+                out.append({"block": row, "check": column, "max_rel": _finite(cell["max_rel"]),
+                            "tol": cell["tol"], "reason": cell["reason"]})
+    return out
+
+
+def first_divergent(table: dict[str, Any], columns: list[str]) -> dict[str, str | None]:
+    """Per check, the first row whose cell fails (None if none does)."""
+    out: dict[str, str | None] = {}
+    for column in columns:
+        out[column] = next((row for row in table["rows"]
+                            if table["table"][row].get(column) is not None
+                            and not table["table"][row][column]["ok"]), None)
+    return out
+
+
+# ---- configuration and orchestration ---------------------------------------------------------------
+@dataclass
+class ParityConfig:
+    """What one parity run compares. Defaults: the seed's model at 224 px, a small batch."""
+
+    model: str = "resnet50"
+    classes: int = 1000
+    input_size: int = 224
+    pooling: str = "avg7"
+    dtype: str = "float32"  # float32 | float64
+    batch: int = 2  # images in the parity batch
+    seed: int = 0  # random weights, inputs, labels, calibration
+    checks: tuple[str, ...] = DEFAULT_CHECKS  # groups of CHECK_GROUPS
+    ablations: tuple[str, ...] = ()  # names of ABLATIONS, applied together
+    steps: int = DEFAULT_STEPS  # trajectory length
+    weights: str | None = None  # a weight file; None: random_bundle(seed)
+    manifest: str | None = None  # real images from this manifest
+    calibrate: bool | None = None  # None: calibrate random weights only
+    work_dir: str | None = None  # keep jobs and arrays here (default: a temporary directory)
+
+    def model_args(self) -> dict[str, Any]:
+        return {"model": self.model, "classes": self.classes, "input_size": self.input_size, "pooling": self.pooling}
+
+    def validate(self) -> ModelSpec:
+        spec = build_spec(self.model, self.classes, self.input_size, self.pooling)
+        if self.dtype not in TOLERANCES:
+            raise UserError(f"--dtype {self.dtype!r}: choose one of {', '.join(TOLERANCES)}")
+        bad = [c for c in self.checks if c not in CHECK_GROUPS]
+        if bad or not self.checks:
+            raise UserError(f"--checks {','.join(self.checks) or '(empty)'}: choose from "
+                            f"{', '.join(CHECK_GROUPS)} or 'all'")
+        bad = [a for a in self.ablations if a not in ABLATIONS]
+        if bad:
+            raise UserError(f"--ablate {bad[0]!r}: choose one of {', '.join(ABLATIONS)}")
+        needs = [a for a in self.ablations if ABLATIONS[a].pipeline]
+        if needs and not self.manifest:
+            raise UserError(f"--ablate {needs[0]} compares the data pipelines: it needs --manifest M")
+        # Calibration runs batch norm in training mode too (random weights, unless --no-calibrate):
+        # at batch 1 torch refuses a 1x1 last stage deep inside the worker.
+        calibrates = self.calibrate if self.calibrate is not None else self.weights is None
+        if self.batch < 2 and ("train" in self.checks or calibrates):
+            raise UserError("--batch 1: training-mode checks need at least 2 images (batch statistics)")
+        if self.weights and not Path(self.weights).exists():
+            raise UserError(f"{self.weights}: no such weight file")
+        if self.manifest and not Path(self.manifest).exists():
+            raise UserError(f"{self.manifest}: no such manifest")
+        return spec
+
+    def columns(self) -> list[str]:
+        wanted = {c for g in self.checks for c in CHECK_GROUPS[g]}
+        if self.manifest:
+            wanted.add("input")
+        return [c for c in COLUMNS if c in wanted]
+
+
+@dataclass
+class _Session:
+    config: ParityConfig
+    spec: ModelSpec
+    root: Path
+    workers: WorkerConfig
+    x: np.ndarray
+    y: np.ndarray
+    traj_x: np.ndarray | None
+    traj_y: np.ndarray | None
+    weights: str
+    calibration: dict[str, Any] | None
+    input_info: dict[str, Any]
+    tf_input: np.ndarray | None = None  # the TF pipeline's batch (input row), with a manifest
+    torch_input: np.ndarray | None = None
+
+
+def _say(workers: WorkerConfig, text: str) -> None:
+    if not workers.quiet:
+        print(f"parity: {text}", file=sys.stderr, flush=True)
+
+
+def random_inputs(spec: ModelSpec, batch: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded raw pixels in [0, 255) (the seed feeds raw pixels) and labels in [0, classes)."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0.0, 255.0, (batch, spec.input_size, spec.input_size, 3)).astype(np.float32)
+    return x, rng.integers(0, spec.classes, batch).astype(np.int64)
+
+
+@contextlib.contextmanager
+def _work_root(config: ParityConfig) -> Iterator[Path]:
+    """``--work-dir`` (kept), or a temporary directory removed afterwards: a float32 run leaves
+    ~1 GB of worker arrays."""
+    if config.work_dir:
+        root = Path(config.work_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        yield root
+    else:
+        with tempfile.TemporaryDirectory(prefix="twinbench-parity-") as tmp:
+            yield Path(tmp)
+
+
+def _prepare(config: ParityConfig, workers: WorkerConfig, spec: ModelSpec, root: Path) -> _Session:
+    from bench.weights import random_bundle
+
+    want_traj = "trajectory" in config.checks
+    tf_input = torch_input = traj_x = traj_y = None
+    if config.manifest:
+        x, y, info, tf_input, traj = _manifest_inputs(config, workers, spec, root, want_traj)
+        torch_input = x
+        if want_traj:
+            traj_x, traj_y = traj
+    else:
+        x, y = random_inputs(spec, config.batch, config.seed)
+        info = {"source": "random", "batch": config.batch, "size": spec.input_size, "labels": y.tolist()}
+        if want_traj:
+            # Step k's batch: the parity batch for k = 0, then seeded batches of the same kind.
+            batches = [(x, y)] + [random_inputs(spec, config.batch, config.seed + 1000 + k)
+                                  for k in range(1, config.steps)]
+            traj_x, traj_y = np.stack([b[0] for b in batches]), np.stack([b[1] for b in batches])
+    calibrate = config.calibrate if config.calibrate is not None else config.weights is None
+    if config.weights:
+        weights = str(config.weights)
+    else:
+        weights = str(root / "random.npz")
+        random_bundle(spec, seed=config.seed).save(weights)
+    calibration = None
+    if calibrate:
+        _say(workers, "calibrating the weights on the parity batch (torch worker)")
+        out = str(root / "calibrated.npz")
+        res = run_worker("torch", "parity_calibrate",
+                         {**config.model_args(), "weights": weights, "out": out, "seed": config.seed},
+                         arrays={"x": x}, job_dir=root / "calibrate", config=workers)
+        calibration, weights = res.result, out
+    return _Session(config, spec, root, workers, x, y, traj_x, traj_y, weights, calibration, info,
+                    tf_input, torch_input)
+
+
+def _manifest_inputs(config: ParityConfig, workers: WorkerConfig, spec: ModelSpec, root: Path, trajectory: bool):
+    """The first ``batch`` validation images decoded by each side's pipeline (pipeline ablations
+    applied) and, for the trajectory, the first ``steps`` batches of the training split in the
+    manifest's epoch-0 order (``bench.manifest.epoch_permutation``, as training with
+    ``order=manifest`` sees them)."""
+    from bench.manifest import epoch_permutation, load_manifest
+
+    manifest = load_manifest(config.manifest, verify="hash")  # the workers then skip verifying
+    n_val, n_train = len(manifest.entries("validation")), len(manifest.entries("training"))
+    if n_val < config.batch:
+        raise UserError(f"{config.manifest}: {n_val} validation images, fewer than --batch {config.batch}")
+    args: dict[str, Any] = {"manifest": str(config.manifest), "indices": list(range(config.batch)),
+                            "size": spec.input_size}
+    traj_indices: list[int] = []
+    if trajectory:
+        if n_train < config.batch * config.steps:
+            raise UserError(f"{config.manifest}: {n_train} training images, fewer than --batch x --steps "
+                            f"= {config.batch * config.steps}")
+        traj_indices = epoch_permutation(manifest, n_train, 0)[:config.batch * config.steps].tolist()
+    options: dict[str, dict[str, Any]] = {"tf": {}, "torch": {}}
+    for name in config.ablations:
+        ablation = ABLATIONS[name]
+        if ablation.pipeline:
+            options[ablation.pipeline].update(ablation.options)
+    _say(workers, f"decoding {config.batch} validation images from {config.manifest} (both pipelines)")
+    tf_out = run_worker("tf", "parity_inputs", {**args, "options": options["tf"]}, job_dir=root / "inputs-tf",
+                        config=workers)
+    torch_out = run_worker("torch", "parity_inputs", {**args, "options": options["torch"],
+                                                      "traj_indices": traj_indices},
+                           job_dir=root / "inputs-torch", config=workers)
+    # Both models read the torch pipeline's batch (accurate decoder, bit-identical to TF's
+    # INTEGER_ACCURATE); the input row compares the two pipelines' batches.
+    x = np.ascontiguousarray(torch_out.arrays["x"], dtype=np.float32)
+    y = torch_out.arrays["y"].astype(np.int64)
+    info = {"source": "manifest", "manifest": str(config.manifest), "fingerprint": manifest.fingerprint,
+            "split": "validation", "batch": config.batch, "size": spec.input_size, "labels": y.tolist(),
+            "files": torch_out.result.get("files")}
+    traj = None
+    if trajectory:
+        b = config.batch
+        traj = (torch_out.arrays["traj_x"].reshape(config.steps, b, *x.shape[1:]),
+                torch_out.arrays["traj_y"].reshape(config.steps, b))
+    return x, y, info, tf_out.arrays["x"], traj
+
+
+def _probe_args(session: _Session, checks: list[str], optimizer: dict) -> dict[str, Any]:
+    c = session.config
+    return {**c.model_args(), "dtype": c.dtype, "weights": session.weights, "seed": c.seed, "checks": checks,
+            "optimizer": optimizer, "sgd": SGD, "quiet": session.workers.quiet}
+
+
+def _reference(session: _Session) -> WorkerResult:
+    """The TF worker's arrays for every requested check."""
+    checks = list(session.config.checks)
+    if "step" in checks and "train" not in checks and "grad" not in checks:
+        checks.append("grad")  # the step starts from the reference gradients
+    arrays = {"x": session.x, "y": session.y}
+    if session.traj_x is not None:
+        arrays.update(traj_x=session.traj_x, traj_y=session.traj_y)
+    _say(session.workers, f"TF reference ({', '.join(session.config.checks)})")
+    return run_worker("tf", "parity_probe", _probe_args(session, checks, ADAM), arrays=arrays,
+                      job_dir=session.root / "tf", config=session.workers)
+
+
+def _candidate(session: _Session, ref: WorkerResult, ablations: tuple[str, ...]) -> WorkerResult:
+    """The torch worker's arrays, with the given ablations, fed TF's references."""
+    align: dict[str, Any] = {}
+    optimizer = dict(ADAM)
+    for name in ablations:
+        align.update(ABLATIONS[name].align)
+        if ABLATIONS[name].optimizer:
+            optimizer.update(ABLATIONS[name].optimizer)
+    args = _probe_args(session, list(session.config.checks), optimizer)
+    args["align"] = align
+    arrays = {"x": session.x, "y": session.y}
+    if session.traj_x is not None:
+        arrays.update(traj_x=session.traj_x, traj_y=session.traj_y)
+    # Only the references the requested checks read: the gradients alone are 100 MB (float32).
+    checks = set(session.config.checks)
+    wanted = (("fwd/",) if "forward" in checks else ()) + (("train/",) if checks & {"train", "grad"} else ()) \
+        + (("dtrain/",) if "grad" in checks else ()) + (("grad/",) if "step" in checks else ())
+    for key, value in ref.arrays.items():
+        if wanted and key.startswith(wanted) and key != "train/loss":
+            arrays[f"ref/{key}"] = value
+    label = f" with {', '.join(ablations)} off" if ablations else ""
+    _say(session.workers, f"torch{label}")
+    return run_worker("torch", "parity_probe", args, arrays=arrays,
+                      job_dir=session.root / ("torch-" + "-".join(ablations) if ablations else "torch"),
+                      config=session.workers)
+
+
+def _assemble(session: _Session, ref: WorkerResult, other: WorkerResult, ablations: tuple[str, ...],
+              started: float) -> dict[str, Any]:
+    from bench import __version__, envinfo
+
+    c, spec = session.config, session.spec
+    columns = c.columns()
+    tolerances = TOLERANCES[c.dtype]
+    inputs = None
+    if session.tf_input is not None:
+        inputs = (session.tf_input, session.torch_input)
+    table = build_table(spec, ref.arrays, other.arrays, columns, tolerances, inputs)
+    fails = failures(table, columns)
+    loss = None
+    if "loss" in ref.result:
+        bound = ref.result["clipped_loss_bound"]
+        rel = abs(ref.result["loss"] - ref.result["loss_from_logits"]) / max(abs(ref.result["loss_from_logits"]), 1e-300)
+        loss = {"tf": ref.result["loss"], "tf_from_logits": ref.result["loss_from_logits"],
+                "torch": float(other.arrays["train/loss"]) if "train/loss" in other.arrays else None,
+                # Keras' loss on the softmax equals the exact cross-entropy of the logits.
+                "keras_logits_recovered": bool(rel <= tolerances["train"]),
+                "clipped_loss_bound": bound}
+    curve = trajectory_curve(spec, ref.arrays, other.arrays) if "traj/sample" in other.arrays else None
+    config = asdict(c)
+    config["checks"] = list(c.checks)
+    config["ablations"] = list(ablations)
+    return _clean({
+        "format": FORMAT, "version": FORMAT_VERSION,
+        "verdict": "fail" if fails else "pass",
+        "first_failure": fails[0] if fails else None,
+        "failures": fails,
+        "first_divergent": first_divergent(table, columns),
+        "config": config,
+        "ablation": {name: ABLATIONS[name].description for name in ablations},
+        "rows": table["rows"], "columns": columns,
+        "tolerances": {col: tolerances[col] for col in columns},
+        "table": table["table"],
+        "loss": loss,
+        "trajectory": curve,
+        "calibration": session.calibration,
+        "inputs": session.input_info,
+        "seconds": {"tf": ref.result.get("seconds"), "torch": other.result.get("seconds"),
+                    "total": round(time.perf_counter() - started, 2)},
+        "env": {"machine": envinfo.machine_info(), "commit": envinfo.commit_info(), "twinbench": __version__},
+    })
+
+
+def parity_workers(workers: WorkerConfig | None) -> WorkerConfig:
+    """The worker config with OpenMP told not to spin: on 2 cores shared with anything else,
+    torch's busy-waiting OpenMP threads made a 64 px forward 4.3 s instead of 0.05 s
+    (measured, load 8). Parity measures numbers, not speed; a user's own setting wins."""
+    workers = workers or WorkerConfig()
+    env = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"), **workers.env}
+    return replace(workers, env=env)
+
+
+def run_parity(config: ParityConfig, workers: WorkerConfig | None = None) -> dict[str, Any]:
+    """Run one parity comparison and return the result dict (JSON shape in the module docstring).
+    Never raises for failing checks: read ``result["verdict"]``."""
+    started = time.perf_counter()
+    workers = parity_workers(workers)
+    spec = config.validate()
+    with _work_root(config) as root:
+        session = _prepare(config, workers, spec, root)
+        ref = _reference(session)
+        other = _candidate(session, ref, tuple(config.ablations))
+        return _assemble(session, ref, other, tuple(config.ablations), started)
+
+
+def summarize(result: dict[str, Any], expect: tuple[str, str] | None = None) -> dict[str, Any]:
+    """Verdict, first failure and the worst relative error per check, for an ablation table."""
+    worst: dict[str, float | None] = {}
+    shape = []
+    for column in result["columns"]:
+        cells = [cell for row in result["rows"] if (cell := result["table"][row].get(column))]
+        if any(not cell["shape_ok"] for cell in cells):
+            shape.append(column)
+        values = [cell["max_rel"] for cell in cells if cell["shape_ok"]]
+        worst[column] = max((v if v is not None else math.inf for v in values), default=None)
+    first = result["first_failure"]
+    out = {"verdict": result["verdict"], "first_failure": first, "worst": _clean(worst), "shape_mismatch": shape}
+    if expect is not None:
+        out["expected"] = {"check": expect[0], "block": expect[1]}
+        out["detected"] = bool(first is not None and first["check"] == expect[0])
+        out["at_expected_block"] = bool(out["detected"] and first["block"] == expect[1])
+    return out
+
+
+def _groups_upto(check: str, groups: tuple[str, ...]) -> tuple[str, ...]:
+    """The check groups (of ``groups``, in order) up to the one holding ``check``."""
+    order = list(CHECK_GROUPS)
+    last = next(g for g, cols in CHECK_GROUPS.items() if check in cols)
+    return tuple(g for g in groups if order.index(g) <= order.index(last)) or (last,)
+
+
+def run_ablation_table(config: ParityConfig, workers: WorkerConfig | None = None,
+                       names: tuple[str, ...] | None = None, *, stop_at_expected: bool = False) -> dict[str, Any]:
+    """The aligned baseline and each ablation alone against ONE TF reference: what each
+    mismatch costs. Pipeline ablations run only with a manifest. ``stop_at_expected``: each
+    ablation's torch side runs only the check groups up to its expected check (faster; the
+    later columns stay empty)."""
+    started = time.perf_counter()
+    workers = parity_workers(workers)
+    config = replace(config, ablations=())
+    spec = config.validate()
+    columns = config.columns()
+    # By default the ablations the chosen checks can see (pipeline ones need a manifest).
+    names = tuple(names or [n for n, a in ABLATIONS.items() if a.expect[0] in columns])
+    with _work_root(config) as root:
+        return _ablation_table(config, workers, spec, names, columns, root, started, stop_at_expected)
+
+
+def _ablation_table(config: ParityConfig, workers: WorkerConfig, spec: ModelSpec, names: tuple[str, ...],
+                    columns: list[str], root: Path, started: float, stop_at_expected: bool) -> dict[str, Any]:
+    session = _prepare(config, workers, spec, root)
+    ref = _reference(session)
+    aligned = _candidate(session, ref, ())
+    baseline = _assemble(session, ref, aligned, (), started)
+    out = {"format": FORMAT + "-ablations", "version": FORMAT_VERSION, "config": baseline["config"],
+           "baseline": summarize(baseline), "ablations": {}, "results": {"baseline": baseline}}
+    for name in names:
+        ablation = ABLATIONS[name]
+        if ablation.pipeline and not config.manifest:
+            raise UserError(f"ablation {name} compares the data pipelines: it needs --manifest M")
+        if ablation.pipeline:
+            # Only the pipelines change: the models keep reading the aligned batch, so the
+            # model rows are the baseline's and the input row shows the mismatch.
+            x_torch, _, _, x_tf, _ = _manifest_inputs(replace(config, ablations=(name,)), workers, spec,
+                                                      session.root / name, False)
+            result = _assemble(replace(session, tf_input=x_tf, torch_input=x_torch), ref, aligned, (name,), started)
+        else:
+            sub = session
+            if stop_at_expected:
+                groups = _groups_upto(ablation.expect[0], config.checks)
+                if not ablation.align:  # an optimizer alone: the model's checks are the baseline's
+                    groups = groups[-1:]
+                sub = replace(session, config=replace(config, checks=groups))
+            result = _assemble(sub, ref, _candidate(sub, ref, (name,)), (name,), started)
+        out["ablations"][name] = {"description": ablation.description, **summarize(result, ablation.expect)}
+        out["results"][name] = result
+    # Pass: the aligned baseline passes, and every ablation whose check ran is caught.
+    out["verdict"] = "pass" if baseline["verdict"] == "pass" and all(
+        a["first_failure"] is not None for n, a in out["ablations"].items()
+        if ABLATIONS[n].expect[0] in columns) else "fail"
+    out["seconds"] = round(time.perf_counter() - started, 2)
+    return _clean(out)
+
+
+# ---- text output ------------------------------------------------------------------------------------
+def _fmt(cell: dict[str, Any] | None) -> str:
+    if cell is None:
+        return "-"
+    if not cell["shape_ok"]:
+        return "shape!"
+    if not cell["dtype_ok"]:
+        return "dtype!"
+    if not cell["nonfinite_ok"]:
+        return "nan!"
+    value = cell["max_rel"]
+    text = "inf" if value is None else ("0" if value == 0 else f"{value:.1e}")
+    return text if cell["ok"] else text + "!"
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The block x check table, one line per probe point, '!' marking a failing cell."""
+    c = result["config"]
+    columns = result["columns"]
+    width = {col: max(9, len(col) + 1) for col in columns}
+    source = c["weights"] or f"random weights (seed {c['seed']})"
+    if result.get("calibration"):
+        source += ", calibrated"
+    lines = [f"parity {c['model']} {c['dtype']}: batch {c['batch']} at {c['input_size']} px, {source}; "
+             f"TF reference vs torch" + (f" with {', '.join(result['ablation'])} off" if result["ablation"] else ""),
+             "max relative error max|a-b|/max|ref| per block and check ('!' = over tolerance)", ""]
+    lines.append(f"{'block':<8}" + "".join(f"{col:>{width[col]}}" for col in columns))
+    for row in result["rows"]:
+        lines.append(f"{row:<8}" + "".join(f"{_fmt(result['table'][row].get(col)):>{width[col]}}" for col in columns))
+    lines.append(f"{'tol':<8}" + "".join(f"{result['tolerances'][col]:>{width[col]}.0e}" for col in columns))
+    loss = result.get("loss")
+    if loss:
+        lines.append("")
+        lines.append(f"loss: TF {loss['tf']:.8g} (exact CE of the logits {loss['tf_from_logits']:.8g}: Keras "
+                     f"{'recovers' if loss['keras_logits_recovered'] else 'does NOT recover'} the logits "
+                     f"from the softmax), torch {loss['torch']:.8g}")
+    curve = result.get("trajectory")
+    if curve:
+        lines.append("")
+        lines.append(f"trajectory: loss and weights within {curve['onset']:.0e} for the first "
+                     f"{curve['agree_steps']} of {curve['steps']} steps")
+        lines.append(f"{'':<24}{'step':>4} {'loss TF':>12} {'loss torch':>12} "
+                     f"{'loss rel':>9} {'param rel':>9} {'bn rel':>9}")
+        for k in range(curve["steps"]):
+            lines.append(f"{'':<24}{k + 1:>4} {curve['loss_tf'][k]:>12.6f} {curve['loss_torch'][k]:>12.6f} "
+                         f"{curve['loss_rel'][k]:>9.1e} {curve['param_rel'][k]:>9.1e} "
+                         f"{(curve['bn_rel'][k] if curve['bn_rel'] else 0):>9.1e}")
+    lines.append("")
+    first = result["first_failure"]
+    if first:
+        lines.append(f"FAIL: first divergent block {first['block']}, check {first['check']}: {first['reason']}"
+                     f" ({len(result['failures'])} failing cells)")
+    else:
+        lines.append(f"PASS: every check within tolerance ({result['seconds']['total']:.0f} s)")
+    return "\n".join(lines)
+
+
+def format_ablation_table(result: dict[str, Any]) -> str:
+    """What each mismatch costs: per ablation, the first failing block/check and the worst errors."""
+    columns = result["results"]["baseline"]["columns"]
+    lines = ["what each mismatch costs (max relative error per check; each ablation alone, one TF reference)", ""]
+    lines.append(f"{'ablation':<18}{'first failure':<22}" + "".join(f"{col:>10}" for col in columns))
+
+    def line(name: str, summary: dict[str, Any]) -> str:
+        first = summary["first_failure"]
+        where = f"{first['check']} @ {first['block']}" if first else "none"
+        worst = summary["worst"]
+        cells = "".join(f"{'shape!' if col in summary['shape_mismatch'] else '-' if worst.get(col) is None else format(worst[col], '.1e'):>10}"
+                        for col in columns)
+        return f"{name:<18}{where:<22}{cells}"
+
+    lines.append(line("(aligned)", result["baseline"]))
+    for name, summary in result["ablations"].items():
+        lines.append(line(name, summary))
+    lines.append("")
+    for name, summary in result["ablations"].items():
+        lines.append(f"{name}: {summary['description']}")
+    return "\n".join(lines)
+
+
+# ---- CLI ----------------------------------------------------------------------------------------------
+def register(sub) -> None:
+    from bench.cli import add_model_options, add_worker_options, positive_int
+
+    p = sub.add_parser("parity", help="per-block numeric parity TF vs torch: forward, train mode, gradients, "
+                                      "optimizer step, trajectory",
+                       description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", metavar="BUNDLE|H5", help="weight file (default: calibrated random weights)")
+    p.add_argument("--manifest", metavar="M", help="read the parity batch from this manifest's validation split")
+    p.add_argument("--dtype", choices=tuple(TOLERANCES), default="float32", help="precision of both sides")
+    p.add_argument("--batch", type=positive_int, default=2, help="images in the parity batch (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of random weights, inputs, labels (default 0)")
+    p.add_argument("--checks", default=",".join(DEFAULT_CHECKS),
+                   help=f"comma-separated groups of {', '.join(CHECK_GROUPS)}, or 'all' "
+                        f"(default {','.join(DEFAULT_CHECKS)})")
+    p.add_argument("--steps", type=positive_int, default=DEFAULT_STEPS,
+                   help=f"trajectory length K (default {DEFAULT_STEPS})")
+    p.add_argument("--ablate", action="append", default=[], metavar="NAME", choices=tuple(ABLATIONS),
+                   help=f"switch one alignment off on the torch side (repeatable): {', '.join(ABLATIONS)}")
+    p.add_argument("--ablation-table", action="store_true",
+                   help="run the baseline and every ablation alone; print what each mismatch costs")
+    p.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=None,
+                   help="calibrate BN statistics and the head on the batch (default: random weights only)")
+    p.add_argument("--json", metavar="OUT", help="write the result as JSON")
+    p.add_argument("--work-dir", metavar="DIR", help="keep the worker jobs and arrays here")
+    add_model_options(p)
+    add_worker_options(p)
+    p.set_defaults(func=cmd_parity)
+
+
+def config_from_args(args: argparse.Namespace) -> ParityConfig:
+    checks = [c.strip() for c in args.checks.split(",") if c.strip()]
+    if checks == ["all"]:
+        checks = list(CHECK_GROUPS)
+    return ParityConfig(model=args.model, classes=args.classes, input_size=args.input_size, pooling=args.pooling,
+                        dtype=args.dtype, batch=args.batch, seed=args.seed, checks=tuple(checks),
+                        ablations=tuple(dict.fromkeys(args.ablate)), steps=args.steps, weights=args.weights,
+                        manifest=args.manifest, calibrate=args.calibrate, work_dir=args.work_dir)
+
+
+def cmd_parity(args: argparse.Namespace) -> int:
+    from bench import atomic
+    from bench.cli import worker_config
+
+    config = config_from_args(args)
+    workers = worker_config(args)
+    if args.ablation_table:
+        if config.ablations:
+            raise UserError("--ablation-table runs every ablation alone: drop --ablate")
+        result = run_ablation_table(config, workers)
+        print(format_table(result["results"]["baseline"]))
+        print()
+        print(format_ablation_table(result))
+        if args.json:
+            atomic.write_json(args.json, result)
+            print(f"wrote {args.json}")
+        if result["verdict"] != "pass":
+            missed = [n for n, a in result["ablations"].items() if a["first_failure"] is None]
+            raise CheckFailed("parity ablation table: " + (
+                f"the aligned baseline fails ({_first_line(result['results']['baseline'])})"
+                if result["baseline"]["verdict"] != "pass" else f"ablation {missed[0]} is not detected by any check"))
+        return 0
+    result = run_parity(config, workers)
+    print(format_table(result))
+    if args.json:
+        atomic.write_json(args.json, result)
+        print(f"wrote {args.json}")
+    if result["verdict"] != "pass":
+        raise CheckFailed(f"parity failed: {_first_line(result)}")
+    return 0
+
+
+def _first_line(result: dict[str, Any]) -> str:
+    first = result["first_failure"]
+    return f"first divergent block {first['block']}, check {first['check']}: {first['reason']}"

@@ -1,0 +1,542 @@
+"""``twinbench run``: the whole comparison as one command (what ``make run`` calls).
+
+    twinbench run                                  # the demo data, quick profile: < 10 min on 2 cores
+    twinbench run --data DIR                       # your image folder (one subfolder per class)
+    twinbench run --profile seed --data DIR        # the full seed reproduction (224 px, 50 epochs)
+    twinbench run --skip bench --epochs 2          # any step can be skipped, training shortened
+
+Steps, each in its own worker processes, each result written as soon as it exists:
+
+1. data       the demo folder (written on first use) or ``--data DIR``
+2. manifest   the split, written once: ``RUN/manifest.json``
+3. datacheck  both input pipelines over the whole manifest: ``RUN/data_check.json``
+4. parity     per-block parity and the ablation table: ``RUN/parity.json``
+5. train      both frameworks, the profile's settings: ``RUN/train-*/run.json``
+6. bench      throughput, memory, MFU: ``RUN/bench-*/bench.json``
+7. residuals  ||F(x)|| / ||shortcut(x)|| per block, before and after training: ``RUN/residuals.json``
+8. report     ``RUN/report/report.html`` (self-contained), ``report.md`` and the figures
+
+``RUN`` is a new directory ``runs/run-YYYYmmdd-HHMMSS-xxxx`` (``--out``): its id is unique, so two
+runs started at once into one ``--out`` never share a directory. ``RUN/session.json`` records
+every step's status and time. Ctrl-C stops the current step cleanly; finished results are kept
+and the report is built from what exists. A failed step (a worker crash, a failed check) does
+not stop the steps that do not need it; the exit code is then 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import fcntl
+import os
+import secrets
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from bench import __version__, atomic
+from bench.errors import CheckFailed, TwinbenchError, UserError, WorkerError, one_line
+from bench.runset import RESIDUALS_FORMAT, RESIDUALS_VERSION, SESSION_FORMAT, SESSION_NAME, SESSION_VERSION
+
+STEPS = ("data", "manifest", "datacheck", "parity", "train", "bench", "residuals", "report")
+SKIPPABLE = ("datacheck", "parity", "train", "bench", "residuals")
+RESIDUAL_IMAGES = 32  # validation images for the residual ratios (their spread is per image)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What one ``twinbench run`` profile runs. ``budget_s``: expected seconds per step on an
+    otherwise idle 2-core machine, for the ETA (from the parts' own timings: the parity, train
+    and bench issues' targets; a loaded machine takes several times longer)."""
+
+    name: str
+    train: str  # twinbench train --profile
+    input_size: int
+    pooling: str
+    datacheck_decoders: tuple[str, ...]
+    bench_args: tuple[str, ...]
+    ablations: tuple[str, ...] | None  # parity ablations run alone (None: every one)
+    budget_s: dict[str, float] = field(default_factory=dict)
+
+
+# Parity always runs at the seed's configuration (224 px, avg7, the 1000-way head), where its
+# tolerances were measured: at 64 px with global pooling the 2x2 stage-5 maps make gradients
+# ill-conditioned (measured here: grad errors ~1e-2 against a 1e-4 tolerance).
+PARITY_MODEL_ARGS = {"input_size": 224, "pooling": "avg7", "classes": 1000}
+
+PROFILES = {
+    # make run: training and benchmark at 64 px (12x fewer FLOPs than 224); parity with one
+    # ablation per check it catches (forward, bn, adam, input), each costing a torch worker run
+    # except decoder. resize-antialias is left out: the demo's images are already 224 px, so
+    # resizing them to 224 is the identity and antialiasing changes nothing.
+    "quick": Profile("quick", "quick", 64, "global", ("accurate",), ("--quick",),
+                     ("bn-eps", "bn-momentum", "adam-eps", "decoder"),
+                     {"data": 5, "manifest": 5, "datacheck": 25, "parity": 90, "train": 240, "bench": 110,
+                      "residuals": 30, "report": 15}),
+    # The seed: 224 px, 50 epochs, batch 8, the seed's 1000-way head; the bench at the seed's
+    # conditions (batch 8, 224 px, fp32 and bf16, NHWC, eager; the full matrix is twinbench bench).
+    "seed": Profile("seed", "seed", 224, "avg7", ("accurate", "seed"),
+                    ("--batch", "8", "--input-size", "224", "--precision", "fp32,bf16", "--layout", "nhwc",
+                     "--compile", "eager"), None,
+                    {"data": 5, "manifest": 5, "datacheck": 60, "parity": 400, "train": 2 * 70 * 60,
+                     "bench": 600, "residuals": 90, "report": 20}),
+}
+
+
+# ---- the session record ----------------------------------------------------------------------------
+@dataclass
+class Session:
+    """``session.json``: what this run did, step by step (rewritten atomically after each step)."""
+
+    run_dir: Path
+    run_id: str
+    profile: str
+    model: str
+    command: list[str]
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    status: str = "running"
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)  # machine and commit, read once at the start
+
+    def __post_init__(self) -> None:
+        from bench import envinfo
+
+        self.environment = self.environment or {"machine": envinfo.machine_info(), "commit": envinfo.commit_info()}
+
+    def step(self, name: str) -> dict[str, Any]:
+        for st in self.steps:
+            if st["name"] == name:
+                return st
+        st = {"name": name, "status": "pending", "seconds": None, "output": None, "message": None}
+        self.steps.append(st)
+        return st
+
+    def save(self) -> None:
+        atomic.write_json(self.run_dir / SESSION_NAME, {
+            "format": SESSION_FORMAT, "version": SESSION_VERSION, "twinbench": __version__,
+            "run_id": self.run_id, "created": self.created, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "status": self.status, "profile": self.profile, "model": self.model, "command": self.command,
+            "data": self.data, "steps": self.steps, **self.environment,
+        })
+
+
+def create_run_dir(out: Path) -> Path:
+    """A new directory with a unique id: ``mkdir`` fails rather than share one with another run."""
+    out.mkdir(parents=True, exist_ok=True)
+    for _ in range(20):
+        run_dir = out / time.strftime(f"run-%Y%m%d-%H%M%S-{secrets.token_hex(2)}")
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            continue
+    raise UserError(f"{out}: could not create a new run directory there")
+
+
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """An exclusive lock (two runs writing the demo data at once wait for each other)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class Progress:
+    """``[step 3/8] parity (elapsed 1:02, about 6 min left)`` on stderr."""
+
+    def __init__(self, profile: Profile, steps: list[str], quiet: bool):
+        self.profile, self.steps, self.quiet = profile, steps, quiet
+        self.started = time.monotonic()
+
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            print(f"twinbench run: {text}", file=sys.stderr, flush=True)
+
+    def start(self, name: str) -> None:
+        i = self.steps.index(name)
+        left = sum(self.profile.budget_s.get(s, 0) for s in self.steps[i:])
+        elapsed = time.monotonic() - self.started
+        self.say(f"[step {i + 1}/{len(self.steps)}] {name} (elapsed {_clock(elapsed)}, about {_clock(left)} left)")
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
+        f"{seconds // 60}:{seconds % 60:02d}"
+
+
+# ---- steps ---------------------------------------------------------------------------------------------
+class Pipeline:
+    """The steps of one run, sharing what earlier steps produced."""
+
+    def __init__(self, args: argparse.Namespace, session: Session, profile: Profile):
+        from bench.cli import worker_config
+
+        self.args, self.session, self.profile = args, session, profile
+        self.run_dir = session.run_dir
+        self.workers = worker_config(args)
+        self.data_dir: Path | None = None
+        self.manifest = None
+        self.manifest_path = self.run_dir / "manifest.json"
+        self.train_dir: Path | None = None
+        self.progress = Progress(profile, list(STEPS), quiet=True)
+
+    # helpers
+    def cli(self, argv: list[str], log_name: str) -> None:
+        """Run ``twinbench ARGV`` in a child process; its stdout goes to RUN/logs/<log_name>, its
+        stderr (progress) passes through. A failure becomes CheckFailed/UserError with its last line.
+
+        A child process, not a call in this one: a worker's peak RSS (``ru_maxrss``, what
+        ``twinbench train`` records on CPU) starts from its parent's RSS at the fork, and this
+        process holds the parity arrays by then (~2 GB at 224 px); the child is small.
+        """
+        log = self.run_dir / "logs" / log_name
+        log.parent.mkdir(exist_ok=True)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH")]))}
+        tail: collections.deque[str] = collections.deque(maxlen=20)
+        with open(log, "w") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "bench.cli", *argv], stdout=out, stderr=subprocess.PIPE,
+                                    stdin=subprocess.DEVNULL, text=True, errors="replace", env=env)
+
+            def pump() -> None:
+                assert proc.stderr is not None
+                for line in proc.stderr:
+                    tail.append(line.rstrip("\n"))
+                    sys.stderr.write(line)
+                    sys.stderr.flush()
+
+            reader = threading.Thread(target=pump, daemon=True)
+            reader.start()
+            try:
+                code = proc.wait()
+            except KeyboardInterrupt:
+                # Ctrl-C reached the child too (same process group): let it save what it has.
+                try:
+                    proc.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                raise
+            finally:
+                reader.join(timeout=5)
+        if code == 0:
+            return
+        if code == 130:
+            raise KeyboardInterrupt
+        errors = [line.split("error:", 1)[1].strip() for line in tail if line.startswith("twinbench: error:")]
+        message = errors[-1] if errors else (tail[-1] if tail else f"exit status {code}")
+        raise (UserError if code == 2 else CheckFailed)(f"twinbench {argv[0]}: {message}")
+
+    def worker_argv(self) -> list[str]:
+        argv = ["--tf-python", self.args.tf_python, "--torch-python", self.args.torch_python]
+        if self.args.threads:
+            argv += ["--threads", str(self.args.threads)]
+        if self.args.quiet:
+            argv.append("--quiet")
+        return argv
+
+    # 1
+    def data(self) -> str:
+        from bench import demo
+
+        if self.args.data:
+            self.data_dir = Path(self.args.data)
+            if not self.data_dir.is_dir():
+                raise UserError(f"--data {self.args.data}: no such folder (pass an image folder with one "
+                                f"subfolder per class)")
+            self.session.data = {"kind": "folder", "path": str(self.data_dir.resolve())}
+            return str(self.data_dir)
+        directory = demo.default_demo_dir()
+        with file_lock(directory.parent / ".demo.lock"):
+            self.data_dir = demo.ensure_demo(directory)
+        self.session.data = {"kind": "demo", "path": str(self.data_dir.resolve())}
+        return str(self.data_dir)
+
+    # 2
+    def write_manifest(self) -> str:
+        from bench.manifest import build_manifest, load_manifest
+
+        manifest = build_manifest(self.data_dir, quiet=self.args.quiet)
+        manifest.save(self.manifest_path)
+        self.manifest = load_manifest(self.manifest_path, verify="none")
+        self.session.data.update({"manifest": str(self.manifest_path), "fingerprint": manifest.fingerprint,
+                                  "describe": manifest.describe()})
+        return str(self.manifest_path)
+
+    # 3
+    def datacheck(self) -> str:
+        from bench.datacheck import ACCURATE_TOLERANCE, run_data_check
+        from bench.manifest import PipelineOptions
+
+        options = PipelineOptions(image_size=self.input_size)
+        report = run_data_check(self.manifest, options, self.profile.datacheck_decoders, config=self.workers)
+        out = self.run_dir / "data_check.json"
+        atomic.write_json(out, {"format": "twinbench.datacheck", "version": 1, **report})
+        if not report["ok"]:
+            raise CheckFailed(f"the TF and torch pipelines differ by more than {ACCURATE_TOLERANCE} per image or "
+                              f"in labels: see {out}")
+        return str(out)
+
+    # 4
+    def parity(self) -> str:
+        from bench.parity import ParityConfig, run_ablation_table
+
+        from bench.parity import ABLATIONS
+
+        config = ParityConfig(model=self.model, **PARITY_MODEL_ARGS, manifest=str(self.manifest_path))
+        names = tuple(ABLATIONS) if self.profile.ablations is None else self.profile.ablations
+        result = run_ablation_table(config, self.workers, names=names)
+        out = self.run_dir / "parity.json"
+        atomic.write_json(out, result)
+        baseline = result["results"]["baseline"] if "results" in result else result
+        if baseline["verdict"] != "pass":
+            first = baseline["first_failure"]
+            raise CheckFailed(f"parity failed: first divergent block {first['block']}, check {first['check']}")
+        return str(out)
+
+    # 5
+    def train(self) -> str:
+        argv = ["train", "--framework", "both", "--manifest", str(self.manifest_path), "--profile",
+                self.profile.train, "--out", str(self.run_dir), "--verify", "size", "--model", self.model,
+                *self.worker_argv()]
+        if self.args.epochs:
+            argv += ["--epochs", str(self.args.epochs)]
+        try:
+            self.cli(argv, "train.log")
+        finally:
+            found = sorted(self.run_dir.glob("train-*/run.json"))
+            self.train_dir = found[-1].parent if found else None
+        return str(self.train_dir / "run.json") if self.train_dir else ""
+
+    # 6
+    def bench(self) -> str:
+        argv = ["bench", *self.profile.bench_args, "--out", str(self.run_dir), "--no-save", *self.worker_argv()]
+        if self.model != "resnet50":
+            argv += ["--model", self.model]
+        self.cli(argv, "bench.log")
+        found = sorted(self.run_dir.glob("bench-*/bench.json"))
+        return str(found[-1]) if found else ""
+
+    # 7
+    def residuals(self) -> str:
+        from bench import residuals
+        from bench.manifest import PipelineOptions
+        from bench.results import load_record
+
+        if self.train_dir is None:
+            found = sorted(self.run_dir.glob("train-*/run.json"))
+            self.train_dir = found[-1].parent if found else None
+        if self.train_dir is None:
+            raise CheckFailed("no training run to measure (the train step did not run)")
+        record = load_record(self.train_dir)
+        config = record.config
+        margs = {k: config[k] for k in ("model", "classes", "input_size", "pooling")}
+        init = record.init.get("path")
+        n = min(RESIDUAL_IMAGES, len(self.manifest.entries("validation")))
+        images = {"manifest": str(self.manifest_path), "data_root": str(self.manifest.root),
+                  "indices": list(range(n)),
+                  "pipeline": PipelineOptions(image_size=int(config["input_size"]), decoder=config.get("decoder", "accurate"),
+                                              preprocessing=config.get("preprocessing", "none")).to_dict()}
+        stages: dict[str, Any] = {}
+        weights: dict[str, Any] = {}
+        if init:
+            weights["before"] = {fw: str(self.train_dir / init) for fw in record.frameworks}
+        after = {fw: str(self.train_dir / run["checkpoint"]) for fw, run in record.frameworks.items()
+                 if run.get("checkpoint") and (self.train_dir / run["checkpoint"]).is_file()}
+        if after:
+            weights["after"] = after
+        if not weights:
+            raise CheckFailed("the training run kept no weights to measure (no init bundle, no checkpoint)")
+        out = self.run_dir / "residuals.json"
+        for stage, per_fw in weights.items():
+            self.progress.say(f"residual ratios {stage} training ({', '.join(per_fw)})")
+            stages[stage] = residuals.measure(margs, per_fw, images=images, config=self.workers,
+                                              job_root=self.run_dir / "jobs" / f"residuals-{stage}")
+            atomic.write_json(out, {"format": RESIDUALS_FORMAT, "version": RESIDUALS_VERSION, "model": self.model,
+                                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                    "images": {"count": n, "split": "validation", "input_size": config["input_size"],
+                                               "manifest": str(self.manifest_path)},
+                                    "weights": weights, "stages": stages, "train_run": str(self.train_dir)})
+        return str(out)
+
+    # 8
+    def report(self) -> str:
+        from bench.report import build_report
+
+        out = Path(self.args.report) if self.args.report else self.run_dir / "report"
+        return str(build_report([self.run_dir], out, quiet=self.args.quiet))
+
+    @property
+    def input_size(self) -> int:
+        return self.profile.input_size
+
+    @property
+    def model(self) -> str:
+        return self.session.model
+
+
+def run_steps(pipe: Pipeline, steps: list[str]) -> dict[str, Any]:
+    """Run the steps in order; record each one's status. Returns {"interrupted": bool, "failed": [...]}."""
+    session, progress = pipe.session, pipe.progress
+    actions: dict[str, Callable[[], str]] = {
+        "data": pipe.data, "manifest": pipe.write_manifest, "datacheck": pipe.datacheck, "parity": pipe.parity,
+        "train": pipe.train, "bench": pipe.bench, "residuals": pipe.residuals,
+    }
+    needs_manifest = {"datacheck", "parity", "train", "bench", "residuals"}
+    interrupted = False
+    failed: list[str] = []
+    for name in steps:
+        if name == "report":
+            continue
+        st = session.step(name)
+        if interrupted:
+            st.update(status="skipped", message="interrupted before it started")
+            continue
+        if name in needs_manifest and pipe.manifest is None:
+            st.update(status="skipped", message="no manifest")
+            continue
+        progress.start(name)
+        st["status"] = "running"
+        session.save()
+        started = time.monotonic()
+        try:
+            st["output"] = _relative(actions[name](), pipe.run_dir)
+            st["status"] = "done"
+        except KeyboardInterrupt:
+            st.update(status="interrupted", message="Ctrl-C")
+            interrupted = True
+        except CheckFailed as exc:
+            st.update(status="failed", message=one_line(str(exc)))
+            failed.append(name)
+        except WorkerError as exc:
+            st.update(status="failed", message=one_line(str(exc)))
+            failed.append(name)
+        except UserError as exc:
+            st.update(status="failed", message=str(exc))
+            if name in ("data", "manifest"):
+                st["seconds"] = round(time.monotonic() - started, 1)
+                session.status = "failed"
+                session.save()
+                raise  # bad input: nothing else can run (exit 2)
+            failed.append(name)
+        finally:
+            st["seconds"] = round(time.monotonic() - started, 1)
+            if st["status"] == "failed" and st["message"]:
+                # A failure is not progress: --quiet (CI) still says why a step failed.
+                print(f"twinbench run: {name}: failed: {st['message']}", file=sys.stderr, flush=True)
+            elif st["status"] != "done" and st["message"]:
+                progress.say(f"{name}: {st['status']}: {st['message']}")
+            session.save()
+    return {"interrupted": interrupted, "failed": failed}
+
+
+def _relative(path: str, root: Path) -> str:
+    if not path:
+        return ""
+    try:
+        return str(Path(path).resolve().relative_to(root.resolve()))
+    except ValueError:
+        return path
+
+
+# ---- the command ---------------------------------------------------------------------------------------
+def register(sub) -> None:
+    from bench.cli import add_worker_options, positive_int
+    from bench.spec import MODELS
+
+    p = sub.add_parser("run", help="the whole comparison in one command (what 'make run' does)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", metavar="DIR", help="image folder, one subfolder per class (default: the demo data)")
+    p.add_argument("--profile", choices=sorted(PROFILES), default="quick",
+                   help="quick (default: 64 px, a few epochs, < 10 min on 2 cores) or seed (224 px, 50 epochs)")
+    p.add_argument("--model", default="resnet50", choices=sorted(MODELS), help="architecture (default resnet50)")
+    p.add_argument("--epochs", type=positive_int, help="override the profile's training epochs")
+    p.add_argument("--skip", action="append", default=[], choices=SKIPPABLE, metavar="STEP",
+                   help=f"leave a step out (repeatable): {', '.join(SKIPPABLE)}")
+    p.add_argument("--out", default="runs", help="where run directories go (default runs/)")
+    p.add_argument("--report", metavar="DIR", help="write the report here (default RUN/report/)")
+    add_worker_options(p)
+    p.set_defaults(func=cmd_run)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    profile = PROFILES[args.profile]
+    steps = [s for s in STEPS if s not in set(args.skip)]
+    if args.report and Path(args.report).exists() and not Path(args.report).is_dir():
+        raise UserError(f"--report {args.report} exists and is not a folder")
+    run_dir = create_run_dir(Path(args.out))
+    session = Session(run_dir, run_dir.name, profile.name, args.model, ["twinbench", *sys.argv[1:]])
+    for name in STEPS:
+        session.step(name)["status"] = "pending" if name in steps else "skipped"
+    session.save()
+    pipe = Pipeline(args, session, profile)
+    pipe.progress = Progress(profile, steps, args.quiet)
+    pipe.progress.say(f"run {run_dir} ({profile.name} profile, {args.model})")
+    outcome = run_steps(pipe, steps)
+    session.status = "interrupted" if outcome["interrupted"] else ("failed" if outcome["failed"] else "complete")
+    session.save()
+    report_path = None
+    st = session.step("report")
+    if "report" in steps:
+        pipe.progress.start("report")
+        # Marked done before it is built, so that the report's own step table shows it.
+        out = Path(args.report) if args.report else run_dir / "report"
+        st.update(status="done", output=_relative(str(out / "report.html"), run_dir))
+        session.save()
+        started = time.monotonic()
+        try:
+            report_path = pipe.report()
+        except TwinbenchError as exc:
+            st.update(status="failed", message=one_line(str(exc)))
+        except KeyboardInterrupt:
+            st.update(status="interrupted", message="Ctrl-C while writing the report")
+            session.status = "interrupted"
+            raise
+        finally:
+            st["seconds"] = round(time.monotonic() - started, 1)
+            session.save()
+    print_summary(run_dir, report_path, session, time.monotonic() - pipe.progress.started)
+    if outcome["interrupted"]:
+        print("twinbench: interrupted; finished results and the report are kept in " + str(run_dir), file=sys.stderr)
+        return 130
+    failed = [s["name"] for s in session.steps if s["status"] == "failed"]
+    if failed:
+        # The last line says what happened, as every other failing command's does (the reasons are above).
+        print(f"twinbench: error: {len(failed)} step(s) failed ({', '.join(failed)}); finished results "
+              f"and the report are kept in {run_dir}", file=sys.stderr)
+    return 1 if outcome["failed"] or st["status"] == "failed" else 0
+
+
+def print_summary(run_dir: Path, report_path: str | None, session: Session, elapsed: float) -> None:
+    """The one-screen summary: the report's verdict table and where everything is."""
+    import pandas as pd
+
+    from bench.report import Builder, Context, choose_model
+    from bench.runset import load_runs
+
+    print(f"twinbench run {session.run_id}: {session.status} in {_clock(elapsed)}")
+    print(", ".join(f"{st['name']} {st['status']}" for st in session.steps))
+    try:
+        runs = load_runs([run_dir])
+    except UserError:
+        runs = []
+    records = [r for run in runs for r in run.records]
+    if records:
+        ctx = Context(runs, records, choose_model(records), run_dir / ".summary", quiet=True)
+        table = Builder(ctx).summary().blocks[0][1]
+        with pd.option_context("display.max_colwidth", 70, "display.width", 250):
+            print(table.to_string(index=False))
+    print(f"run directory: {run_dir}")
+    if report_path:
+        print(f"report: {report_path}")

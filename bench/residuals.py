@@ -1,0 +1,50 @@
+"""Residual structure, framework-free: the per-unit summary both workers return, and the call
+that measures both frameworks on one batch.
+
+The measure is ``||F(x)|| / ||shortcut(x)||`` per residual unit and per validation image, the
+norms taken over the whole (H, W, C) activation before the add. The workers'
+``residual_ratios`` tasks (``tf_impl.residuals``, ``torch_impl.residuals``) compute the norms;
+:func:`summarise` turns them into the same record on both sides.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.runner import FRAMEWORKS, WorkerConfig, run_worker
+
+
+def summarise(name: str, block_id: str, branch: np.ndarray, shortcut: np.ndarray) -> dict[str, Any]:
+    """One unit: per-image ratios, their mean, median and interquartile range."""
+    branch, shortcut = np.asarray(branch, np.float64), np.asarray(shortcut, np.float64)
+    ratio = branch / np.maximum(shortcut, np.finfo(np.float64).tiny)
+    q1, median, q3 = np.percentile(ratio, [25, 50, 75])
+    return {"unit": name, "block": block_id, "ratio_mean": float(ratio.mean()), "ratio_median": float(median),
+            "ratio_q1": float(q1), "ratio_q3": float(q3), "ratio_std": float(ratio.std()),
+            "branch_norm_mean": float(branch.mean()), "shortcut_norm_mean": float(shortcut.mean()),
+            "ratios": [float(r) for r in ratio]}
+
+
+def measure(model_args: dict[str, Any], weights: dict[str, str | Path], *, x: np.ndarray | None = None,
+            images: dict[str, Any] | None = None, config: WorkerConfig | None = None,
+            job_root: Path | None = None) -> dict[str, Any]:
+    """Both frameworks' ratios; ``weights`` maps framework -> weight file (one bundle for both
+    compares the frameworks; each side's trained weights, the effect of training).
+
+    The images: ``x`` (NHWC, as the model is fed), or ``images`` = {"manifest", "data_root",
+    "indices", "pipeline"}: validation images each side decodes with its own pipeline (the two
+    pipelines agree within 0.01 of 255, ``twinbench data check``).
+    """
+    if (x is None) == (images is None):
+        raise ValueError("pass either x or images")
+    out: dict[str, Any] = {}
+    for fw in FRAMEWORKS:
+        if fw not in weights:
+            continue
+        job_dir = None if job_root is None else Path(job_root) / f"residuals-{fw}"
+        out[fw] = run_worker(fw, "residual_ratios", {**model_args, **(images or {}), "weights": str(weights[fw])},
+                             arrays=None if x is None else {"x": x}, config=config, job_dir=job_dir).result
+    return out

@@ -1,0 +1,136 @@
+"""``twinbench run``: run directories, the session record, bad input, concurrent runs, Ctrl-C, and
+(slow) the whole thing end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bench.pipeline import STEPS, create_run_dir
+
+TWINBENCH = [sys.executable, "-m", "bench.cli"]
+NO_WORKERS = ["--skip", "datacheck", "--skip", "parity", "--skip", "train", "--skip", "bench", "--skip", "residuals"]
+
+
+def tiny_folder(root: Path, per_class: int = 5) -> Path:
+    rng = np.random.default_rng(0)
+    for name in ("circles", "squares"):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / name / f"{i}.jpg")
+    return root
+
+
+def test_run_directories_are_unique_under_concurrency(tmp_path):
+    made: list[Path] = []
+    threads = [threading.Thread(target=lambda: made.append(create_run_dir(tmp_path))) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(made) == 16 and len(set(made)) == 16 and all(p.is_dir() for p in made)
+
+
+def test_two_concurrent_runs_into_one_directory_use_distinct_ids(tmp_path):
+    data = tiny_folder(tmp_path / "data")
+    procs = [subprocess.Popen([*TWINBENCH, "run", "--data", str(data), "--out", str(tmp_path / "runs"), *NO_WORKERS,
+                               "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=180) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    sessions = sorted((tmp_path / "runs").glob("run-*/session.json"))
+    assert len(sessions) == 2
+    docs = [json.loads(s.read_text()) for s in sessions]
+    assert docs[0]["run_id"] != docs[1]["run_id"]
+    for session_path, doc in zip(sessions, docs):
+        run_dir = session_path.parent
+        assert doc["status"] == "complete"
+        steps = {st["name"]: st["status"] for st in doc["steps"]}
+        assert list(steps) == list(STEPS)
+        assert steps["manifest"] == "done" and steps["report"] == "done" and steps["train"] == "skipped"
+        assert (run_dir / "manifest.json").is_file() and (run_dir / "report" / "report.html").is_file()
+        # Each report comes from its own run only.
+        assert doc["run_id"] in (run_dir / "report" / "report.md").read_text()
+    for out, _ in outs:
+        assert "report:" in out
+
+
+def test_bad_data_exits_2_with_one_line(tmp_path):
+    out = subprocess.run([*TWINBENCH, "run", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "runs")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    errors = [line for line in out.stderr.splitlines() if line.startswith("twinbench: error")]
+    assert len(errors) == 1 and "missing" in errors[0] and "Traceback" not in out.stderr
+    session = json.loads(next((tmp_path / "runs").glob("run-*/session.json")).read_text())
+    assert session["status"] == "failed" and session["steps"][0]["status"] == "failed"
+
+
+def _wait_for(predicate, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.5)
+    return False
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_finished_results_and_builds_the_report(tmp_path):
+    """SIGINT while training: exit 130, the parity record kept, the report built from what exists."""
+    proc = subprocess.Popen([*TWINBENCH, "run", "--out", str(tmp_path / "runs"), "--skip", "bench",
+                             "--skip", "datacheck"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+    def training() -> bool:
+        sessions = list((tmp_path / "runs").glob("run-*/session.json"))
+        if not sessions:
+            return False
+        try:
+            steps = {st["name"]: st["status"] for st in json.loads(sessions[0].read_text())["steps"]}
+        except ValueError:
+            return False
+        return steps.get("train") == "running" and bool(list(sessions[0].parent.glob("train-*/run.json")))
+
+    assert _wait_for(training, 900), proc.stderr.read() if proc.poll() is not None else "training never started"
+    time.sleep(20)  # into the first epoch
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group, workers too
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130, err[-3000:]
+    run_dir = next((tmp_path / "runs").glob("run-*"))
+    session = json.loads((run_dir / "session.json").read_text())
+    steps = {st["name"]: st["status"] for st in session["steps"]}
+    assert session["status"] == "interrupted"
+    assert steps["parity"] in ("done", "failed") and steps["train"] == "interrupted"
+    assert steps["residuals"] == "skipped" and steps["report"] == "done"
+    assert (run_dir / "parity.json").is_file()
+    md = (run_dir / "report" / "report.md").read_text()
+    assert "## Parity" in md and "parity.png" in md
+    assert "interrupted" in out
+
+
+@pytest.mark.slow
+def test_make_run_end_to_end(tmp_path):
+    """The whole ``twinbench run`` on the demo data: every step done, the report complete."""
+    started = time.monotonic()
+    out = subprocess.run([*TWINBENCH, "run", "--out", str(tmp_path / "runs")], capture_output=True, text=True,
+                         timeout=1800)
+    wall = time.monotonic() - started
+    print(f"twinbench run took {wall:.0f} s")
+    run_dir = next((tmp_path / "runs").glob("run-*"))
+    session = json.loads((run_dir / "session.json").read_text())
+    assert {st["name"]: st["status"] for st in session["steps"]} == {name: "done" for name in STEPS}, out.stderr[-3000:]
+    assert out.returncode == 0 and session["status"] == "complete"
+    md = (run_dir / "report" / "report.md").read_text()
+    for section in ("Summary", "Training", "Parity", "Performance", "Residual structure"):
+        assert f"## {section}" in md
+    assert "report:" in out.stdout and "final validation accuracy" in out.stdout

@@ -1,0 +1,46 @@
+"""Residual ratios ||F(x)|| / ||shortcut(x)||: both workers, one bundle, the same numbers.
+
+The TF side reads each residual add's two inputs from a sub-model, the torch side calls the
+blocks' ``branches``: two independent readings of the same quantity, so their agreement checks
+both (and that F and the shortcut are not swapped: the ratio is not symmetric)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench.residuals import measure, summarise
+from bench.runner import WorkerConfig
+from bench.spec import build_spec
+from bench.weights import random_bundle
+
+QUIET = WorkerConfig(quiet=True)
+
+
+def test_summary_of_per_image_norms():
+    s = summarise("2a", "2a", np.array([1.0, 2.0, 3.0, 4.0]), np.array([2.0, 2.0, 2.0, 2.0]))
+    assert s["ratios"] == [0.5, 1.0, 1.5, 2.0]
+    assert s["ratio_median"] == 1.25 and s["ratio_q1"] == 0.875 and s["ratio_q3"] == 1.625
+    assert s["ratio_mean"] == 1.25 and s["branch_norm_mean"] == 2.5 and s["shortcut_norm_mean"] == 2.0
+
+
+@pytest.mark.parametrize("model", ["resnet50", pytest.param("resnet50_c3", marks=pytest.mark.slow)])
+def test_both_frameworks_measure_the_same_ratios(tmp_path, model):
+    spec = build_spec(model, 4, 64, "global")
+    path = tmp_path / "bundle.npz"
+    random_bundle(spec, seed=3).save(path)
+    x = np.random.default_rng(3).uniform(0, 255, (3, 64, 64, 3)).astype("float32")
+    margs = {"model": model, "classes": 4, "input_size": 64, "pooling": "global"}
+    out = measure(margs, {"tf": path, "torch": path}, x=x, config=QUIET)
+    tf_units, torch_units = out["tf"]["units"], out["torch"]["units"]
+    expected = 16  # 3 + 4 + 6 + 3 residual units in both models
+    assert len(tf_units) == len(torch_units) == expected
+    assert [u["unit"] for u in tf_units] == [u["unit"] for u in torch_units]
+    if model == "resnet50":
+        assert [u["unit"] for u in tf_units] == [b.id for b in spec.blocks]
+    else:
+        assert tf_units[0]["unit"] == "2_c3_block_m0" and tf_units[-1]["block"] == "5"
+    for a, b in zip(tf_units, torch_units):
+        assert len(a["ratios"]) == 3
+        np.testing.assert_allclose(a["ratios"], b["ratios"], rtol=1e-4)
+        assert a["branch_norm_mean"] != pytest.approx(a["shortcut_norm_mean"], rel=1e-3)

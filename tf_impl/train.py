@@ -1,0 +1,241 @@
+"""TensorFlow side of ``twinbench train``: the seed's Keras training, driven step by step.
+
+The model is compiled exactly as the seed compiles it (``compile(optimizer=Adam(),
+loss="sparse_categorical_crossentropy", metrics=["accuracy"])``) and each step runs Keras' own
+``Model.train_step`` (the function ``fit`` runs: forward, Keras' loss on the softmax output,
+loss scaling under mixed_float16, ``apply_gradients``, metric updates). Only the loop around it
+is ours, for three reasons ``fit`` does not allow: the wait for the next batch is timed apart
+from the step (``fit`` fetches inside its tf.function), each step is timed synced (the
+metrics are read back as numbers), and checkpoint/resume/NaN handling is the same code as on
+the torch side (``bench.train.run_training``). The step is one ``tf.function`` with a batch
+dimension of None, so the last, smaller batch of an epoch is not traced again (tracing
+ResNet-50's train step takes ~20 s on 2 cores).
+
+Validation computes per-image losses from the logits (fc1000's kernel applied to the pooled
+features): the loss Keras computes on the softmax output, which recovers those same logits.
+
+Mirror: ``torch_impl/train.py``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from bench import atomic
+from bench.errors import UserError
+from bench.train import TrainConfig, peak_rss, run_training, write_pid
+
+POLICIES = {"fp32": "float32", "mixed_bf16": "mixed_bfloat16", "mixed_fp16": "mixed_float16"}
+
+
+def make_strategy(devices: int) -> tf.distribute.Strategy:
+    """One device: the default strategy. N: MirroredStrategy over N GPUs, or N logical CPU devices
+    (configured here, before TensorFlow's runtime starts)."""
+    if devices == 1:
+        return tf.distribute.get_strategy()
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        if len(gpus) < devices:
+            raise UserError(f"--devices {devices}: TensorFlow sees {len(gpus)} GPU(s)")
+        return tf.distribute.MirroredStrategy(devices=[f"/gpu:{i}" for i in range(devices)])
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * devices)
+    except RuntimeError as exc:  # the runtime already started: a bug in the worker's start-up order
+        raise RuntimeError(f"cannot split the CPU into {devices} logical devices: {exc}") from None
+    return tf.distribute.MirroredStrategy(devices=[f"/cpu:{i}" for i in range(devices)])
+
+
+class Trainer:
+    """A Keras model, compiled as the seed does, with the hooks ``run_training`` calls."""
+
+    framework = "tf"
+    is_main = True
+
+    def __init__(self, job: dict[str, Any]):
+        import keras
+
+        from bench.manifest import PipelineOptions, load_manifest
+        from bench.spec import spec_from_args
+        from bench.weights import WeightBundle
+        from tf_impl import model as tfm
+        from tf_impl import optim
+        from tf_impl import weights as tfw
+
+        self.config = config = TrainConfig(**job["config"])
+        self.strategy = make_strategy(config.devices)  # first: logical devices need a fresh runtime
+        self.devices = config.devices
+        self.gpus = tf.config.list_physical_devices("GPU")
+        if config.precision == "mixed_fp16" and not self.gpus:
+            raise UserError("--precision mixed_fp16 needs a GPU (fp16 on CPU is emulated and slow); "
+                            "use mixed_bf16 on CPU")
+        if config.deterministic:
+            tf.config.experimental.enable_op_determinism()
+        keras.utils.set_random_seed(config.seed)
+        policy = POLICIES[config.precision]
+        # Global policy too, so that compile() wraps Adam in a LossScaleOptimizer for
+        # mixed_float16 exactly as Keras does for a mixed_float16 model.
+        keras.config.set_dtype_policy(policy)
+        for gpu in self.gpus:
+            tf.config.experimental.reset_memory_stats(f"GPU:{self.gpus.index(gpu)}")
+
+        self.spec = spec_from_args(config.spec_args())
+        self.tfm, self.tfw = tfm, tfw
+        with self.strategy.scope():
+            self.model = tfm.build(self.spec, dtype=policy)
+            if job.get("init"):
+                tfw.from_bundle(self.model, self.spec, WeightBundle.load(job["init"]), source=job["init"])
+            optimizer = optim.build(config.optimizer_config())
+            if config.precision == "mixed_fp16" and not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+            # The seed's compile, with our Keras-default optimizer object.
+            self.model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+            # What fit/train_on_batch do first (Keras-private): build the compiled loss, metrics
+            # and optimizer variables now, outside any replica context and traced function.
+            size = config.input_size
+            self.model._symbolic_build(data_batch=(np.zeros((1, size, size, 3), np.float32),
+                                                   np.zeros((1,), np.int32)))
+            features = tfm.features_model(self.model, self.spec)
+
+        self.manifest = load_manifest(job["manifest"], data_root=job.get("data_root"), verify="none")
+        self.options = PipelineOptions(**config.pipeline_options())
+        self.n_train = len(self.manifest.entries("training"))
+        size = config.input_size
+        x_spec = tf.TensorSpec([None, size, size, 3], tf.float32)
+        y_spec = tf.TensorSpec([None], tf.int32)
+        self._native: tf.data.Dataset | None = None
+        self._native_epochs = 0
+        self._val = None
+        if self.devices > 1:
+            element_spec = self.strategy.experimental_distribute_dataset(self._dataset(0)).element_spec
+        else:
+            element_spec = (x_spec, y_spec)
+        self._step = tf.function(self._one_step, input_signature=[element_spec])
+        self._features = features
+        self._predict = tf.function(self._predict_batch, input_signature=[x_spec, y_spec])
+
+    # ---- data ------------------------------------------------------------------------------------
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.n_train / self.config.batch_size)
+
+    def _dataset(self, epoch: int) -> tf.data.Dataset:
+        from tf_impl.data import make_dataset
+
+        if self.options.order == "manifest":
+            return make_dataset(self.manifest, "training", self.options, epoch=epoch)
+        # Native order: one dataset iterated once per epoch, as fit does (its shuffles reshuffle
+        # each iteration). A resumed run replays the epochs it skips, so the order is the same.
+        if self._native is None:
+            self._native = make_dataset(self.manifest, "training", self.options)
+        return self._native
+
+    def train_batches(self, epoch: int):
+        ds = self._dataset(epoch)
+        if self.options.order == "native":
+            while self._native_epochs < epoch:  # resume: fast-forward through the skipped epochs
+                for _ in ds:
+                    pass
+                self._native_epochs += 1
+            self._native_epochs += 1
+        if self.devices > 1:
+            ds = self.strategy.experimental_distribute_dataset(ds)
+        return ds
+
+    # ---- steps -----------------------------------------------------------------------------------
+    def _one_step(self, batch):
+        for metric in self.model.metrics:
+            metric.reset_state()
+        self.strategy.run(self.model.train_step, args=(batch,))
+        # Read in cross-replica context: the metrics' sum-on-read variables add up the replicas,
+        # so these are sample means over the whole global batch.
+        return self.model.get_metrics_result()
+
+    def train_step(self, batch) -> tuple[float, int, int]:
+        logs = self._step(batch)
+        n = sum(int(t.shape[0]) for t in self.strategy.experimental_local_results(batch[1]))
+        loss = float(logs["loss"])  # reading the value waits for the step: the clock after it is synced
+        return loss, int(round(float(logs["accuracy"]) * n)), n
+
+    def _predict_batch(self, x, y):
+        features = self._features(x, training=False)
+        logits = self.tfm.logits(self.model, self.spec, tf.cast(features, tf.float32))
+        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(y, tf.int32), logits=logits)
+        return tf.nn.softmax(logits), losses
+
+    def evaluate(self) -> tuple[np.ndarray, np.ndarray]:
+        from tf_impl.data import make_dataset
+
+        if self._val is None:
+            self._val = make_dataset(self.manifest, "validation", self.options)
+        probs, losses = [], []
+        for x, y in self._val:
+            p, loss = self._predict(x, y)
+            probs.append(p.numpy())
+            losses.append(loss.numpy())
+        return np.concatenate(probs).astype(np.float32), np.concatenate(losses).astype(np.float64)
+
+    # ---- checkpoints -----------------------------------------------------------------------------
+    def _optimizer_variables(self) -> list:
+        return list(self.model.optimizer.variables)
+
+    def save_checkpoint(self, stem: Path) -> list[str]:
+        bundle = self.tfw.to_bundle(self.model, self.spec, source=f"tf {stem.name}")
+        bundle.save(stem.parent / f"{stem.name}.npz")
+        arrays = {f"{i:04d}": np.asarray(v) for i, v in enumerate(self._optimizer_variables())}
+        atomic.write_npz(stem.parent / f"{stem.name}.opt.npz", arrays)
+        return [f"{stem.name}.npz", f"{stem.name}.opt.npz"]
+
+    def load_checkpoint(self, stem: Path) -> None:
+        from bench.weights import WeightBundle
+
+        bundle_path = stem.parent / f"{stem.name}.npz"
+        self.tfw.from_bundle(self.model, self.spec, WeightBundle.load(bundle_path), source=str(bundle_path))
+        with np.load(stem.parent / f"{stem.name}.opt.npz") as data:
+            values = [data[k] for k in sorted(data.files)]
+        variables = self._optimizer_variables()
+        if len(values) != len(variables):
+            raise UserError(f"{stem}.opt.npz holds {len(values)} optimizer variables, this optimizer has "
+                            f"{len(variables)}: the checkpoint is from another configuration")
+        for variable, value in zip(variables, values):
+            if tuple(variable.shape) != value.shape:
+                raise UserError(f"{stem}.opt.npz: {variable.path} has shape {value.shape}, expected "
+                                f"{tuple(variable.shape)}")
+            variable.assign(value)
+
+    # ---- the rest --------------------------------------------------------------------------------
+    def memory(self) -> dict[str, Any]:
+        rss = peak_rss()
+        if self.gpus:
+            info = tf.config.experimental.get_memory_info("GPU:0")
+            return {"measure": "gpu_allocator_peak", "peak_bytes": int(info["peak"]),
+                    "label": "TensorFlow allocator peak on GPU:0 (get_memory_info peak, memory growth on)",
+                    "cpu_peak_rss_bytes": rss["peak_bytes"]}
+        return {"measure": "cpu_peak_rss", "peak_bytes": rss["peak_bytes"],
+                "label": "peak resident set size of the TensorFlow worker process (getrusage ru_maxrss): "
+                         "framework runtime, model, optimizer state, activations and the tf.data pipeline "
+                         "(threads of the same process)"}
+
+    def barrier(self) -> None:
+        pass
+
+    def info(self) -> dict[str, Any]:
+        from tf_impl.worker import info
+
+        out = info({}, {}, Path("."))[0]
+        out["strategy"] = type(self.strategy).__name__
+        out["replicas"] = self.strategy.num_replicas_in_sync
+        out["policy"] = POLICIES[self.config.precision]
+        return out
+
+
+def train(args: dict[str, Any], inputs: dict[str, np.ndarray], job_dir: Path):
+    """Worker task "train": ``bench.train.run_training`` with a Keras :class:`Trainer`."""
+    started = time.monotonic()
+    write_pid(Path(args["fw_dir"]))
+    return run_training(Trainer(args), args, started=started), None
