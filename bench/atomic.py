@@ -84,3 +84,23 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def create_unique_dir(out: str | os.PathLike, prefix: str) -> Path:
+    """A new ``out/<prefix>-YYYYmmdd-HHMMSS-xxxx`` directory. ``mkdir`` fails rather than share
+    a directory with another run started at the same second, so nothing is ever overwritten."""
+    import secrets
+    import time
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for _ in range(20):
+        run_dir = out / time.strftime(f"{prefix}-%Y%m%d-%H%M%S-{secrets.token_hex(2)}")
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            continue
+    from bench.errors import UserError
+
+    raise UserError(f"{out}: could not create a new run directory there")

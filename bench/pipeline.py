@@ -30,7 +30,6 @@ import collections
 import contextlib
 import fcntl
 import os
-import secrets
 import subprocess
 import sys
 import threading
@@ -127,16 +126,8 @@ class Session:
 
 
 def create_run_dir(out: Path) -> Path:
-    """A new directory with a unique id: ``mkdir`` fails rather than share one with another run."""
-    out.mkdir(parents=True, exist_ok=True)
-    for _ in range(20):
-        run_dir = out / time.strftime(f"run-%Y%m%d-%H%M%S-{secrets.token_hex(2)}")
-        try:
-            run_dir.mkdir()
-            return run_dir
-        except FileExistsError:
-            continue
-    raise UserError(f"{out}: could not create a new run directory there")
+    """A new, unique ``run-...`` directory for one twinbench run."""
+    return atomic.create_unique_dir(out, "run")
 
 
 @contextlib.contextmanager

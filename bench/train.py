@@ -38,7 +38,6 @@ import json
 import math
 import os
 import resource
-import secrets
 import shutil
 import statistics
 import sys
@@ -377,16 +376,8 @@ def _load_manifest(args: argparse.Namespace):
 
 # ---- run directory -------------------------------------------------------------------------------
 def create_run_dir(out: Path) -> Path:
-    """A new, unique run directory (never an existing one: nothing a user made is overwritten)."""
-    out.mkdir(parents=True, exist_ok=True)
-    for _ in range(10):
-        run_dir = out / time.strftime(f"train-%Y%m%d-%H%M%S-{secrets.token_hex(2)}")
-        try:
-            run_dir.mkdir()
-            return run_dir
-        except FileExistsError:
-            continue
-    raise UserError(f"{out}: could not create a new run directory there")
+    """A new, unique ``train-...`` directory for one twinbench train."""
+    return atomic.create_unique_dir(out, "train")
 
 
 class RunLock:
