@@ -50,19 +50,39 @@ def problem():
     return w, grads
 
 
-@pytest.mark.parametrize("np_dtype, torch_dtype, ulps", [(np.float32, torch.float32, 2),
-                                                          (np.float64, torch.float64, 2)])
-def test_keras_adam_matches_keras_formula(problem, np_dtype, torch_dtype, ulps):
+@pytest.mark.parametrize("np_dtype, torch_dtype", [(np.float32, torch.float32), (np.float64, torch.float64)])
+def test_keras_adam_op_for_op_matches_keras_formula(problem, np_dtype, torch_dtype):
+    """fused=False: every element within 2 ulps of itself (in practice identical)."""
+    w, grads = problem
+    ref_w, ref_m, ref_v = keras_adam_numpy(w, grads, np_dtype)
+    got, opt = run_torch({"name": "adam", "fused": False}, w.astype(np_dtype), grads, torch_dtype)
+    (p,) = opt.param_groups[0]["params"]
+    m, v = optim.moments(opt, p)
+    assert isinstance(opt, optim.KerasAdam) and not opt.fused and opt.iterations == 5
+    eps = np.finfo(np_dtype).eps
+    np.testing.assert_allclose(got, ref_w, rtol=2 * eps, atol=2 * eps)
+    np.testing.assert_allclose(m.numpy(), ref_m, rtol=2 * eps, atol=0)
+    np.testing.assert_allclose(v.numpy(), ref_v, rtol=2 * eps, atol=0)
+
+
+@pytest.mark.parametrize("np_dtype, torch_dtype", [(np.float32, torch.float32), (np.float64, torch.float64)])
+def test_keras_adam_fused_matches_keras_formula(problem, np_dtype, torch_dtype):
+    """fused=True (the default): fused multiply-adds round differently, so elements near zero
+    after cancellation (m = m + w (g - m)) move by a few ulps of the tensor's largest element;
+    nothing moves further than 4 ulps of that scale, and the weights stay within 2 ulps."""
     w, grads = problem
     ref_w, ref_m, ref_v = keras_adam_numpy(w, grads, np_dtype)
     got, opt = run_torch({"name": "adam"}, w.astype(np_dtype), grads, torch_dtype)
     (p,) = opt.param_groups[0]["params"]
     m, v = optim.moments(opt, p)
-    assert isinstance(opt, optim.KerasAdam) and opt.iterations == 5
+    assert isinstance(opt, optim.KerasAdam) and opt.fused and opt.iterations == 5
     eps = np.finfo(np_dtype).eps
-    np.testing.assert_allclose(got, ref_w, rtol=ulps * eps, atol=ulps * eps)
-    np.testing.assert_allclose(m.numpy(), ref_m, rtol=ulps * eps, atol=0)
-    np.testing.assert_allclose(v.numpy(), ref_v, rtol=ulps * eps, atol=0)
+    np.testing.assert_allclose(got, ref_w, rtol=2 * eps, atol=2 * eps)
+    for name, ours, ref in (("m", m.numpy(), ref_m), ("v", v.numpy(), ref_v)):
+        scale_err = np.max(np.abs(ours - ref)) / np.max(np.abs(ref))
+        assert scale_err <= 4 * eps, (name, scale_err / eps)
+    # And it is not the op-for-op path in disguise: some moment element differs.
+    assert not np.array_equal(m.numpy(), ref_m)
 
 
 def test_torch_adam_differs_where_gradients_are_small(problem):
