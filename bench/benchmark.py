@@ -44,7 +44,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 from bench.errors import CheckFailed, UserError
 from bench.spec import build_spec, resnet50_blocks
@@ -381,6 +381,142 @@ def failed_row(row: dict[str, Any], error: str, *, oom: bool = False, **extra: A
     return {**row, "status": "failed", "error": error, "oom": oom, **extra}
 
 
+# ---- one row and the matmul peak, shared by both workers ------------------------------------------
+class Backend(Protocol):
+    """What a framework supplies to :func:`measure_row` and :func:`measure_peak`, bound to one
+    device (``tf_impl.benchmark.Backend``, ``torch_impl.benchmark.Backend``)."""
+
+    framework: str
+    label: str  # the device as recorded ("cpu x86_64", "cuda:0 NVIDIA H100 ...")
+    gpu: bool
+    sync: Sync
+
+    def skip_reason(self, row: dict[str, Any]) -> str | None:
+        """Why this row cannot run here (a GPU-only precision on the CPU, ...); None: it can."""
+
+    def check_precision(self, precision: str) -> str | None: ...
+
+    def use_tf32(self, enabled: bool) -> None:
+        """TF32 on or off where it exists (a GPU); a no-op on the CPU."""
+
+    def prepare(self, row: dict[str, Any]) -> None:
+        """Process-wide switches the row needs (TF32, cuDNN autotuning)."""
+
+    def synthetic_batch(self, row: dict[str, Any]) -> tuple[Any, Any]:
+        """A device-resident (images, labels) batch: compute-only rows."""
+
+    def pipeline_batches(self, row: dict[str, Any]) -> Callable[[], tuple[Any, Any]]:
+        """Full batches from the manifest's training pipeline, endlessly: end-to-end rows."""
+
+    def memory_in_use(self) -> int | None: ...
+
+    def build_model(self, row: dict[str, Any]) -> tuple[Any, str]:
+        """(model on the device in the row's layout, its full label)."""
+
+    def make_step(self, model: Any, row: dict[str, Any], batches: Callable[[], tuple[Any, Any]]) -> Callable[[], Any]: ...
+
+    def memory_counters(self) -> tuple[Callable[[], bool], Callable[[], dict[str, Any]]]: ...
+
+    def is_oom(self, exc: BaseException) -> bool: ...
+
+    def cleanup(self, row: dict[str, Any]) -> None:
+        """Free what the row left (compiled graphs, cached blocks) once its model is dropped."""
+
+    def matmul_step(self, precision: str, n: int) -> Callable[[], Any]:
+        """An n x n @ n x n product of two device-resident operands in ``precision``'s dtype."""
+
+    def threads(self) -> dict[str, int]: ...
+
+    def versions(self) -> dict[str, Any]: ...
+
+    def environment(self) -> dict[str, Any]:
+        """The worker's framework, device, threads, versions and oneDNN switch, stored per run."""
+
+
+def bench_task(args: dict[str, Any], backend: Backend, progress: Callable[[str], None]) -> dict[str, Any]:
+    """The workers' ``bench_row`` task: the matmul peak first where ``args['peak']`` asks for it
+    (before any model exists), then the row ``args['row']``."""
+    peak = None
+    if args.get("peak") is not None:
+        peak = measure_peak(PRECISIONS, backend, int(args["peak"].get("size", 0)), progress)
+    row = measure_row(args["row"], backend, progress)
+    return {"row": row, "peak": peak, "env": backend.environment()}
+
+
+def measure_row(row: dict[str, Any], backend: Backend,
+                progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Measure one configuration: warm-up, timed windows, then the memory loop. A row that cannot
+    run here is skipped; out of memory is a failed row at the batch asked for."""
+    reason = backend.skip_reason(row)
+    if reason:
+        return skipped_row(row, reason)
+    backend.prepare(row)
+    sync = backend.sync
+    model = step = None
+    extra: dict[str, Any] = {}
+    try:
+        if row["input"] == "pipeline":
+            batches = backend.pipeline_batches(row)
+            sync(None)
+            t0 = time.perf_counter()
+            first = batches()
+            sync(first)  # TF without sync_devices waits by fetching the batch; torch's sync ignores it
+            extra["first_batch_s"] = time.perf_counter() - t0
+        else:
+            x, y = backend.synthetic_batch(row)
+            batches = lambda: (x, y)  # noqa: E731  (already on the device: compute-only)
+            first = (x, y)
+        batch_used = int(first[0].shape[0])
+        before_model = backend.memory_in_use()
+        # after the inputs: a batch that cannot fit fails before a model is built
+        model, model_label = backend.build_model(row)
+        step = backend.make_step(model, row, batches)
+        timing = time_steps(step, sync, warmup=row["warmup"], repeats=row["repeats"], steps=row["steps"],
+                            batch=batch_used, progress=progress)
+        reset, read = backend.memory_counters()
+        memory = measure_memory(step, sync, steps=row["memory_steps"], reset=reset, read=read)
+        memory["before_model_bytes"] = before_model
+    except Exception as exc:
+        if not backend.is_oom(exc):
+            raise
+        return failed_row(row, oom_message(backend.framework, row["batch"], backend.label, exc), oom=True,
+                          device=backend.label)
+    finally:
+        # One process may run many rows (bench/gpu_check.py): drop this row's model and step (with
+        # its optimizer and compiled graph) before the backend frees memory, so the next row's
+        # allocator peak holds only its own.
+        del model, step
+        backend.cleanup(row)
+    extra.update(threads=backend.threads(), versions=backend.versions(), model_label_full=model_label)
+    return finish_row(row, timing, memory, batch_used=batch_used, device=backend.label, extra=extra)
+
+
+def measure_peak(dtypes: Sequence[str], backend: Backend, size: int = 0,
+                 progress: Callable[[str], None] | None = None) -> dict[str, float]:
+    """FLOP/s of a large square matmul per dtype (median of synced windows): the measured ceiling
+    MFU divides by. fp32 runs with TF32 off, tf32 with it on (GPU); dtypes the device lacks are
+    left out."""
+    n = size or (8192 if backend.gpu else 2048)
+    sync = backend.sync
+    out: dict[str, float] = {}
+    for name in dtypes:
+        if backend.check_precision(name):
+            continue
+        backend.use_tf32(name == "tf32")
+        step = backend.matmul_step(name, n)
+        sync(step())
+        t0 = time.perf_counter()
+        sync(step())
+        one = max(time.perf_counter() - t0, 1e-6)
+        steps = max(1, min(50, int(0.2 / one)))  # windows of about 0.2 s
+        timing = time_steps(step, sync, warmup=2, repeats=MIN_REPEATS, steps=steps, batch=1)
+        out[name] = matmul_flops(n) * timing["throughput"]["median"]
+        if progress:
+            progress(f"peak {name}: {out[name] / 1e9:,.0f} GFLOP/s ({n}x{n} matmul)")
+    backend.use_tf32(False)
+    return out
+
+
 def add_mfu(rows: list[dict[str, Any]], peaks: dict[str, dict[str, float]]) -> None:
     """MFU of every measured row, against the machine's peak for its dtype: the best matmul rate
     either framework reached in this run (each framework's own peak is stored too)."""
@@ -395,6 +531,18 @@ def add_mfu(rows: list[dict[str, Any]], peaks: dict[str, dict[str, float]]) -> N
         row["peak_flops_per_s"] = peak
         row["mfu"] = mfu(row["images_per_s"], row["flops_per_image"], peak)
         row["mfu_own_peak"] = mfu(row["images_per_s"], row["flops_per_image"], own)
+
+
+def mfu_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """A warning where an MFU exceeds 100%: the matmul peak it divides by was measured low
+    (seen here when other work shared the cores while the peak ran), so no MFU of the run is
+    trustworthy."""
+    over = [r for r in rows if (r.get("mfu") or 0) > 1.0]
+    if not over:
+        return []
+    worst = max(over, key=lambda r: r["mfu"])
+    return [f"MFU above 100% in {len(over)} row(s) (worst {worst['mfu']:.0%}: {describe(worst)}): the matmul peak "
+            f"was measured low, probably while other work shared the machine; rerun on a quiet machine"]
 
 
 def machine_peaks(peaks: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -529,7 +677,7 @@ def make_record(settings: Settings, rows: list[dict[str, Any]], peaks: dict[str,
         "machine": envinfo.machine_info(), "commit": envinfo.commit_info(),
         "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.__dict__.items()},
         "threads_requested": threads, "threads": thread_summary(envs), "environments": envs,
-        "peaks": peaks, "machine_peaks": machine_peaks(peaks), "notes": notes,
+        "peaks": peaks, "machine_peaks": machine_peaks(peaks), "notes": notes + mfu_notes(rows),
         "rows": rows, "ratios": ratios(rows),
         "best": [{"framework": r["framework"], "mode": r["mode"], "id": r["id"], "images_per_s": r["images_per_s"],
                   "mfu": r.get("mfu")} for r in best_settings(rows)],

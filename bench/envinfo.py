@@ -39,6 +39,12 @@ def commit_info() -> dict:
             "branch": git("rev-parse", "--abbrev-ref", "HEAD") or None, "time": git("log", "-1", "--format=%cI") or None}
 
 
+# Environment variables that change speed or numerics; recorded with every result.
+RECORDED_ENV = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_ENABLE_ONEDNN_OPTS",
+                "CUDA_VISIBLE_DEVICES")
+
+
 def machine_info() -> dict:
     return {"node": socket.gethostname(), "system": platform.system(), "release": platform.release(),
-            "python": platform.python_version(), "cpu": cpu_info()}
+            "python": platform.python_version(), "cpu": cpu_info(),
+            "env": {k: os.environ.get(k) for k in RECORDED_ENV}}

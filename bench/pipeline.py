@@ -187,9 +187,8 @@ class Pipeline:
         """Run ``twinbench ARGV`` in a child process; its stdout goes to RUN/logs/<log_name>, its
         stderr (progress) passes through. A failure becomes CheckFailed/UserError with its last line.
 
-        A child process, not a call in this one: a worker's peak RSS (``ru_maxrss``, what
-        ``twinbench train`` records on CPU) starts from its parent's RSS at the fork, and this
-        process holds the parity arrays by then (~2 GB at 224 px); the child is small.
+        A child process, not a call in this one: this process holds the parity arrays by then
+        (~2 GB at 224 px), and a step that fails or leaks cannot take the session down with it.
         """
         log = self.run_dir / "logs" / log_name
         log.parent.mkdir(exist_ok=True)

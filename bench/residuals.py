@@ -3,18 +3,53 @@ that measures both frameworks on one batch.
 
 The measure is ``||F(x)|| / ||shortcut(x)||`` per residual unit and per validation image, the
 norms taken over the whole (H, W, C) activation before the add. The workers'
-``residual_ratios`` tasks (``tf_impl.residuals``, ``torch_impl.residuals``) compute the norms;
-:func:`summarise` turns them into the same record on both sides.
+``residual_ratios`` tasks (``tf_impl.residuals``, ``torch_impl.residuals``) compute the norms of
+one batch; :func:`validation_images`, :func:`unit_summaries` and :func:`summarise` are the rest of
+the task, the same on both sides.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from bench.runner import FRAMEWORKS, WorkerConfig, run_worker
+
+
+BATCH = 16  # images per forward pass: bounds the activation memory at 224 px
+
+# One batch (NHWC, as the model is fed) -> residual unit name -> (block id, ||F(x)|| per image,
+# ||shortcut(x)|| per image), in model order.
+UnitNorms = Callable[[np.ndarray], dict[str, tuple[str, np.ndarray, np.ndarray]]]
+
+
+def validation_images(args: dict[str, Any], inputs: dict[str, np.ndarray], load_images: Callable) -> np.ndarray:
+    """``inputs['x']`` (NHWC), or the manifest's validation images ``args['indices']`` decoded by
+    the calling side's own pipeline: ``load_images`` is ``tf_impl.data.load_images`` or
+    ``torch_impl.data.load_images`` (``args['pipeline']``: bench.manifest.PipelineOptions fields)."""
+    if "x" in inputs:
+        return inputs["x"]
+    from bench.manifest import PipelineOptions, load_manifest
+
+    manifest = load_manifest(args["manifest"], data_root=args.get("data_root"), verify="none")
+    x, _ = load_images(manifest, "validation", args["indices"], PipelineOptions.from_dict(args["pipeline"]))
+    return x
+
+
+def unit_summaries(x_all: np.ndarray, unit_norms: UnitNorms, batch: int = BATCH) -> list[dict[str, Any]]:
+    """:func:`summarise` of every residual unit over all of ``x_all``, fed ``batch`` images at a time."""
+    blocks: dict[str, str] = {}
+    branch: dict[str, list[np.ndarray]] = {}
+    shortcut: dict[str, list[np.ndarray]] = {}
+    for start in range(0, len(x_all), batch):
+        for name, (block_id, fn, sn) in unit_norms(x_all[start:start + batch]).items():
+            blocks[name] = block_id
+            branch.setdefault(name, []).append(fn)
+            shortcut.setdefault(name, []).append(sn)
+    return [summarise(name, block_id, np.concatenate(branch[name]), np.concatenate(shortcut[name]))
+            for name, block_id in blocks.items()]
 
 
 def summarise(name: str, block_id: str, branch: np.ndarray, shortcut: np.ndarray) -> dict[str, Any]:

@@ -46,6 +46,8 @@ FrameworkRun (one per framework)::
         overhead         train_wall_s / (steps x median step time) - 1; the first epoch
                          includes graph tracing / warm-up, so read it from epoch 2 on; what is
                          not step time is data waits (data_wait_s) and the loop itself
+        loop_overhead    train_wall_s / train_time_s - 1: only what the loop adds around the
+                         timed steps (data waits included); optional (records from 2026-11-28 on)
         resumed          true for the first epoch after a resume
     memory           {"peak_bytes": int, "measure": "cpu_peak_rss" | "gpu_allocator_peak",
                       "label": what was measured, in words, ...measure-specific extras}
@@ -90,6 +92,7 @@ FRAMEWORK_STATUSES = ("pending", "running", "complete", "stopped", "failed")
 EPOCH_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "time_s", "train_wall_s",
               "train_time_s", "data_wait_s", "val_time_s", "train_images", "val_images", "train_throughput",
               "val_throughput", "steps", "step_times_s", "step_loss", "step_time_median_s", "overhead", "resumed")
+OPTIONAL_EPOCH_KEYS = ("loop_overhead",)  # added after schema v1 records existed: readers use .get()
 MEMORY_MEASURES = ("cpu_peak_rss", "gpu_allocator_peak")
 
 

@@ -63,8 +63,11 @@ def check_framework(framework: str) -> str:
 def worker_env(config: WorkerConfig) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ info lines drown the progress output
-    # Spinning OpenMP threads made a torch forward 80x slower on 2 shared cores (measured here).
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # OMP_WAIT_POLICY stays the user's (unset: the OpenMP runtime spins). On a quiet 2-core
+    # machine PASSIVE cost torch 8-10% of its training throughput at 224 px (5.6 vs 6.2 img/s
+    # fp32, 10.6 vs 11.6 bf16); on cores shared with other work spinning threads made a torch
+    # forward 80x slower. So: the default for measuring, PASSIVE when the machine is shared
+    # (parity and the test suite set it; see bench.parity.parity_workers, tests/conftest.py).
     env.setdefault("PYTHONUNBUFFERED", "1")
     if config.threads:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):

@@ -21,7 +21,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -307,6 +307,25 @@ def write_legacy_h5(bundle: WeightBundle, path: str | Path, spec: ModelSpec,
                     group.create_dataset(theirs, data=bundle.arrays[f"{name}/{ours}"])
 
     atomic.write_with(path, write)
+
+
+def convert_file(src: str | Path, dst: str | Path, spec: ModelSpec, *, load_file: Callable[..., WeightBundle],
+                 own_format: str, save_own: Callable[[WeightBundle, str | Path, ModelSpec], None],
+                 worker: str) -> dict[str, int]:
+    """A worker's ``convert`` task: any file ``load_file`` reads -> a bundle, a legacy .h5, or the
+    worker's own format (``own_format``, written by ``save_own``). Returns the counts it reports."""
+    bundle = load_file(src, spec)
+    bundle.check(spec, source=src)
+    fmt = weight_format(dst, must_exist=False)
+    if fmt == "bundle":
+        bundle.save(dst)
+    elif fmt == "legacy_h5":
+        write_legacy_h5(bundle, dst, spec)
+    elif fmt == own_format:
+        save_own(bundle, dst, spec)
+    else:
+        raise UserError(f"{dst}: the {worker} worker does not write {fmt}")
+    return {"layers": len(bundle.layer_names()), "tensors": len(bundle.arrays)}
 
 
 def legacy_layer_order(spec: ModelSpec) -> list[str]:

@@ -9,10 +9,15 @@ segfaults here.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
+
+# The suite runs on shared CI cores: OpenMP threads that spin while waiting made torch workers
+# up to 80x slower there (bench.runner.worker_env). Tests check results, not speed.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent

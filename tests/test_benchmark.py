@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import weakref
 from pathlib import Path
 
 import pytest
@@ -112,6 +113,173 @@ def test_peak_rss_reset_forgets_an_earlier_peak():
     assert bb.read_peak_rss()["peak_bytes"] < grown - 200 * 2**20
 
 
+# ---- the row and peak control flow both workers share -----------------------------------------------
+class FakeBatch:
+    def __init__(self, n: int):
+        self.shape = (n, 8, 8, 3)
+
+
+class FakeModel:
+    pass
+
+
+class FakeBackend:
+    """A framework for ``bb.measure_row`` / ``bb.measure_peak``: logs every hook it is asked for;
+    ``fail_in`` names the hook that raises ``error``."""
+
+    framework, label = "torch", "cpu fake"
+
+    def __init__(self, *, gpu: bool = False, skip: str | None = None, fail_in: str | None = None,
+                 error: Exception | None = None, batch_fed: int | None = None):
+        self.gpu, self.skip, self.fail_in, self.error, self.batch_fed = gpu, skip, fail_in, error, batch_fed
+        self.events: list = []
+        self.model_alive_at_cleanup = None
+
+    def _hook(self, name, *detail):
+        self.events.append((name, *detail))
+        if name == self.fail_in:
+            raise type(self.error)(*self.error.args)  # a fresh one: a stored traceback would keep the model
+
+    def sync(self, out):
+        self.events.append(("sync", out))
+
+    def skip_reason(self, row):
+        return self.skip
+
+    def check_precision(self, precision):
+        return None if self.gpu or precision not in bb.GPU_ONLY_PRECISIONS else "needs a GPU"
+
+    def use_tf32(self, enabled):
+        self.events.append(("tf32", enabled))
+
+    def prepare(self, row):
+        self._hook("prepare")
+
+    def synthetic_batch(self, row):
+        self._hook("synthetic_batch")
+        return FakeBatch(row["batch"]), "labels"
+
+    def pipeline_batches(self, row):
+        self._hook("pipeline_batches")
+        return lambda: self.events.append(("batch",)) or (FakeBatch(self.batch_fed or row["batch"]), "labels")
+
+    def memory_in_use(self):
+        return 123
+
+    def build_model(self, row):
+        self._hook("build_model")
+        model = FakeModel()
+        self.model = weakref.ref(model)
+        return model, "fake model"
+
+    def make_step(self, model, row, batches):
+        self._hook("make_step")
+        return lambda: (model, batches(), self._hook("step"))[2]
+
+    def memory_counters(self):
+        return (lambda: self._hook("reset") or True), (lambda: {"kind": "fake", "peak_bytes": 456})
+
+    def is_oom(self, exc):
+        return "out of memory" in str(exc)
+
+    def cleanup(self, row):
+        self.model_alive_at_cleanup = self.model() is not None if hasattr(self, "model") else None
+        self.events.append(("cleanup",))
+
+    def matmul_step(self, precision, n):
+        self.events.append(("matmul", precision, n))
+        return lambda: n
+
+    def threads(self):
+        return {"intra_op": 2, "inter_op": 1}
+
+    def versions(self):
+        return {"fake": "1.0"}
+
+    def environment(self):
+        return {"framework": "torch", "device": self.label}
+
+
+def fake_row(**changes) -> dict:
+    row = {"framework": "torch", "model": "ours", "mode": "train", "input": "synthetic", "batch": 4,
+           "input_size": 32, "pooling": "global", "classes": 10, "arch": "resnet50", "precision": "fp32",
+           "layout": "nhwc", "compile": "eager", "warmup": 2, "repeats": 5, "steps": 3, "memory_steps": 2,
+           "device": "cpu", **changes}
+    row["id"] = bb.row_id(row)
+    return row
+
+
+def test_measure_row_builds_after_the_inputs_times_then_measures_memory_and_frees_the_model():
+    backend = FakeBackend()
+    out = bb.measure_row(fake_row(), backend)
+    names = [e[0] for e in backend.events if e[0] != "sync"]
+    assert names == ["prepare", "synthetic_batch", "build_model", "make_step", *["step"] * (2 + 5 * 3), "reset",
+                     "step", "step", "cleanup"]
+    assert out["status"] == "ok" and out["batch_used"] == 4 == out["timing"]["batch"]
+    assert out["device"] == "cpu fake" and out["model_label_full"] == "fake model"
+    assert out["memory"] == {"kind": "fake", "peak_bytes": 456, "reset": True, "steps": 2, "before_model_bytes": 123}
+    assert out["threads"] == {"intra_op": 2, "inter_op": 1} and out["versions"] == {"fake": "1.0"}
+    assert "first_batch_s" not in out and len(out["step_s"]) == 5
+    assert backend.model_alive_at_cleanup is False  # dropped before the backend frees memory
+
+
+def test_measure_row_times_the_first_pipeline_batch_between_syncs_and_records_the_batch_fed():
+    backend = FakeBackend(batch_fed=3)
+    out = bb.measure_row(fake_row(input="pipeline", manifest="m.json"), backend)
+    first = backend.events.index(("batch",))
+    assert backend.events[first - 1] == ("sync", None)
+    after = backend.events[first + 1]
+    assert after[0] == "sync" and after[1][0].shape[0] == 3  # synced on the batch itself (TF fetches it)
+    assert out["first_batch_s"] >= 0 and out["batch_used"] == 3 and out["batch"] == 4
+
+
+def test_measure_row_skips_without_touching_the_device():
+    backend = FakeBackend(skip="fp16 needs a GPU")
+    out = bb.measure_row(fake_row(precision="fp16"), backend)
+    assert out["status"] == "skipped" and out["error"] == "fp16 needs a GPU" and backend.events == []
+
+
+@pytest.mark.parametrize("fail_in", ["synthetic_batch", "build_model", "step"])
+def test_out_of_memory_anywhere_is_a_failed_row_and_the_backend_still_cleans_up(fail_in):
+    backend = FakeBackend(fail_in=fail_in, error=RuntimeError("CUDA out of memory. Tried to allocate 9 GiB"))
+    out = bb.measure_row(fake_row(batch=4096), backend)
+    assert out["status"] == "failed" and out["oom"] is True and out["batch"] == 4096 and "batch_used" not in out
+    assert out["error"].startswith("out of memory at batch 4096 on cpu fake (torch: CUDA out of memory.")
+    assert out["device"] == "cpu fake" and backend.events[-1] == ("cleanup",)
+    assert backend.model_alive_at_cleanup in (None, False)
+
+
+def test_an_error_that_is_not_out_of_memory_propagates_after_the_cleanup():
+    backend = FakeBackend(fail_in="make_step", error=ValueError("bad shape"))
+    with pytest.raises(ValueError, match="bad shape"):
+        bb.measure_row(fake_row(), backend)
+    assert backend.events[-1] == ("cleanup",)
+
+
+@pytest.mark.parametrize("gpu, size, expected_n, tf32", [(False, 0, 2048, [False, False, False]),
+                                                         (True, 64, 64, [False, True, False, False])])
+def test_measure_peak_per_dtype_with_tf32_only_for_tf32_and_off_afterwards(gpu, size, expected_n, tf32):
+    backend = FakeBackend(gpu=gpu)
+    messages = []
+    peaks = bb.measure_peak(("fp32", "tf32", "bf16"), backend, size, messages.append)
+    assert set(peaks) == ({"fp32", "tf32", "bf16"} if gpu else {"fp32", "bf16"})
+    assert all(v > 0 for v in peaks.values()) and len(messages) == len(peaks)
+    assert {e[2] for e in backend.events if e[0] == "matmul"} == {expected_n}
+    assert [e[1] for e in backend.events if e[0] == "tf32"] == tf32
+
+
+def test_the_bench_row_task_measures_the_peak_before_the_model_only_when_asked():
+    backend = FakeBackend()
+    out = bb.bench_task({"row": fake_row(), "peak": {"size": 32}}, backend, lambda message: None)
+    names = [e[0] for e in backend.events]
+    assert names.index("matmul") < names.index("build_model")
+    assert set(out["peak"]) == {"fp32", "bf16"} and out["row"]["status"] == "ok"
+    assert out["env"] == {"framework": "torch", "device": "cpu fake"}
+    again = FakeBackend()
+    assert bb.bench_task({"row": fake_row()}, again, lambda message: None)["peak"] is None
+    assert not any(e[0] == "matmul" for e in again.events)
+
+
 # ---- FLOPs and MFU -------------------------------------------------------------------------------
 def test_reference_flops_follow_the_known_counts():
     # torchvision documents resnet50 at 4.09 GFLOPS (multiply-adds); ResNet v1 (keras.applications,
@@ -136,6 +304,17 @@ def test_mfu_divides_by_the_best_peak_of_the_matching_dtype():
     assert rows[0]["mfu_own_peak"] == pytest.approx(10 * 1e9 / 200e9)
     assert "mfu" not in rows[1]
     assert bb.mfu(1.0, 1.0, None) is None
+
+
+def test_mfu_above_one_warns_that_the_peak_was_measured_low():
+    row = {"status": "ok", "framework": "torch", "model": "ours", "mode": "train", "input": "synthetic",
+           "batch": 8, "input_size": 224, "precision": "fp32", "layout": "nhwc", "compile": "eager",
+           "images_per_s": 10.0, "flops_per_image": 1e9}
+    rows = [dict(row), dict(row, mode="infer", images_per_s=50.0)]
+    bb.add_mfu(rows, {"torch": {"fp32": 30e9}})  # infer: 50 GFLOP/s on a 30 GFLOP/s "peak"
+    (note,) = bb.mfu_notes(rows)
+    assert note.startswith("MFU above 100% in 1 row(s) (worst 167%: torch ours infer") and "quiet" in note
+    assert bb.mfu_notes(rows[:1]) == []
 
 
 def test_ratios_compare_ours_with_the_reference_per_image_and_per_flop():

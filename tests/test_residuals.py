@@ -9,10 +9,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.residuals import measure, summarise
+from bench.manifest import build_manifest
+from bench.residuals import measure, summarise, unit_summaries, validation_images
 from bench.runner import WorkerConfig
 from bench.spec import build_spec
 from bench.weights import random_bundle
+from tests.data_fixtures import make_class_folder
 
 QUIET = WorkerConfig(quiet=True)
 
@@ -22,6 +24,37 @@ def test_summary_of_per_image_norms():
     assert s["ratios"] == [0.5, 1.0, 1.5, 2.0]
     assert s["ratio_median"] == 1.25 and s["ratio_q1"] == 0.875 and s["ratio_q3"] == 1.625
     assert s["ratio_mean"] == 1.25 and s["branch_norm_mean"] == 2.5 and s["shortcut_norm_mean"] == 2.0
+
+
+def test_unit_summaries_feed_batches_and_join_each_units_images_in_model_order():
+    x_all = np.arange(5, dtype=np.float32).reshape(5, 1, 1, 1) + 1  # images 1..5
+    fed = []
+
+    def unit_norms(x):
+        fed.append(len(x))
+        per_image = x.reshape(len(x))
+        return {"2a": ("2a", per_image, np.full(len(x), 2.0)), "3a_m0": ("3a", 2 * per_image, per_image)}
+
+    units = unit_summaries(x_all, unit_norms, batch=2)
+    assert fed == [2, 2, 1]
+    assert [(u["unit"], u["block"]) for u in units] == [("2a", "2a"), ("3a_m0", "3a")]
+    assert units[0]["ratios"] == [0.5, 1.0, 1.5, 2.0, 2.5] and units[1]["ratios"] == [2.0] * 5
+
+
+def test_validation_images_are_the_given_batch_or_the_sides_own_decoding_of_the_manifest(tmp_path):
+    x = np.zeros((2, 4, 4, 3), np.float32)
+    calls = []
+
+    def load_images(manifest, split, indices, options):
+        calls.append((len(manifest.labels(split)), split, list(indices), options.image_size))
+        return np.ones((len(indices), options.image_size, options.image_size, 3), np.float32), None
+
+    assert validation_images({}, {"x": x}, load_images) is x and calls == []
+    build_manifest(make_class_folder(tmp_path / "data", {"a": 3, "b": 3}), validation_split=0.5, seed=1) \
+        .save(tmp_path / "manifest.json")
+    args = {"manifest": str(tmp_path / "manifest.json"), "indices": [0, 2], "pipeline": {"image_size": 8}}
+    got = validation_images(args, {}, load_images)
+    assert got.shape == (2, 8, 8, 3) and calls == [(3, "validation", [0, 2], 8)]
 
 
 @pytest.mark.parametrize("model", ["resnet50", pytest.param("resnet50_c3", marks=pytest.mark.slow)])

@@ -217,7 +217,10 @@ def test_loop_records_epochs_timing_and_final_metrics(tiny, tmp_path):
     assert out["status"] == "complete" and out["epochs_completed"] == 3
     assert [e["epoch"] for e in out["history"]] == [1, 2, 3]
     for entry in out["history"]:
-        assert set(entry) == set(results.EPOCH_KEYS)  # what bench.results documents
+        assert set(entry) == set(results.EPOCH_KEYS) | set(results.OPTIONAL_EPOCH_KEYS)  # bench.results documents them
+        # Only the loop's own time lies between the timed steps and the epoch's training wall time.
+        assert entry["loop_overhead"] == pytest.approx(entry["train_wall_s"] / entry["train_time_s"] - 1)
+        assert entry["loop_overhead"] >= 0  # (the toy steps here are so short that the loop dominates)
         assert entry["steps"] == 5 and len(entry["step_times_s"]) == 5 and entry["train_images"] == 20
         # The epoch's training loss is the sample mean of the per-step losses (the last batch is full here).
         assert entry["loss"] == pytest.approx(np.mean(entry["step_loss"]))
@@ -489,3 +492,17 @@ def test_one_and_two_devices_take_the_same_steps(tmp_path, tiny, framework):
     assert two["step_loss"][1] == pytest.approx(one["step_loss"][1], rel=tol["step2_loss"])
     assert cosine >= tol["update_cosine"] and norms == pytest.approx(1.0, rel=tol["update_norm"])
     assert two["val_loss"] == pytest.approx(one["val_loss"], rel=tol["val_loss"])
+
+
+def test_peak_rss_is_the_workers_own_not_its_parents():
+    """A worker started by a large parent reports its own peak: ru_maxrss would carry the
+    parent's 600 MB across fork and exec (Linux); VmHWM does not."""
+    if not Path("/proc/self/status").exists():
+        pytest.skip("needs /proc")
+    ballast = bytearray(600 * 2**20)
+    ballast[::4096] = b"x" * len(ballast[::4096])  # touch every page: resident
+    code = "from bench.train import peak_rss; print(peak_rss()['peak_bytes'])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert int(out.stdout) < 300 * 2**20, int(out.stdout) / 2**20
+    del ballast

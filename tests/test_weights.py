@@ -9,7 +9,8 @@ import pytest
 from bench.errors import UserError
 from bench.spec import build_spec
 from bench.weights import (
-    WeightBundle, legacy_layer_order, random_bundle, read_legacy_h5, weight_format, write_legacy_h5,
+    WeightBundle, convert_file, legacy_layer_order, random_bundle, read_legacy_h5, weight_format,
+    write_legacy_h5,
 )
 
 SPEC = build_spec()
@@ -120,3 +121,20 @@ def test_bundle_from_a_newer_version_is_refused(tmp_path, bundle):
 def test_unknown_weight_format(tmp_path):
     with pytest.raises(UserError, match="unknown weight format"):
         weight_format(tmp_path / "w.bin")
+
+
+def test_convert_writes_bundle_legacy_or_the_workers_own_format_and_refuses_the_rest(tmp_path, bundle):
+    src = tmp_path / "src.npz"
+    bundle.save(src)
+    saved = []
+    kwargs = {"load_file": lambda path, spec: WeightBundle.load(path), "own_format": "torch_pt",
+              "save_own": lambda b, path, spec: saved.append((b.equal(bundle), path)), "worker": "torch"}
+    counts = convert_file(str(src), str(tmp_path / "copy.npz"), SPEC, **kwargs)
+    assert counts == {"layers": len(bundle.layer_names()), "tensors": len(bundle.arrays)}
+    assert WeightBundle.load(tmp_path / "copy.npz").equal(bundle)
+    convert_file(str(src), str(tmp_path / "legacy.h5"), SPEC, **kwargs)
+    assert read_legacy_h5(tmp_path / "legacy.h5", SPEC).equal(bundle)
+    convert_file(str(src), str(tmp_path / "w.pt"), SPEC, **kwargs)
+    assert saved == [(True, str(tmp_path / "w.pt"))]
+    with pytest.raises(UserError, match="the torch worker does not write keras_h5"):
+        convert_file(str(src), str(tmp_path / "w.weights.h5"), SPEC, **kwargs)

@@ -2,8 +2,9 @@
 ``keras.applications.ResNet50(weights=None)``.
 
 The worker side of ``twinbench bench`` (task ``bench_row``); mirror of ``torch_impl/benchmark.py``.
-The loop, statistics and FLOPs are ``bench.benchmark``'s; this module supplies the model, the
-step, the device sync, the precision policy and the memory counters.
+The row and peak control flow, the loop, statistics and FLOPs are ``bench.benchmark``'s; this
+module supplies (as :class:`Backend`) the model, the step, the device sync, the precision policy
+and the memory counters.
 
 "eager" here is ``tf.function`` without XLA: what Keras' ``fit`` runs on a CPU (Keras 3 turns
 XLA on by itself only on GPUs, ``jit_compile="auto"``). Python-eager TF (``run_eagerly``) is
@@ -16,7 +17,6 @@ import contextlib
 import os
 import platform
 import sys
-import time
 from typing import Any, Callable
 
 import tensorflow as tf
@@ -207,82 +207,90 @@ def memory_in_use(device: str) -> int | None:
     return bb.read_peak_rss().get("current_bytes")
 
 
-# ---- one row ----------------------------------------------------------------------------------------
+# ---- one row, the machine peak ------------------------------------------------------------------------
+class Backend:
+    """TF's hooks for ``bench.benchmark``'s shared row and peak loops, bound to one device."""
+
+    framework = "tf"
+
+    def __init__(self, device: str):
+        self.device = device
+        self.label = device_label(device)
+        self.gpu = device.startswith("/GPU")
+        self.sync = make_sync(device)
+
+    def skip_reason(self, row: dict[str, Any]) -> str | None:
+        reason = check_precision(row["precision"], self.device)
+        if reason is None and row["layout"] != "nhwc":
+            reason = "Keras on CPU convolves NHWC only and our Keras model is NHWC"
+        return reason
+
+    def check_precision(self, precision: str) -> str | None:
+        return check_precision(precision, self.device)
+
+    def use_tf32(self, enabled: bool) -> None:
+        if self.gpu:
+            set_tf32(enabled)
+
+    def prepare(self, row: dict[str, Any]) -> None:
+        self.use_tf32(row["precision"] == "tf32")
+
+    def synthetic_batch(self, row: dict[str, Any]) -> tuple[tf.Tensor, tf.Tensor]:
+        return synthetic_batch(row, self.device)
+
+    def pipeline_batches(self, row: dict[str, Any]) -> Callable[[], tuple[tf.Tensor, tf.Tensor]]:
+        return pipeline_batches(row, self.device)
+
+    def memory_in_use(self) -> int | None:
+        return memory_in_use(self.device)
+
+    def build_model(self, row: dict[str, Any]):
+        return build_model(row)
+
+    def make_step(self, model, row: dict[str, Any], batches: Callable[[], tuple[tf.Tensor, tf.Tensor]]):
+        return make_step(model, row, self.device, batches)
+
+    def memory_counters(self) -> tuple[Callable[[], bool], Callable[[], dict[str, Any]]]:
+        return memory_counters(self.device)
+
+    def is_oom(self, exc: BaseException) -> bool:
+        return is_oom(exc)
+
+    def cleanup(self, row: dict[str, Any]) -> None:
+        """Nothing to free: a TF row runs in its own worker process (nothing in-process runs TF rows
+        one after another, as bench/gpu_check.py does with torch)."""
+
+    def matmul_step(self, precision: str, n: int) -> Callable[[], tf.Tensor]:
+        with tf.device(self.device):
+            a = tf.cast(tf.random.stateless_normal((n, n), (0, 1)), MATMUL_DTYPES[precision])
+            b = tf.cast(tf.random.stateless_normal((n, n), (0, 2)), MATMUL_DTYPES[precision])
+
+        def step() -> tf.Tensor:
+            with tf.device(self.device):
+                return tf.linalg.matmul(a, b)
+        return step
+
+    def threads(self) -> dict[str, int]:
+        return threads()
+
+    def versions(self) -> dict[str, Any]:
+        return versions()
+
+    def environment(self) -> dict[str, Any]:
+        return environment(self.device)
+
+
 def run_row(row: dict[str, Any], progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Measure one configuration: warm-up, timed windows, then the memory loop."""
-    device = device_for(row.get("device", "auto"))
-    label = device_label(device)
-    reason = check_precision(row["precision"], device)
-    if reason:
-        return bb.skipped_row(row, reason)
-    if row["layout"] != "nhwc":
-        return bb.skipped_row(row, "Keras on CPU convolves NHWC only and our Keras model is NHWC")
-    if device.startswith("/GPU"):
-        set_tf32(row["precision"] == "tf32")
-    sync = make_sync(device)
-    extra: dict[str, Any] = {}
-    try:
-        if row["input"] == "pipeline":
-            batches = pipeline_batches(row, device)
-            sync(None)
-            t0 = time.perf_counter()
-            first = batches()
-            sync(first)
-            extra["first_batch_s"] = time.perf_counter() - t0
-        else:
-            x, y = synthetic_batch(row, device)
-            batches = lambda: (x, y)  # noqa: E731  (already on the device: compute-only)
-            first = (x, y)
-        batch_used = int(first[0].shape[0])
-        before_model = memory_in_use(device)
-        # after the inputs: a batch that cannot fit fails before a model is built
-        model, model_label = build_model(row)
-        step = make_step(model, row, device, batches)
-        timing = bb.time_steps(step, sync, warmup=row["warmup"], repeats=row["repeats"], steps=row["steps"],
-                               batch=batch_used, progress=progress)
-        reset, read = memory_counters(device)
-        memory = bb.measure_memory(step, sync, steps=row["memory_steps"], reset=reset, read=read)
-        memory["before_model_bytes"] = before_model
-    except Exception as exc:
-        if not is_oom(exc):
-            raise
-        return bb.failed_row(row, bb.oom_message("tf", row["batch"], label, exc), oom=True, device=label)
-    extra.update(threads=threads(), versions=versions(), model_label_full=model_label)
-    return bb.finish_row(row, timing, memory, batch_used=batch_used, device=label, extra=extra)
+    """Measure one configuration (``bench.benchmark.measure_row``): warm-up, timed windows, then
+    the memory loop."""
+    return bb.measure_row(row, Backend(device_for(row.get("device", "auto"))), progress)
 
 
-# ---- machine peak -----------------------------------------------------------------------------------
 def peak_flops(dtypes: tuple[str, ...], device: str, size: int = 0,
                progress: Callable[[str], None] | None = None) -> dict[str, float]:
-    """FLOP/s of a large square matmul per dtype (median of synced windows): the ceiling MFU
-    divides by. fp32 runs with TF32 off, tf32 with it on (GPU)."""
-    n = size or (8192 if device.startswith("/GPU") else 2048)
-    sync = make_sync(device)
-    out: dict[str, float] = {}
-    for name in dtypes:
-        if check_precision(name, device):
-            continue
-        if device.startswith("/GPU"):
-            set_tf32(name == "tf32")
-        with tf.device(device):
-            a = tf.cast(tf.random.stateless_normal((n, n), (0, 1)), MATMUL_DTYPES[name])
-            b = tf.cast(tf.random.stateless_normal((n, n), (0, 2)), MATMUL_DTYPES[name])
-
-        def step():
-            with tf.device(device):
-                return tf.linalg.matmul(a, b)
-        sync(step())
-        t0 = time.perf_counter()
-        sync(step())
-        one = max(time.perf_counter() - t0, 1e-6)
-        steps = max(1, min(50, int(0.2 / one)))  # windows of about 0.2 s
-        timing = bb.time_steps(step, sync, warmup=2, repeats=bb.MIN_REPEATS, steps=steps, batch=1)
-        out[name] = bb.matmul_flops(n) * timing["throughput"]["median"]
-        if progress:
-            progress(f"peak {name}: {out[name] / 1e9:,.0f} GFLOP/s ({n}x{n} matmul)")
-    if device.startswith("/GPU"):
-        set_tf32(False)
-    return out
+    """FLOP/s of a large square matmul per dtype (``bench.benchmark.measure_peak``): the ceiling
+    MFU divides by."""
+    return bb.measure_peak(dtypes, Backend(device), size, progress)
 
 
 # ---- environment ------------------------------------------------------------------------------------
@@ -309,11 +317,6 @@ def _progress(message: str) -> None:
 
 
 def bench_row(args: dict[str, Any], inputs: dict, job_dir) -> tuple[dict[str, Any], None]:
-    """Worker task: optionally the matmul peak (before any model exists), then one row."""
-    row = args["row"]
-    device = device_for(row.get("device", "auto"))
-    peak = None
-    if args.get("peak") is not None:
-        peak = peak_flops(("fp32", "tf32", "bf16", "fp16"), device, int(args["peak"].get("size", 0)), _progress)
-    result = run_row(row, progress=_progress)
-    return {"row": result, "peak": peak, "env": environment(device)}, None
+    """Worker task (``bench.benchmark.bench_task``): the matmul peak where asked, then one row."""
+    backend = Backend(device_for(args["row"].get("device", "auto")))
+    return bb.bench_task(args, backend, _progress), None

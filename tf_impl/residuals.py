@@ -20,12 +20,11 @@ import numpy as np
 import tensorflow as tf
 
 from bench import spec as specs
-from bench.residuals import summarise
+from bench.residuals import unit_summaries, validation_images
 from bench.spec import ModelSpec, spec_from_args
 from tf_impl import model as tfm
 from tf_impl import weights as tfw
-
-BATCH = 16  # images per forward pass: bounds the activation memory at 224 px
+from tf_impl.data import load_images
 
 
 def residual_units(spec: ModelSpec) -> list[tuple[str, str, str]]:
@@ -59,27 +58,14 @@ def residual_ratios(args: dict, inputs: dict[str, np.ndarray], job_dir: Path):
         bundle = tfw.load_file(args["weights"], spec)
         tfw.from_bundle(model, spec, bundle, source=args["weights"])
     probe, names = branches_model(model, spec)
-    x_all = validation_images(args, inputs)
-    norms: list[list[np.ndarray]] = [[] for _ in range(2 * len(names))]
-    for start in range(0, len(x_all), BATCH):
-        x = tf.constant(x_all[start:start + BATCH], dtype=tf.float32)
-        for i, t in enumerate(probe(x, training=False)):
+
+    def numpy_norms(x: np.ndarray) -> dict[str, tuple[str, np.ndarray, np.ndarray]]:
+        norms = []
+        for t in probe(tf.constant(x, dtype=tf.float32), training=False):
             t = tf.reshape(tf.cast(t, tf.float64), (tf.shape(t)[0], -1))  # float64: sums over 55x55x256 values
-            norms[i].append(tf.norm(t, axis=1).numpy())
-    units = [summarise(unit, block_id, np.concatenate(norms[2 * k]), np.concatenate(norms[2 * k + 1]))
-             for k, (unit, block_id) in enumerate(names)]
+            norms.append(tf.norm(t, axis=1).numpy())
+        return {unit: (block_id, norms[2 * k], norms[2 * k + 1]) for k, (unit, block_id) in enumerate(names)}
+
+    x_all = validation_images(args, inputs, load_images)
     return {"framework": "tf", "model": spec.name, "images": int(len(x_all)),
-            "weights": args.get("weights"), "units": units}, None
-
-
-def validation_images(args: dict, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    """``inputs['x']`` (NHWC), or the manifest's validation images ``args['indices']`` decoded by
-    this side's own pipeline (``args['pipeline']``: bench.manifest.PipelineOptions fields)."""
-    if "x" in inputs:
-        return inputs["x"]
-    from bench.manifest import PipelineOptions, load_manifest
-    from tf_impl.data import load_images
-
-    manifest = load_manifest(args["manifest"], data_root=args.get("data_root"), verify="none")
-    x, _ = load_images(manifest, "validation", args["indices"], PipelineOptions.from_dict(args["pipeline"]))
-    return x
+            "weights": args.get("weights"), "units": unit_summaries(x_all, numpy_norms)}, None

@@ -217,7 +217,7 @@ class Trainer:
                     "label": "TensorFlow allocator peak on GPU:0 (get_memory_info peak, memory growth on)",
                     "cpu_peak_rss_bytes": rss["peak_bytes"]}
         return {"measure": "cpu_peak_rss", "peak_bytes": rss["peak_bytes"],
-                "label": "peak resident set size of the TensorFlow worker process (getrusage ru_maxrss): "
+                "label": "peak resident set size of the TensorFlow worker process (VmHWM): "
                          "framework runtime, model, optimizer state, activations and the tf.data pipeline "
                          "(threads of the same process)"}
 

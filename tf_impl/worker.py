@@ -15,7 +15,6 @@ import tensorflow as tf  # noqa: E402  (first, before anything that might pull i
 
 import numpy as np  # noqa: E402
 
-from bench.errors import UserError  # noqa: E402
 from bench.workerproto import serve, threads_from_env  # noqa: E402
 
 TASKS = {
@@ -109,22 +108,11 @@ def export(args, inputs, job_dir):
 def convert(args, inputs, job_dir):
     """Any weight file this side reads -> any it writes (.npz bundle, legacy .h5, .weights.h5)."""
     from bench.spec import spec_from_args
-    from bench.weights import weight_format, write_legacy_h5
+    from bench.weights import convert_file
     from tf_impl import weights as tfw
 
-    spec = spec_from_args(args)
-    bundle = tfw.load_file(args["src"], spec)
-    bundle.check(spec, source=args["src"])
-    fmt = weight_format(args["dst"], must_exist=False)
-    if fmt == "bundle":
-        bundle.save(args["dst"])
-    elif fmt == "legacy_h5":
-        write_legacy_h5(bundle, args["dst"], spec)
-    elif fmt == "keras_h5":
-        tfw.save_file(bundle, args["dst"], spec)
-    else:
-        raise UserError(f"{args['dst']}: the TF worker does not write {fmt}")
-    return {"layers": len(bundle.layer_names()), "tensors": len(bundle.arrays)}, None
+    return convert_file(args["src"], args["dst"], spec_from_args(args), load_file=tfw.load_file,
+                        own_format="keras_h5", save_own=tfw.save_file, worker="TF"), None
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Timed training and inference steps in PyTorch: our ResNet-50 and ``torchvision.models.resnet50``.
 
 The worker side of ``twinbench bench`` (task ``bench_row``), also run in-process by
-``bench/gpu_check.py``; mirror of ``tf_impl/benchmark.py``. The loop, statistics and FLOPs are
-``bench.benchmark``'s; this module supplies the model, the step, the device sync, the precision
-switches and the memory counters. numpy-free on purpose (the GPU check machine may lack it).
+``bench/gpu_check.py``; mirror of ``tf_impl/benchmark.py``. The row and peak control flow, the
+loop, statistics and FLOPs are ``bench.benchmark``'s; this module supplies (as :class:`Backend`)
+the model, the step, the device sync, the precision switches and the memory counters. numpy-free
+on purpose (the GPU check machine may lack it).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import gc
 import os
 import platform
 import sys
-import time
 from typing import Any, Callable
 
 import torch
@@ -257,91 +257,95 @@ def memory_in_use(device: torch.device) -> int | None:
     return bb.read_peak_rss().get("current_bytes")
 
 
-# ---- one row ----------------------------------------------------------------------------------------
-def run_row(row: dict[str, Any], progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Measure one configuration: warm-up, timed windows, then the memory loop."""
-    device = device_for(row.get("device", "auto"))
-    label = device_label(device)
-    reason = check_precision(row["precision"], device)
-    if reason:
-        return bb.skipped_row(row, reason)
-    if device.type == "cuda":
-        set_tf32(row["precision"] == "tf32")
-        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
-    sync = make_sync(device)
-    model = step = None
-    extra: dict[str, Any] = {}
-    try:
-        if row["input"] == "pipeline":
-            batches = pipeline_batches(row, device)
-            sync(None)
-            t0 = time.perf_counter()
-            first = batches()
-            sync(None)
-            extra["first_batch_s"] = time.perf_counter() - t0
-        else:
-            x, y = synthetic_batch(row, device)
-            batches = lambda: (x, y)  # noqa: E731  (already on the device: compute-only)
-            first = (x, y)
-        batch_used = int(first[0].shape[0])
-        before_model = memory_in_use(device)
-        # after the inputs: a batch that cannot fit fails before a model is built
-        model, model_label = build_model(row)
-        model = model.to(device)
+# ---- one row, the machine peak ------------------------------------------------------------------------
+class Backend:
+    """torch's hooks for ``bench.benchmark``'s shared row and peak loops, bound to one device."""
+
+    framework = "torch"
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.label = device_label(device)
+        self.gpu = device.type == "cuda"
+        self.sync = make_sync(device)
+
+    def skip_reason(self, row: dict[str, Any]) -> str | None:
+        return check_precision(row["precision"], self.device)
+
+    def check_precision(self, precision: str) -> str | None:
+        return check_precision(precision, self.device)
+
+    def use_tf32(self, enabled: bool) -> None:
+        if self.gpu:
+            set_tf32(enabled)
+
+    def prepare(self, row: dict[str, Any]) -> None:
+        self.use_tf32(row["precision"] == "tf32")
+        if self.gpu:
+            torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
+
+    def synthetic_batch(self, row: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        return synthetic_batch(row, self.device)
+
+    def pipeline_batches(self, row: dict[str, Any]) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
+        return pipeline_batches(row, self.device)
+
+    def memory_in_use(self) -> int | None:
+        return memory_in_use(self.device)
+
+    def build_model(self, row: dict[str, Any]) -> tuple[nn.Module, str]:
+        model, label = build_model(row)
+        model = model.to(self.device)
         if row["layout"] == "nhwc":
             model = model.to(memory_format=torch.channels_last)
-        step = make_step(model, row, device, batches)
-        timing = bb.time_steps(step, sync, warmup=row["warmup"], repeats=row["repeats"], steps=row["steps"],
-                               batch=batch_used, progress=progress)
-        reset, read = memory_counters(device)
-        memory = bb.measure_memory(step, sync, steps=row["memory_steps"], reset=reset, read=read)
-        memory["before_model_bytes"] = before_model
-    except Exception as exc:
-        if not is_oom(exc):
-            raise
-        return bb.failed_row(row, bb.oom_message("torch", row["batch"], label, exc), oom=True, device=label)
-    finally:
-        # One process may run many rows (bench/gpu_check.py): free this row's model, optimizer
-        # and compiled graphs so the next row's allocator peak holds only its own.
-        del model, step
+        return model, label
+
+    def make_step(self, model: nn.Module, row: dict[str, Any],
+                  batches: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> Callable[[], Any]:
+        return make_step(model, row, self.device, batches)
+
+    def memory_counters(self) -> tuple[Callable[[], bool], Callable[[], dict[str, Any]]]:
+        return memory_counters(self.device)
+
+    def is_oom(self, exc: BaseException) -> bool:
+        return is_oom(exc)
+
+    def cleanup(self, row: dict[str, Any]) -> None:
+        """bench/gpu_check.py runs many rows in one process: once the row's model and step are
+        dropped, free its compiled graphs and cached CUDA blocks too."""
         if row["compile"] == "jit":
             torch._dynamo.reset()
         gc.collect()
-        if device.type == "cuda":
+        if self.gpu:
             torch.cuda.empty_cache()
-    extra.update(threads=threads(), versions=versions(), model_label_full=model_label)
-    return bb.finish_row(row, timing, memory, batch_used=batch_used, device=label, extra=extra)
+
+    def matmul_step(self, precision: str, n: int) -> Callable[[], torch.Tensor]:
+        g = torch.Generator(device="cpu").manual_seed(0)
+        a = torch.randn(n, n, generator=g).to(self.device, MATMUL_DTYPES[precision])
+        b = torch.randn(n, n, generator=g).to(self.device, MATMUL_DTYPES[precision])
+        return lambda: a @ b
+
+    def threads(self) -> dict[str, int]:
+        return threads()
+
+    def versions(self) -> dict[str, Any]:
+        return versions()
+
+    def environment(self) -> dict[str, Any]:
+        return environment(self.device)
 
 
-# ---- machine peak -----------------------------------------------------------------------------------
+def run_row(row: dict[str, Any], progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Measure one configuration (``bench.benchmark.measure_row``): warm-up, timed windows, then
+    the memory loop."""
+    return bb.measure_row(row, Backend(device_for(row.get("device", "auto"))), progress)
+
+
 def peak_flops(dtypes: tuple[str, ...], device: torch.device, size: int = 0,
                progress: Callable[[str], None] | None = None) -> dict[str, float]:
-    """FLOP/s of a large square matmul per dtype (median of windows, synced): the measured
-    ceiling that MFU divides by. fp32 runs with TF32 off, tf32 with it on (GPU)."""
-    n = size or (8192 if device.type == "cuda" else 2048)
-    sync = make_sync(device)
-    out: dict[str, float] = {}
-    for name in dtypes:
-        if check_precision(name, device):
-            continue
-        if device.type == "cuda":
-            set_tf32(name == "tf32")
-        g = torch.Generator(device="cpu").manual_seed(0)
-        a = torch.randn(n, n, generator=g).to(device, MATMUL_DTYPES[name])
-        b = torch.randn(n, n, generator=g).to(device, MATMUL_DTYPES[name])
-        step = lambda: a @ b  # noqa: E731
-        sync(step())
-        t0 = time.perf_counter()
-        sync(step())
-        one = max(time.perf_counter() - t0, 1e-6)
-        steps = max(1, min(50, int(0.2 / one)))  # windows of about 0.2 s
-        timing = bb.time_steps(step, sync, warmup=2, repeats=bb.MIN_REPEATS, steps=steps, batch=1)
-        out[name] = bb.matmul_flops(n) * timing["throughput"]["median"]
-        if progress:
-            progress(f"peak {name}: {out[name] / 1e9:,.0f} GFLOP/s ({n}x{n} matmul)")
-    if device.type == "cuda":
-        set_tf32(False)
-    return out
+    """FLOP/s of a large square matmul per dtype (``bench.benchmark.measure_peak``): the measured
+    ceiling that MFU divides by."""
+    return bb.measure_peak(dtypes, Backend(device), size, progress)
 
 
 # ---- environment ------------------------------------------------------------------------------------
@@ -373,11 +377,6 @@ def _progress(message: str) -> None:
 
 
 def bench_row(args: dict[str, Any], inputs: dict, job_dir) -> tuple[dict[str, Any], None]:
-    """Worker task: optionally the matmul peak (before any model exists), then one row."""
-    row = args["row"]
-    device = device_for(row.get("device", "auto"))
-    peak = None
-    if args.get("peak") is not None:
-        peak = peak_flops(("fp32", "tf32", "bf16", "fp16"), device, int(args["peak"].get("size", 0)), _progress)
-    result = run_row(row, progress=_progress)
-    return {"row": result, "peak": peak, "env": environment(device)}, None
+    """Worker task (``bench.benchmark.bench_task``): the matmul peak where asked, then one row."""
+    backend = Backend(device_for(args["row"].get("device", "auto")))
+    return bb.bench_task(args, backend, _progress), None

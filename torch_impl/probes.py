@@ -75,7 +75,7 @@ class Twin:
         for layer in spec.layers():
             module = self.model.get_submodule(tm.module_name(layer))
             for w in layer.weight_names:
-                self.weights.append((f"{layer.name}/{w}", layer, module, tw._torch_attr(layer.kind, w)))
+                self.weights.append((f"{layer.name}/{w}", layer, module, tw.torch_attr(layer.kind, w)))
         self.reset()
 
     def reset(self) -> None:
@@ -91,12 +91,12 @@ class Twin:
                 if k.endswith(("/moving_mean", "/moving_variance"))}
 
     def keras_value(self, key: str, layer, t: torch.Tensor) -> np.ndarray:
-        # A copy: for vectors _to_keras returns a view of the live parameter, which later
+        # A copy: for vectors to_keras returns a view of the live parameter, which later
         # phases reset and train.
-        return np.array(tw._to_keras(layer.kind, key.rsplit("/", 1)[1], t), copy=True)
+        return np.array(tw.to_keras(layer.kind, key.rsplit("/", 1)[1], t), copy=True)
 
     def from_keras(self, key: str, layer, array: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(tw._from_keras(layer.kind, key.rsplit("/", 1)[1], array)).to(self.dtype)
+        return torch.from_numpy(tw.from_keras(layer.kind, key.rsplit("/", 1)[1], array)).to(self.dtype)
 
 
 def points(model: tm.ResNet, x: torch.Tensor, ref: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:

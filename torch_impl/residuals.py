@@ -18,12 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.residuals import summarise
+from bench.residuals import unit_summaries, validation_images
 from bench.spec import spec_from_args
 from torch_impl import model as tm
 from torch_impl import weights as tw
-
-BATCH = 16  # images per forward pass: bounds the activation memory at 224 px
+from torch_impl.data import load_images
 
 
 def unit_norms(model: tm.ResNet, x: torch.Tensor) -> dict[str, tuple[str, torch.Tensor, torch.Tensor]]:
@@ -56,32 +55,11 @@ def residual_ratios(args: dict, inputs: dict[str, np.ndarray], job_dir: Path):
         bundle = tw.load_file(args["weights"], spec)
         tw.from_bundle(model, spec, bundle, source=args["weights"])
     model.eval()
-    x_all = validation_images(args, inputs)
-    branch_norms: dict[str, list[np.ndarray]] = {}
-    shortcut_norms: dict[str, list[np.ndarray]] = {}
-    blocks: dict[str, str] = {}
-    for start in range(0, len(x_all), BATCH):
-        x = torch.from_numpy(np.ascontiguousarray(x_all[start:start + BATCH])).float().permute(0, 3, 1, 2)
-        for name, (block_id, fn, sn) in unit_norms(model, x).items():
-            blocks[name] = block_id
-            branch_norms.setdefault(name, []).append(fn.numpy())
-            shortcut_norms.setdefault(name, []).append(sn.numpy())
-    units = []
-    for name, block_id in blocks.items():
-        fn, sn = np.concatenate(branch_norms[name]), np.concatenate(shortcut_norms[name])
-        units.append(summarise(name, block_id, fn, sn))
+
+    def numpy_norms(x: np.ndarray) -> dict[str, tuple[str, np.ndarray, np.ndarray]]:
+        x = torch.from_numpy(np.ascontiguousarray(x)).float().permute(0, 3, 1, 2)  # NHWC -> NCHW
+        return {name: (block_id, fn.numpy(), sn.numpy()) for name, (block_id, fn, sn) in unit_norms(model, x).items()}
+
+    x_all = validation_images(args, inputs, load_images)
     return {"framework": "torch", "model": spec.name, "images": int(len(x_all)),
-            "weights": args.get("weights"), "units": units}, None
-
-
-def validation_images(args: dict, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    """``inputs['x']`` (NHWC), or the manifest's validation images ``args['indices']`` decoded by
-    this side's own pipeline (``args['pipeline']``: bench.manifest.PipelineOptions fields)."""
-    if "x" in inputs:
-        return inputs["x"]
-    from bench.manifest import PipelineOptions, load_manifest
-    from torch_impl.data import load_images
-
-    manifest = load_manifest(args["manifest"], data_root=args.get("data_root"), verify="none")
-    x, _ = load_images(manifest, "validation", args["indices"], PipelineOptions.from_dict(args["pipeline"]))
-    return x
+            "weights": args.get("weights"), "units": unit_summaries(x_all, numpy_norms)}, None

@@ -189,7 +189,7 @@ class Trainer:
                    "cpu_peak_rss_bytes": rss["peak_bytes"]}
         else:
             out = {"measure": "cpu_peak_rss", "peak_bytes": int(sum(per_rank)),
-                   "label": "peak resident set size of the PyTorch worker process (getrusage ru_maxrss): "
+                   "label": "peak resident set size of the PyTorch worker process (VmHWM): "
                             "framework runtime, model, optimizer state and activations"
                             + (f", summed over {self.world} DDP rank processes" if self.world > 1 else "")
                             + "; DataLoader worker processes are separate (loader_workers_peak_bytes)",

@@ -19,20 +19,23 @@ from torch_impl.model import module_name
 BN_TORCH = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_variance": "running_var"}
 
 
-def _to_keras(kind: str, weight: str, value: torch.Tensor) -> np.ndarray:
+def to_keras(kind: str, weight: str, value: torch.Tensor) -> np.ndarray:
+    """One torch weight as Keras stores it (conv OIHW -> HWIO, dense (out, in) -> (in, out))."""
     array = value.detach().cpu().numpy()
     if weight == "kernel":
         array = array.transpose(2, 3, 1, 0) if kind == "conv" else array.T
     return np.ascontiguousarray(array)
 
 
-def _from_keras(kind: str, weight: str, value: np.ndarray) -> np.ndarray:
+def from_keras(kind: str, weight: str, value: np.ndarray) -> np.ndarray:
+    """One Keras weight in torch's layout (the inverse of :func:`to_keras`)."""
     if weight == "kernel":
         value = value.transpose(3, 2, 0, 1) if kind == "conv" else value.T
     return np.ascontiguousarray(value)
 
 
-def _torch_attr(kind: str, weight: str) -> str:
+def torch_attr(kind: str, weight: str) -> str:
+    """The torch attribute holding Keras weight ``weight`` of a ``kind`` layer (gamma -> weight, ...)."""
     return BN_TORCH[weight] if kind == "bn" else ("weight" if weight == "kernel" else "bias")
 
 
@@ -41,7 +44,7 @@ def to_bundle(model: nn.Module, spec: ModelSpec, source: str = "torch") -> Weigh
     for layer in spec.layers():
         module = model.get_submodule(module_name(layer))
         for w in layer.weight_names:
-            arrays[f"{layer.name}/{w}"] = _to_keras(layer.kind, w, getattr(module, _torch_attr(layer.kind, w)))
+            arrays[f"{layer.name}/{w}"] = to_keras(layer.kind, w, getattr(module, torch_attr(layer.kind, w)))
     return WeightBundle(arrays, {"model": spec.name, "classes": spec.classes, "source": source})
 
 
@@ -55,8 +58,8 @@ def from_bundle(model: nn.Module, spec: ModelSpec, bundle: WeightBundle, *, sour
             continue
         module = model.get_submodule(module_name(layer))
         for w in layer.weight_names:
-            target = getattr(module, _torch_attr(layer.kind, w))
-            target.copy_(torch.from_numpy(_from_keras(layer.kind, w, values[w])).to(target.dtype))
+            target = getattr(module, torch_attr(layer.kind, w))
+            target.copy_(torch.from_numpy(from_keras(layer.kind, w, values[w])).to(target.dtype))
 
 
 def load_file(path: str | Path, spec: ModelSpec, *, skip_head: bool = False) -> WeightBundle:

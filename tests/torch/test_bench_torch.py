@@ -11,18 +11,14 @@ import pytest
 import torch
 
 from bench import benchmark as bb
+from tests import bench_fixtures
 from torch_impl import benchmark as tb
 
 CPU = torch.device("cpu")
-SMALL = {"framework": "torch", "input": "synthetic", "batch": 2, "input_size": 32, "pooling": "global",
-         "classes": 10, "arch": "resnet50", "precision": "fp32", "layout": "nhwc", "compile": "eager",
-         "warmup": 1, "repeats": 5, "steps": 1, "memory_steps": 1, "device": "cpu"}
 
 
 def small_row(**changes) -> dict:
-    row = {"model": "ours", "mode": "train", **SMALL, **changes}
-    row["id"] = bb.row_id(row)
-    return row
+    return bench_fixtures.small_row("torch", **changes)
 
 
 @pytest.fixture(scope="module", autouse=True)
