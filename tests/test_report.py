@@ -164,3 +164,12 @@ def test_a_parity_trajectory_gets_its_figure(tmp_path):
     md = (tmp_path / "out" / "report.md").read_text()
     assert "trajectory.png" in _figures_in_markdown(md) and "3 training steps" in md
     assert "No training record" in md
+
+
+def test_ratio_note_says_where_the_target_is_judged():
+    from bench.report import ratio_note
+
+    assert ratio_note(0.97, {"input_size": 224}) == "target >= 0.97; this run 224 px, same batch and precision"
+    small = ratio_note(0.97, {"input_size": 64})
+    assert small.startswith("target >= 0.97; judged at 224 px") and "this run 64 px" in small
+    assert ratio_note(0.97, {}) == "target >= 0.97; same run, same batch and precision"
