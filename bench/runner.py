@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -58,6 +59,19 @@ def check_framework(framework: str) -> str:
     if framework not in FRAMEWORKS:
         raise UserError(f"unknown framework {framework!r}: choose one of {', '.join(FRAMEWORKS)}")
     return framework
+
+
+# TensorFlow's start-up lines that TF_CPP_MIN_LOG_LEVEL does not reach (absl logs them before
+# its log level is read): two per worker start, saying nothing the run record does not.
+STARTUP_NOISE = (
+    re.compile(r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$"),
+    re.compile(r"^I\d{4} [\d:. ]+\d+ port\.cc:\d+\] oneDNN custom operations are on\."),
+)
+
+
+def is_startup_noise(line: str) -> bool:
+    """A framework start-up line not worth echoing (it still enters the tail kept for errors)."""
+    return any(p.match(line) for p in STARTUP_NOISE)
 
 
 def worker_env(config: WorkerConfig) -> dict[str, str]:
@@ -125,7 +139,7 @@ def run_worker(
         assert proc.stdout is not None
         for line in proc.stdout:
             tail.append(line.rstrip("\n"))
-            if not config.quiet:
+            if not config.quiet and not is_startup_noise(line):
                 sys.stderr.write(line)
                 sys.stderr.flush()
 

@@ -51,6 +51,19 @@ def test_segfaulting_worker_names_framework_and_last_lines(tmp_path):
     assert "oneDNN exploded" in text and "loading model" in text
 
 
+def test_tf_startup_noise_is_not_echoed_but_kept_for_errors(tmp_path, capfd):
+    noise = ("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+             "I0000 00:00:1795891972.309467     628 port.cc:153] oneDNN custom operations are on. You may see ...")
+    py = fake_python(tmp_path, f"printf '%s\\n' '{noise.splitlines()[0]}' '{noise.splitlines()[1]}' >&2; "
+                               "echo '[tf] parity: forward' >&2; exit 3")
+    with pytest.raises(WorkerError) as err:
+        run_worker("tf", "parity", {}, config=WorkerConfig(tf_python=py), job_dir=tmp_path / "job")
+    echoed = capfd.readouterr().err
+    assert "[tf] parity: forward" in echoed
+    assert "absl::InitializeLog" not in echoed and "oneDNN custom operations" not in echoed
+    assert "oneDNN custom operations are on" in str(err.value)  # the tail of a failure keeps everything
+
+
 def test_worker_exiting_nonzero_is_reported(tmp_path):
     py = fake_python(tmp_path, 'echo "CUDA out of memory" >&2; exit 3')
     with pytest.raises(WorkerError, match=r"PyTorch worker \(train\) exited with code 3(.|\n)*CUDA out of memory"):
