@@ -580,7 +580,7 @@ def verify_files(manifest: Manifest, *, level: str = "hash", quiet: bool = True)
             changed.append((e.path, f"size {e.size} -> {size} bytes"))
         elif level == "hash":
             try:
-                digest = _sha256_file(full)
+                digest = sha256_file(full)
             except OSError as exc:
                 changed.append((e.path, f"unreadable ({exc.strerror})"))
                 continue
@@ -590,7 +590,8 @@ def verify_files(manifest: Manifest, *, level: str = "hash", quiet: bool = True)
     return VerifyReport(level, len(manifest.files), missing, changed, added, classes_now, manifest.class_names)
 
 
-def _sha256_file(path: str) -> str:
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

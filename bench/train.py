@@ -412,6 +412,7 @@ class RunLock:
 # ---- starting weights ----------------------------------------------------------------------------
 def prepare_init(config: TrainConfig, run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Write ``init.npz``, the one bundle both sides start from; return the record's ``init``."""
+    from bench.manifest import sha256_file
     from bench.runner import run_worker
     from bench.spec import spec_from_args
     from bench.weights import WeightBundle, random_bundle, read_legacy_h5, weight_format
@@ -466,17 +467,7 @@ def prepare_init(config: TrainConfig, run_dir: Path, args: argparse.Namespace) -
                   f"initialisation ({config.classes} classes)", file=sys.stderr)
     base.save(path)
     return {"kind": kind, "init": config.init, "weights": config.weights, "path": path.name,
-            "sha256": _sha256(path), "source": base.meta.get("source")}
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+            "sha256": sha256_file(path), "source": base.meta.get("source")}
 
 
 # ---- orchestration -------------------------------------------------------------------------------
@@ -714,12 +705,6 @@ def peak_rss() -> dict[str, Any]:
     return {"peak_bytes": int(read_peak_rss()["peak_bytes"]), "children_peak_bytes": int(child_kb) * 1024}
 
 
-def current_rss() -> int | None:
-    from bench.benchmark import read_peak_rss
-
-    return read_peak_rss().get("current_bytes")
-
-
 def evaluation_report(probs: np.ndarray, labels: np.ndarray, class_names: list[str], paths: list[str],
                       classes: int) -> dict[str, Any]:
     """Per-class accuracy, confusion matrix (rows true, columns predicted) and predictions."""
@@ -776,7 +761,9 @@ def run_training(trainer: Trainer, job: dict[str, Any], *, started: float | None
     elif history:
         raise UserError(f"{fw_dir / STATE_NAME}: history without a checkpoint; remove {fw_dir} to restart it")
     setup_s = time.monotonic() - started
-    rss_before = current_rss()
+    from bench.benchmark import read_peak_rss
+
+    rss_before = read_peak_rss().get("current_bytes")
     steps = trainer.steps_per_epoch()
     first_step_s: float | None = None
     status, message = "complete", None

@@ -248,19 +248,19 @@ class C3Stage(nn.Module):
         self.cv3 = ConvBnRelu(by_local["cv3.conv"], by_local["cv3.bn"], align)
         self.unit_names = [specs.c3_unit_prefix(block, i).rstrip("_") for i in range(len(self.m))]
 
-    def unit_branches(self, x: torch.Tensor) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-        """(unit name, F(h), shortcut h) for each residual unit, as the stage runs on input ``x``.
+    def unit_branches(self, x: torch.Tensor) -> tuple[torch.Tensor, list[tuple[str, torch.Tensor, torch.Tensor]]]:
+        """The stage's output and (unit name, F(h), shortcut h) for each residual unit, from one pass.
 
         A stage has no residual add of its own (its skip is cv2's half, joined by a concat), so
         the residual structure lives in the units: ``2_c3_block_m0`` .. per stage.
         """
-        out = []
+        units = []
         h = self.cv1(x)
         for name, unit in zip(self.unit_names, self.m):
             y, shortcut = unit.branches(h)
-            out.append((name, y, shortcut))
+            units.append((name, y, shortcut))
             h = F.relu(y + shortcut)
-        return out
+        return self.cv3(torch.cat((h, self.cv2(x)), dim=1)), units
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # YOLOv5 concatenates m's output first; dim 1 is channels in NCHW.

@@ -31,9 +31,9 @@ def unit_norms(model: tm.ResNet, x: torch.Tensor) -> dict[str, tuple[str, torch.
     h = model.forward_stem(x)
     for block_id, block in model.blocks.items():
         if hasattr(block, "unit_branches"):  # C3 stage: the residual units inside it
-            for name, branch, shortcut in block.unit_branches(h):
+            h, units = block.unit_branches(h)  # the stage's output from the same pass
+            for name, branch, shortcut in units:
                 out[name] = (block_id, _norms(branch), _norms(shortcut))
-            h = block(h)
         else:
             branch, shortcut = block.branches(h)
             out[block_id] = (block_id, _norms(branch), _norms(shortcut))

@@ -61,7 +61,7 @@ def test_c3_unit_branches_rebuild_the_stage():
     stage = tm.C3Stage(spec.blocks[1]).eval()  # stage 3: strided entry, 4 units
     x = torch.randn(2, 256, 8, 8)
     with torch.no_grad():
-        units = stage.unit_branches(x)
+        out, units = stage.unit_branches(x)
         assert [name for name, _, _ in units] == [f"3_c3_block_m{i}" for i in range(4)]
         assert units[0][2].shape == (2, 256, 4, 4)  # shortcut of unit 0 = cv1(x): c_ = 256, stride 2
         h = torch.relu(units[-1][1] + units[-1][2])
@@ -69,4 +69,5 @@ def test_c3_unit_branches_rebuild_the_stage():
         for (_, y, shortcut), (_, _, next_shortcut) in zip(units, units[1:]):
             assert torch.equal(torch.relu(y + shortcut), next_shortcut)  # each unit feeds the next
         torch.testing.assert_close(rebuilt, stage(x), rtol=0, atol=0)
+        torch.testing.assert_close(out, stage(x), rtol=0, atol=0)  # the output of the same pass
         assert float(units[0][1].norm()) > 0 and not torch.equal(units[0][1], units[0][2])
