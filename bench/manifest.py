@@ -86,7 +86,8 @@ class PipelineOptions:
       ``DataLoader(shuffle=True)``) or ``manifest`` (both follow :func:`epoch_permutation`).
     shuffle_buffer: the seed's ``.shuffle(1000)`` (TF native order only; it shuffles batches).
     seed: seeds the native-order shuffles (the seed leaves its ``shuffle(1000)`` unseeded; seeded
-      here so that a run can be repeated).
+      here so that a run can be repeated) and the manifest order's permutations (repeat i of
+      ``twinbench train --repeats`` runs at seed + i: another order as well as other weights).
     workers: torch DataLoader workers / TF parallel map calls; None: torch min(4, cores), TF AUTOTUNE.
     """
 

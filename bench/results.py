@@ -23,6 +23,9 @@ Schema ``twinbench.run``, version 1 (``SCHEMA_VERSION``). Top level::
     init            the shared starting weights: {"kind": "keras"|"torch"|"random"|"weights"|
                     "independent", "path": bundle or null, "sha256": of the bundle file or null}
     frameworks      {"tf"|"torch": FrameworkRun} for each framework trained
+    repeat          {"set", "index", "of", "seed"} for run i of ``twinbench train --repeats N``
+                    (``repeats.json`` in the set's directory links them); {} otherwise. Kind
+                    "chaos" marks the chaos control's extra torch run (``bench.chaos``).
 
 FrameworkRun (one per framework)::
 
@@ -117,6 +120,9 @@ class RunRecord:
     manifest: dict[str, Any] = field(default_factory=dict)
     init: dict[str, Any] = field(default_factory=dict)
     frameworks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # One run of a repeated set (twinbench train --repeats N): {"set": the set's directory name,
+    # "index": i, "of": N, "seed": seed + i}; {} for a standalone run.
+    repeat: dict[str, Any] = field(default_factory=dict)
     path: Path | None = field(default=None, compare=False)  # where it was loaded from / saved to
 
     # ---- convenience ---------------------------------------------------------------------------
@@ -157,6 +163,7 @@ class RunRecord:
             "manifest": self.manifest,
             "init": self.init,
             "frameworks": self.frameworks,
+            "repeat": self.repeat,
         }
 
     @classmethod
@@ -169,6 +176,7 @@ class RunRecord:
             config=dict(doc.get("config", {})), config_sources=dict(doc.get("config_sources", {})),
             manifest=dict(doc.get("manifest", {})), init=dict(doc.get("init", {})),
             frameworks={k: dict(v) for k, v in doc.get("frameworks", {}).items()},
+            repeat=dict(doc.get("repeat") or {}),
         )
 
 

@@ -48,6 +48,8 @@ FORMATS: dict[str, tuple[str, int]] = {
     "twinbench.parity-ablations": ("parity", 1),
     "twinbench.datacheck": ("datacheck", 1),
     RESIDUALS_FORMAT: ("residuals", RESIDUALS_VERSION),
+    "twinbench.repeats": ("repeats", 1),
+    "twinbench.chaos": ("chaos", 1),
     SESSION_FORMAT: ("session", SESSION_VERSION),
 }
 

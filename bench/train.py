@@ -55,6 +55,12 @@ FRAMEWORKS = ("tf", "torch")
 LABELS = {"tf": "TensorFlow", "torch": "PyTorch"}
 PRECISIONS = ("fp32", "mixed_bf16", "mixed_fp16")
 INITS = ("keras", "torch", "random", "independent")
+# moving: the BN layers' moving statistics (Keras' evaluate, the seed). precise-bn: before each
+# validation, every BN layer's statistics are re-estimated with the current weights from
+# bn_estimate_images training images (fixed, the same on both sides) in training mode, as the
+# mean of the batch means and of the biased batch variances (PreciseBN, Wu & Johnson 2021).
+# Training is unaffected: training mode normalises with batch statistics and never reads them.
+EVALUATIONS = ("moving", "precise-bn")
 OPTIMIZERS = ("adam", "sgd")
 STATE_NAME = "state.json"
 CONFIG_NAME = "config.json"
@@ -88,6 +94,9 @@ class TrainConfig:
     threads: int | None = None  # intra-op threads on both sides; None: all cores (set explicitly)
     deterministic: bool = False  # deterministic kernels; makes a torch resume bit-identical
     keep_checkpoints: int = 1  # per framework; ResNet-50 + Adam state is ~300 MB a checkpoint
+    evaluation: str = "moving"  # validate with the BN moving statistics, as Keras' fit does
+    bn_estimate_images: int = 256  # evaluation "precise-bn": training images the statistics are estimated on
+    torch_ablation: str | None = None  # a parity ablation planted in the torch model (experiments only)
 
     def spec_args(self) -> dict[str, Any]:
         return {"model": self.model, "classes": self.classes, "input_size": self.input_size,
@@ -106,15 +115,16 @@ class TrainConfig:
 
 @dataclass
 class QuickProfile(TrainConfig):
-    """The demo in a few minutes on 2 cores, learning clearly: low resolution, a few epochs."""
+    """The demo in minutes on 2 cores, measuring learning rather than batch-norm lag (docs/profiles.md)."""
 
     classes: int | str = "auto"  # a head for the manifest's classes (4 on the demo)
-    input_size: int = 64  # 12x fewer FLOPs than 224; the demo's shapes stay legible at 64 px
+    input_size: int = 32  # per-step cost is mostly per-op overhead below 64 px: batch, not size, buys speed
     pooling: str = "global"  # AveragePooling2D(7) needs a 7x7 map (197..228 px); global pooling fits any size
-    # Keras' BN moving statistics (momentum 0.99) lag the weights for ~4 epochs of 57 steps:
-    # measured on the demo, eval-mode val accuracy is erratic up to epoch 4 (0.19-0.47, while
-    # batch statistics already give ~0.75) and 0.77-0.80 on both sides from epoch 5.
-    epochs: int = 6
+    batch_size: int = 32
+    epochs: int = 5
+    preprocessing: str = "caffe"  # Keras' ResNet50 preprocess_input: centred inputs
+    order: str = "manifest"  # the same batches on both sides: the verdict is about the port
+    evaluation: str = "precise-bn"  # moving statistics lag the weights for ~100 steps: estimate them
 
 
 PROFILES: dict[str, type[TrainConfig]] = {"seed": TrainConfig, "quick": QuickProfile}
@@ -136,7 +146,12 @@ def validate_config(config: TrainConfig) -> None:
         positive(name)
     if config.threads is not None:
         positive("threads")
-    for name, choices in (("precision", PRECISIONS), ("init", INITS), ("optimizer", OPTIMIZERS)):
+    for name in ("bn_estimate_images",):
+        positive(name)
+    if config.torch_ablation is not None:
+        torch_alignment(config.torch_ablation)  # a UserError for a name that is not a model ablation
+    for name, choices in (("precision", PRECISIONS), ("init", INITS), ("optimizer", OPTIMIZERS),
+                          ("evaluation", EVALUATIONS)):
         if getattr(config, name) not in choices:
             raise UserError(f"unknown {name} {getattr(config, name)!r}: choose one of {', '.join(choices)}")
     for name in ("learning_rate", "epsilon"):
@@ -155,6 +170,19 @@ def validate_config(config: TrainConfig) -> None:
     PipelineOptions(**config.pipeline_options())  # decoder, preprocessing, order
     if isinstance(config.classes, int):
         build_spec(config.model, config.classes, config.input_size, config.pooling)
+
+
+def torch_alignment(ablation: str | None) -> dict[str, Any]:
+    """torch_impl.model.Alignment fields for a parity ablation planted in training (a port bug on
+    purpose: what the statistics and the chaos control must notice); {} for the aligned model."""
+    if ablation is None:
+        return {}
+    from bench.parity import ABLATIONS
+
+    names = [n for n, a in ABLATIONS.items() if a.align]
+    if ablation not in names:
+        raise UserError(f"--torch-ablation {ablation!r}: choose one of {', '.join(names)}")
+    return dict(ABLATIONS[ablation].align)
 
 
 # ---- CLI -----------------------------------------------------------------------------------------
@@ -238,6 +266,24 @@ def register(sub) -> None:
     group.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
                        help="deterministic kernels (slower)")
     group.add_argument("--keep-checkpoints", type=positive_int, default=None, help="checkpoints kept per framework")
+    group.add_argument("--evaluation", choices=EVALUATIONS, default=None,
+                       help="moving: validate with the BN moving statistics (Keras, the seed); precise-bn: "
+                            "re-estimate them from --bn-estimate-images training images before each validation")
+    group.add_argument("--bn-estimate-images", type=positive_int, default=None,
+                       help="training images for --evaluation precise-bn")
+    group.add_argument("--torch-ablation", default=None, metavar="NAME",
+                       help="plant a parity ablation in the torch model (a port bug on purpose, e.g. bn-momentum)")
+    stats = p.add_argument_group("repeats and statistics")
+    stats.add_argument("--repeats", type=positive_int, default=None,
+                       help="independent runs per framework; run i of every framework uses seed+i and one "
+                            "starting bundle (paired). Default: the profile's")
+    stats.add_argument("--margin", type=_positive_float, default=None,
+                       help="equivalence margin in percentage points of validation accuracy (default 5)")
+    stats.add_argument("--chaos", action=argparse.BooleanOptionalAction, default=None,
+                       help="the chaos control: torch trained again from the bundle moved by one ulp "
+                            "(manifest order); default: on in the quick profile")
+    stats.add_argument("--chaos-steps", type=positive_int, default=None,
+                       help="steps the chaos control traces (default: the whole run)")
     add_worker_options(p)
     p.set_defaults(func=cmd_train, model=None, pooling=None)
 
@@ -275,49 +321,77 @@ def cmd_train(args: argparse.Namespace) -> int:
     validate_config(config)
     if config.weights and not Path(config.weights).is_file():
         raise UserError(f"--weights {config.weights}: no such file")
+    config.weights = str(Path(config.weights).resolve()) if config.weights else None
+    from bench import repeats
 
-    run_dir = create_run_dir(Path(args.out))
-    with RunLock(run_dir):
-        manifest_path = run_dir / "manifest.json"
-        atomic.write_text(manifest_path, manifest.to_text(manifest_path))
-        config.weights = str(Path(config.weights).resolve()) if config.weights else None
-        atomic.write_json(run_dir / CONFIG_NAME, {"config": dataclasses.asdict(config), "sources": sources,
-                                                   "frameworks": frameworks})
-        from bench import envinfo, results
+    plan = repeats.plan_from_args(args, config)
+    if plan.single:
+        run_dir = create_run_dir(Path(args.out))
+        with RunLock(run_dir):
+            return start_run(config, sources, frameworks, manifest, run_dir, args)
+    return repeats.start_set(plan, config, sources, frameworks, manifest, args)
 
-        info = manifest.info()
-        record = results.new_record(
-            run_dir.name, command=["twinbench", *sys.argv[1:]], config=dataclasses.asdict(config),
-            config_sources=sources,
-            environment={"twinbench": __version__, "machine": envinfo.machine_info(),
-                         "commit": envinfo.commit_info(), "frameworks": {}},
-            manifest={"path": str(Path(args.manifest).resolve()) if args.manifest else None,
-                      "copy": manifest_path.name, "fingerprint": info["fingerprint"], "root": info["root"],
-                      "classes": info["class_names"], "train": info["counts"]["training"],
-                      "validation": info["counts"]["validation"]})
-        record.frameworks = {fw: results.new_framework_run(config.devices) for fw in frameworks}
-        results.save_record(record, run_dir)
-        _say(f"run {run_dir}: {', '.join(LABELS[f] for f in frameworks)}; {manifest.describe()}", args)
-        _say(f"config: {describe_config(config)}", args)
-        try:
+
+def start_run(config: TrainConfig, sources: dict[str, str], frameworks: list[str], manifest, run_dir: Path,
+              args: argparse.Namespace, *, repeat: dict[str, Any] | None = None, kind: str = "train",
+              init_bundle: Path | None = None, trace: dict[str, Any] | None = None) -> int:
+    """One training run in ``run_dir`` (locked by the caller): the record, the starting bundle
+    (``init_bundle``: copy this one instead of making it), each framework's worker."""
+    manifest_path = run_dir / "manifest.json"
+    atomic.write_text(manifest_path, manifest.to_text(manifest_path))
+    atomic.write_json(run_dir / CONFIG_NAME, {"config": dataclasses.asdict(config), "sources": sources,
+                                               "frameworks": frameworks, "repeat": repeat or {}, "kind": kind,
+                                               "trace": trace})
+    from bench import envinfo, results
+
+    info = manifest.info()
+    record = results.new_record(
+        run_dir.name, kind=kind, command=["twinbench", *sys.argv[1:]], config=dataclasses.asdict(config),
+        config_sources=sources,
+        environment={"twinbench": __version__, "machine": envinfo.machine_info(),
+                     "commit": envinfo.commit_info(), "frameworks": {}},
+        manifest={"path": str(Path(args.manifest).resolve()) if args.manifest else None,
+                  "copy": manifest_path.name, "fingerprint": info["fingerprint"], "root": info["root"],
+                  "classes": info["class_names"], "train": info["counts"]["training"],
+                  "validation": info["counts"]["validation"]},
+        repeat=repeat or {})
+    record.frameworks = {fw: results.new_framework_run(config.devices) for fw in frameworks}
+    results.save_record(record, run_dir)
+    _say(f"run {run_dir}: {', '.join(LABELS.get(f, f) for f in frameworks)}; {manifest.describe()}", args)
+    _say(f"config: {describe_config(config)}", args)
+    try:
+        if init_bundle is not None:
+            from bench.manifest import sha256_file
+
+            shutil.copyfile(init_bundle, run_dir / "init.npz")
+            record.init = {"kind": "bundle", "init": config.init, "weights": None, "path": "init.npz",
+                           "sha256": sha256_file(run_dir / "init.npz"), "source": str(init_bundle)}
+        else:
             record.init = prepare_init(config, run_dir, args)
-        except (TwinbenchError, KeyboardInterrupt) as exc:
-            # No framework started: the record must not stay "running" with "pending" frameworks.
-            interrupted = isinstance(exc, KeyboardInterrupt)
-            record.status = "interrupted" if interrupted else "failed"
-            for run in record.frameworks.values():
-                run.update(status="failed", message="interrupted (Ctrl-C) while preparing the starting weights"
-                           if interrupted else "starting weights: " + one_line(str(exc)))
-            results.save_record(record)
-            raise
+    except (TwinbenchError, KeyboardInterrupt) as exc:
+        # No framework started: the record must not stay "running" with "pending" frameworks.
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        record.status = "interrupted" if interrupted else "failed"
+        for run in record.frameworks.values():
+            run.update(status="failed", message="interrupted (Ctrl-C) while preparing the starting weights"
+                       if interrupted else "starting weights: " + one_line(str(exc)))
         results.save_record(record)
-        return train_frameworks(record, config, run_dir, args)
+        raise
+    results.save_record(record)
+    return train_frameworks(record, config, run_dir, args, trace=trace)
 
 
 def resume_run(args: argparse.Namespace) -> int:
+    from bench import repeats
+
+    if repeats.is_set(Path(args.resume)):
+        return repeats.resume_set(Path(args.resume), args)
+    return resume_one(Path(args.resume), args)
+
+
+def resume_one(run_dir: Path, args: argparse.Namespace) -> int:
     from bench import results
 
-    run_dir = Path(args.resume)
     if not (run_dir / CONFIG_NAME).is_file():
         raise UserError(f"--resume {run_dir}: not a twinbench training run (no {CONFIG_NAME}); "
                         f"pass the run directory that 'twinbench train' printed")
@@ -348,7 +422,7 @@ def resume_run(args: argparse.Namespace) -> int:
         _load_manifest(args)  # the data must still be what the run trained on
         results.save_record(record)
         _say(f"resuming {run_dir}", args)
-        return train_frameworks(record, config, run_dir, args, resume=True)
+        return train_frameworks(record, config, run_dir, args, resume=True, trace=saved.get("trace"))
 
 
 def _say(text: str, args: argparse.Namespace) -> None:
@@ -482,7 +556,7 @@ def _worker_config(args: argparse.Namespace, config: TrainConfig):
 
 
 def train_frameworks(record, config: TrainConfig, run_dir: Path, args: argparse.Namespace,
-                     resume: bool = False) -> int:
+                     resume: bool = False, trace: dict[str, Any] | None = None) -> int:
     """Train each framework in turn in its worker; merge what it reports into the record."""
     from bench import results
     from bench.runner import run_worker
@@ -503,6 +577,7 @@ def train_frameworks(record, config: TrainConfig, run_dir: Path, args: argparse.
             "init": str((run_dir / record.init["path"]).resolve()) if record.init.get("path") else None,
             "resume": bool(state and state.get("history") is not None), "quiet": bool(args.quiet),
             "progress_interval": float(args.progress_interval),
+            "trace": trace, "alignment": torch_alignment(config.torch_ablation) if fw == "torch" else {},
         }
         run["status"] = "running"
         results.save_record(record)
@@ -608,6 +683,12 @@ class Trainer(Protocol):
         """Weights (as a bundle) and optimizer state, written atomically; the file names."""
 
     def load_checkpoint(self, stem: Path) -> None: ...
+
+    def estimate_bn(self) -> None:
+        """Evaluation "precise-bn": re-estimate every BN layer's statistics (see EVALUATIONS)."""
+
+    def weight_sample(self, indices: dict[str, np.ndarray]) -> np.ndarray:
+        """The weights at Keras-layout flat ``indices`` per bundle key, concatenated (bench.chaos)."""
 
     def memory(self) -> dict[str, Any]: ...
 
@@ -726,6 +807,33 @@ def evaluation_report(probs: np.ndarray, labels: np.ndarray, class_names: list[s
     }
 
 
+class _WeightTracer:
+    """The chaos control's per-step weight samples (``job["trace"] = {"steps": K}``): the starting
+    weights and the weights after each of the first K steps, written to ``trace.npz`` after every
+    epoch. A resumed run is not traced (its steps before the resume are gone)."""
+
+    def __init__(self, trainer: Trainer, config: TrainConfig, trace: dict[str, Any] | None, fw_dir: Path,
+                 fresh: bool):
+        from bench import chaos
+        from bench.spec import spec_from_args
+
+        self.trainer, self.fw_dir, self.samples = trainer, fw_dir, []
+        self.limit = int(trace["steps"]) if trace and fresh and trainer.is_main else 0
+        if self.limit:
+            self.indices = chaos.sample_indices(spec_from_args(config.spec_args()))
+            self.samples.append(trainer.weight_sample(self.indices))
+
+    def step(self) -> None:
+        if 0 < len(self.samples) <= self.limit:
+            self.samples.append(self.trainer.weight_sample(self.indices))
+
+    def save(self) -> None:
+        if self.limit:
+            from bench import chaos
+
+            chaos.write_trace(self.fw_dir, self.samples)
+
+
 @dataclass
 class _EpochSums:
     loss: float = 0.0
@@ -765,6 +873,7 @@ def run_training(trainer: Trainer, job: dict[str, Any], *, started: float | None
 
     rss_before = read_peak_rss().get("current_bytes")
     steps = trainer.steps_per_epoch()
+    tracer = _WeightTracer(trainer, config, job.get("trace"), fw_dir, fresh=not history)
     first_step_s: float | None = None
     status, message = "complete", None
     last_eval: tuple[np.ndarray, np.ndarray] | None = None
@@ -795,6 +904,7 @@ def run_training(trainer: Trainer, job: dict[str, Any], *, started: float | None
             sums.data_wait += t1 - t0
             sums.step_times.append(t2 - t1)
             sums.step_loss.append(float(loss))
+            tracer.step()
             if first_step_s is None:
                 first_step_s = t2 - t1
             if not math.isfinite(loss):
@@ -850,6 +960,7 @@ def run_training(trainer: Trainer, job: dict[str, Any], *, started: float | None
         files = trainer.save_checkpoint(fw_dir / stem)
         trainer.barrier()
         history.append(entry)
+        tracer.save()
         if trainer.is_main:
             checkpoint = {"epoch": epoch, "stem": stem, "files": files}
             write_state(fw_dir, {"framework": trainer.framework, "status": "running", "history": history,

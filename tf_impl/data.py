@@ -92,7 +92,7 @@ def sequential_dataset(manifest: Manifest, split: str, options: PipelineOptions,
     return ds.batch(options.batch_size)
 
 
-def _epoch_indices(manifest: Manifest, n: int, epoch: int | None) -> tf.data.Dataset:
+def _epoch_indices(seed: int, n: int, epoch: int | None) -> tf.data.Dataset:
     """Indices of one epoch's permutation. ``epoch=None``: the k-th iteration of the dataset
     (Keras' ``fit`` iterates it once per epoch) follows epoch k, counting from 0."""
     state = {"next": 0 if epoch is None else int(epoch)}
@@ -101,7 +101,7 @@ def _epoch_indices(manifest: Manifest, n: int, epoch: int | None) -> tf.data.Dat
         e = state["next"]
         if epoch is None:
             state["next"] += 1
-        yield from epoch_permutation(manifest, n, e).tolist()
+        yield from epoch_permutation(seed, n, e).tolist()
 
     return tf.data.Dataset.from_generator(generate, output_signature=tf.TensorSpec((), tf.int64))
 
@@ -129,7 +129,7 @@ def make_dataset(manifest: Manifest, split: str, options: PipelineOptions, *,
         ds = ds.cache().shuffle(options.shuffle_buffer, seed=options.seed)
         return ds.prefetch(AUTOTUNE)
     paths_t, labels_t = tf.constant(paths), tf.constant(labels)
-    ds = _epoch_indices(manifest, len(paths), epoch)
+    ds = _epoch_indices(options.seed, len(paths), epoch)  # the run's seed: repeats differ in order too
     ds = ds.map(lambda i: (load_image(tf.gather(paths_t, i), options), tf.gather(labels_t, i)),
                 num_parallel_calls=_parallel(options))
     return ds.batch(options.batch_size).prefetch(AUTOTUNE)

@@ -168,9 +168,50 @@ class Trainer:
         losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(y, tf.int32), logits=logits)
         return tf.nn.softmax(logits), losses
 
+    def estimate_bn(self) -> None:
+        """Evaluation "precise-bn": each BN layer's moving statistics from the configured training
+        images, in training mode with the current weights (momentum (k-1)/k at the k-th batch: the
+        mean of the batch means and of the biased batch variances), as torch_impl does."""
+        import keras
+
+        from tf_impl.data import make_dataset
+
+        layers = [layer for layer in self.model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+        saved = [layer.momentum for layer in layers]
+        batches = math.ceil(self.config.bn_estimate_images / self.config.batch_size)
+        ds = make_dataset(self.manifest, "training", self.options.replace(order="manifest"), epoch=0)
+        try:
+            for k, (x, _) in enumerate(ds.take(batches), 1):
+                for layer in layers:
+                    layer.momentum = (k - 1) / k  # read at call time (eager call below)
+                self.model(x, training=True)
+        finally:
+            for layer, momentum in zip(layers, saved):
+                layer.momentum = momentum
+
+    def weight_sample(self, indices: dict[str, np.ndarray]) -> np.ndarray:
+        """The chaos control's per-step sample: ``indices`` are flat indices in Keras layout."""
+        if not hasattr(self, "_sample_fn"):
+            pairs = []
+            for layer in self.spec.layers():
+                k_layer = self.model.get_layer(layer.name)
+                for name, variable in zip(layer.weight_names, k_layer.weights):
+                    key = f"{layer.name}/{name}"
+                    if key in indices:
+                        pairs.append((variable, tf.constant(indices[key], tf.int64)))
+
+            @tf.function
+            def sample():
+                return tf.concat([tf.gather(tf.reshape(tf.cast(v.value, tf.float32), [-1]), i) for v, i in pairs], 0)
+
+            self._sample_fn = sample
+        return self._sample_fn().numpy()
+
     def evaluate(self) -> tuple[np.ndarray, np.ndarray]:
         from tf_impl.data import make_dataset
 
+        if self.config.evaluation == "precise-bn":
+            self.estimate_bn()
         if self._val is None:
             self._val = make_dataset(self.manifest, "validation", self.options)
         probs, losses = [], []

@@ -149,7 +149,7 @@ def make_loader(manifest: Manifest, split: str, options: PipelineOptions, *,
         seed = options.seed if epoch is None else int(np.random.SeedSequence([options.seed, epoch]).generate_state(1)[0])
         generator = torch.Generator().manual_seed(seed)
         return DataLoader(dataset, shuffle=True, generator=generator, **kwargs)
-    return DataLoader(dataset, sampler=EpochPermutationSampler(manifest.seed, len(dataset), epoch), **kwargs)
+    return DataLoader(dataset, sampler=EpochPermutationSampler(options.seed, len(dataset), epoch), **kwargs)
 
 
 def sequential_loader(manifest: Manifest, split: str, options: PipelineOptions) -> DataLoader:

@@ -73,7 +73,8 @@ class Trainer:
 
         self.spec = spec_from_args(config.spec_args())
         self.tw = tw
-        self.model = tm.build(self.spec).to(self.device)
+        # job["alignment"]: a parity ablation planted on purpose (bench.train.torch_alignment)
+        self.model = tm.build(self.spec, tm.Alignment(**(job.get("alignment") or {}))).to(self.device)
         if job.get("init"):
             tw.from_bundle(self.model, self.spec, WeightBundle.load(job["init"]), source=job["init"])
         self.net: torch.nn.Module = self.model
@@ -135,11 +136,62 @@ class Trainer:
         return float(loss.detach()), int(correct), total  # float() waits for the step: the clock is synced
 
     @torch.no_grad()
+    def estimate_bn(self) -> None:
+        """Evaluation "precise-bn": each BN layer's statistics from the configured training images,
+        in training mode with the current weights (momentum 1/k at the k-th batch: the mean of the
+        batch means and of the biased batch variances; KerasBatchNorm2d applies Keras' biased form)."""
+        import itertools
+
+        from torch_impl.data import make_loader
+
+        layers = [m for m in self.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        saved = [m.momentum for m in layers]
+        batches = math.ceil(self.config.bn_estimate_images / self.config.batch_size)
+        loader = make_loader(self.manifest, "training", self.options.replace(order="manifest"), epoch=0)
+        self.model.train()
+        try:
+            for k, (x, _) in enumerate(itertools.islice(loader, batches), 1):
+                for m in layers:
+                    m.momentum = 1.0 / k
+                with self._autocast():
+                    self.model(x.to(self.device))
+        finally:
+            for m, momentum in zip(layers, saved):
+                m.momentum = momentum
+
+    def weight_sample(self, indices: dict[str, np.ndarray]) -> np.ndarray:
+        """The chaos control's per-step sample: ``indices`` are Keras-layout flat indices."""
+        if not hasattr(self, "_sample_plan"):
+            from torch_impl.model import module_name
+
+            plan = []
+            for layer in self.spec.layers():
+                module = self.model.get_submodule(module_name(layer))
+                for w in layer.weight_names:
+                    key = f"{layer.name}/{w}"
+                    if key not in indices:
+                        continue
+                    tensor = getattr(module, self.tw.torch_attr(layer.kind, w))
+                    idx = indices[key]
+                    if w == "kernel":  # Keras HWIO / (in, out) -> torch OIHW / (out, in)
+                        shape = tuple(tensor.shape)
+                        keras_shape = shape[2:] + shape[1::-1] if layer.kind == "conv" else shape[::-1]
+                        k = np.unravel_index(idx, keras_shape)
+                        t = (k[3], k[2], k[0], k[1]) if layer.kind == "conv" else (k[1], k[0])
+                        idx = np.ravel_multi_index(t, shape)
+                    plan.append((tensor, torch.as_tensor(idx, device=tensor.device)))
+            self._sample_plan = plan
+        with torch.no_grad():
+            return torch.cat([t.detach().reshape(-1)[i].float() for t, i in self._sample_plan]).cpu().numpy()
+
+    @torch.no_grad()
     def evaluate(self) -> tuple[np.ndarray, np.ndarray] | None:
         from torch_impl.data import make_loader
 
         if not self.is_main:
             return None
+        if self.config.evaluation == "precise-bn":
+            self.estimate_bn()
         if self._val is None:
             self._val = make_loader(self.manifest, "validation", self.options)
         self.model.eval()

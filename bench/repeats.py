@@ -1,0 +1,253 @@
+"""Repeated training: ``twinbench train --repeats N``, a paired design with a statistical verdict.
+
+    twinbench train --profile quick --repeats 5            # 5 runs per framework, seeds 123..127
+    twinbench train --profile quick --repeats 5 --margin 3 # equivalence within 3 points
+    twinbench train --resume runs/train-20261202-120000-ab12   # finish a killed set
+
+Run i (0-based) of every framework uses seed ``seed + i`` and ONE starting bundle made for that
+seed, so TF and torch form a pair per seed and the statistics work on the paired differences
+(``bench.stats``). Set directory::
+
+    train-YYYYmmdd-HHMMSS-xxxx/
+      config.json     the resolved config, the repeats, the margin, the chaos control
+      repeat-0/ ...   one ordinary training run each (run.json with "repeat": {set, index, of, seed})
+      chaos/          the chaos control's extra torch run from repeat 0's bundle + 1 ulp (kind "chaos")
+      chaos.json      its analysis (bench.chaos)
+      repeats.json    the set: every repeat's status and record, and the statistics
+
+Resume (``--resume SET``) finishes a repeat whose worker was killed from its last checkpoint and
+starts the repeats that never started; a finished repeat is skipped. The statistics read each
+repeat's record once, by index, so a repeat is never counted twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import atomic
+from bench.errors import CheckFailed, UserError
+
+FORMAT = "twinbench.repeats"
+VERSION = 1
+SET_NAME = "repeats.json"
+CHAOS_DIR = "chaos"
+CHAOS_NAME = "chaos.json"
+DEFAULT_MARGIN = 5.0  # percentage points of validation accuracy
+
+
+@dataclass(frozen=True)
+class SetPlan:
+    """What a set runs besides the per-run config."""
+
+    repeats: int = 1
+    margin: float = DEFAULT_MARGIN
+    chaos: bool = False
+    chaos_steps: int | None = None  # None: the whole run
+
+    @property
+    def single(self) -> bool:
+        return self.repeats == 1 and not self.chaos
+
+
+# Per train profile: the seed's 50-epoch run is ~80 min per framework here, so one run; the quick
+# profile is sized (docs/profiles.md) for 3 repeats and the chaos control inside `make run`.
+PROFILE_PLANS = {"seed": SetPlan(), "quick": SetPlan(repeats=3, chaos=True)}
+
+
+def plan_from_args(args: argparse.Namespace, config) -> SetPlan:
+    base = PROFILE_PLANS.get(getattr(args, "profile", "seed"), SetPlan())
+    plan = SetPlan(
+        repeats=args.repeats if getattr(args, "repeats", None) else base.repeats,
+        margin=args.margin if getattr(args, "margin", None) else base.margin,
+        chaos=base.chaos if getattr(args, "chaos", None) is None else bool(args.chaos),
+        chaos_steps=getattr(args, "chaos_steps", None) or base.chaos_steps)
+    if plan.chaos and config.devices > 1:
+        raise UserError("--chaos traces one device's weights; use --no-chaos with --devices > 1")
+    return plan
+
+
+def is_set(path: Path) -> bool:
+    config = path / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        return "plan" in json.loads(config.read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def repeat_config(config, index: int):
+    return dataclasses.replace(config, seed=int(config.seed) + index)
+
+
+def start_set(plan: SetPlan, config, sources: dict[str, str], frameworks: list[str], manifest,
+              args: argparse.Namespace) -> int:
+    from bench.train import CONFIG_NAME, RunLock, create_run_dir
+
+    set_dir = create_run_dir(Path(args.out))
+    with RunLock(set_dir):
+        atomic.write_text(set_dir / "manifest.json", manifest.to_text(set_dir / "manifest.json"))
+        atomic.write_json(set_dir / CONFIG_NAME, {"config": dataclasses.asdict(config), "sources": sources,
+                                                  "frameworks": frameworks, "plan": dataclasses.asdict(plan)})
+        print(f"set {set_dir}: {plan.repeats} repeat(s) per framework, seeds {config.seed}.."
+              f"{config.seed + plan.repeats - 1}{', chaos control' if plan.chaos else ''}", file=sys.stderr)
+        return _run_set(set_dir, plan, config, sources, frameworks, manifest, args, resume=False)
+
+
+def resume_set(set_dir: Path, args: argparse.Namespace) -> int:
+    from bench.manifest import load_manifest
+    from bench.train import CONFIG_NAME, RunLock, TrainConfig
+
+    saved = json.loads((set_dir / CONFIG_NAME).read_text())
+    config = TrainConfig(**saved["config"])
+    plan = SetPlan(**saved["plan"])
+    if getattr(args, "repeats", None) and args.repeats != plan.repeats:
+        if args.repeats < plan.repeats:
+            raise UserError(f"--repeats {args.repeats}: set {set_dir.name} already has {plan.repeats}; "
+                            f"a set grows, never shrinks")
+        plan = dataclasses.replace(plan, repeats=args.repeats)  # more repeats: the new ones start
+        saved["plan"] = dataclasses.asdict(plan)
+        atomic.write_json(set_dir / CONFIG_NAME, saved)
+    manifest = load_manifest(set_dir / "manifest.json", data_root=getattr(args, "data_root", None),
+                             verify=getattr(args, "verify", "hash"), quiet=getattr(args, "quiet", False))
+    with RunLock(set_dir):
+        print(f"resuming set {set_dir}", file=sys.stderr)
+        return _run_set(set_dir, plan, config, saved["sources"], saved["frameworks"], manifest, args, resume=True)
+
+
+def _run_set(set_dir: Path, plan: SetPlan, config, sources, frameworks, manifest, args, *, resume: bool) -> int:
+    from bench.train import CONFIG_NAME, RunLock, resume_one, start_run
+
+    trace_steps = plan.chaos_steps or 10**9
+    chaos_in_repeat = plan.chaos and config.order == "manifest" and "tf" in frameworks and "torch" in frameworks
+    problems: list[str] = []
+    for i in range(plan.repeats):
+        run_dir = set_dir / f"repeat-{i}"
+        run_dir.mkdir(exist_ok=True)
+        print(f"repeat {i + 1}/{plan.repeats} (seed {config.seed + i}): {run_dir}", file=sys.stderr, flush=True)
+        trace = {"steps": trace_steps} if chaos_in_repeat and i == 0 else None
+        repeat = {"set": set_dir.name, "index": i, "of": plan.repeats, "seed": config.seed + i}
+        try:
+            with RunLock(run_dir):
+                if (run_dir / CONFIG_NAME).is_file():
+                    code = resume_one(run_dir, _resume_args(args, run_dir))
+                else:
+                    code = start_run(repeat_config(config, i), sources, frameworks, manifest, run_dir, args,
+                                     repeat=repeat, trace=trace)
+        except CheckFailed as exc:  # a stopped or failed repeat: recorded, the set goes on
+            problems.append(f"repeat {i}: {exc}")
+            code = 1
+        finally:
+            write_set_record(set_dir, plan)
+        if code:
+            problems.append(f"repeat {i}: exit {code}")
+    if plan.chaos:
+        try:
+            run_chaos(set_dir, plan, config, sources, manifest, args, in_repeat=chaos_in_repeat)
+        except CheckFailed as exc:
+            problems.append(f"chaos control: {exc}")
+    doc = write_set_record(set_dir, plan)
+    from bench.stats import format_verdicts
+
+    print(format_verdicts(doc["statistics"]))
+    print(f"set record: {set_dir / SET_NAME}")
+    if problems:
+        raise CheckFailed("; ".join(problems) + f"; continue with: twinbench train --resume {set_dir}")
+    return 0
+
+
+def _resume_args(args: argparse.Namespace, run_dir: Path) -> argparse.Namespace:
+    out = argparse.Namespace(**vars(args))
+    for name in ("epochs", "repeats"):
+        setattr(out, name, None)
+    out.resume = str(run_dir)
+    return out
+
+
+def run_chaos(set_dir: Path, plan: SetPlan, config, sources, manifest, args, *, in_repeat: bool) -> dict[str, Any]:
+    """The torch 1-ulp run (and, unless repeat 0 already followed the manifest order, a TF and a
+    torch run that do), then ``chaos.json``."""
+    from bench import chaos
+    from bench.results import load_record
+    from bench.train import CONFIG_NAME, RunLock, resume_one, start_run
+
+    chaos_dir = set_dir / CHAOS_DIR
+    chaos_dir.mkdir(exist_ok=True)
+    trace = {"steps": plan.chaos_steps or 10**9}
+    cconfig = dataclasses.replace(config, order="manifest")
+    if plan.chaos_steps:  # the cheap form: only as many epochs as the traced steps need
+        steps_per_epoch = -(-int(manifest.info()["counts"]["training"]) // config.batch_size)
+        cconfig = dataclasses.replace(cconfig, epochs=min(config.epochs, -(-plan.chaos_steps // steps_per_epoch)))
+    runs: dict[str, Path] = {}
+    if in_repeat:
+        pair_dir = set_dir / "repeat-0"
+        runs.update({"tf": pair_dir / "tf", "torch": pair_dir / "torch"})
+    else:
+        pair_dir = chaos_dir / "pair"
+        pair_dir.mkdir(exist_ok=True)
+        with RunLock(pair_dir):
+            if (pair_dir / CONFIG_NAME).is_file():
+                resume_one(pair_dir, _resume_args(args, pair_dir))
+            else:
+                start_run(cconfig, sources, ["tf", "torch"], manifest, pair_dir, args, kind="chaos", trace=trace)
+        runs.update({"tf": pair_dir / "tf", "torch": pair_dir / "torch"})
+    ulp_dir = chaos_dir / "ulp"
+    ulp_dir.mkdir(exist_ok=True)
+    bundle = chaos_dir / "init-1ulp.npz"
+    if not bundle.is_file():
+        chaos.perturb_bundle(pair_dir / "init.npz", bundle)
+    print(f"chaos control: torch from {bundle.name} (every weight + 1 ulp), manifest order", file=sys.stderr,
+          flush=True)
+    with RunLock(ulp_dir):
+        if (ulp_dir / CONFIG_NAME).is_file():
+            resume_one(ulp_dir, _resume_args(args, ulp_dir))
+        else:
+            start_run(cconfig, sources, ["torch"], manifest, ulp_dir, args, kind="chaos", init_bundle=bundle,
+                      trace=trace)
+    runs["torch-1ulp"] = ulp_dir / "torch"
+    pair, ulp = load_record(pair_dir), load_record(ulp_dir)
+    losses = {"tf": chaos.step_losses(pair.frameworks["tf"]), "torch": chaos.step_losses(pair.frameworks["torch"]),
+              "torch-1ulp": chaos.step_losses(ulp.frameworks["torch"])}
+    result = chaos.analyse({k: chaos.read_trace(v) for k, v in runs.items()}, losses)
+    doc = {"format": chaos.FORMAT, "version": chaos.VERSION, "set": set_dir.name, "order": "manifest",
+           "seed": config.seed, "torch_ablation": config.torch_ablation,
+           "runs": {k: str(v.relative_to(set_dir)) for k, v in runs.items()}, **result}
+    atomic.write_json(set_dir / CHAOS_NAME, _finite(doc))
+    print(f"chaos control: {result.get('summary') or result.get('message')}", file=sys.stderr, flush=True)
+    return doc
+
+
+def write_set_record(set_dir: Path, plan: SetPlan) -> dict[str, Any]:
+    """``repeats.json``: the repeats found, by index, and the statistics over the paired ones."""
+    from bench.results import load_record, now_iso
+    from bench.stats import compare_repeats
+
+    entries, records = [], []
+    for i in range(plan.repeats):
+        run_dir = set_dir / f"repeat-{i}"
+        if not (run_dir / "run.json").is_file():
+            entries.append({"index": i, "status": "pending", "record": None})
+            continue
+        record = load_record(run_dir)
+        records.append(record.to_dict())
+        entries.append({"index": i, "seed": record.repeat.get("seed"), "status": record.status,
+                        "record": f"repeat-{i}/run.json"})
+    doc = {"format": FORMAT, "version": VERSION, "set": set_dir.name, "updated": now_iso(),
+           "plan": dataclasses.asdict(plan), "repeats": entries,
+           "statistics": compare_repeats(records, margin=plan.margin),
+           "chaos": CHAOS_NAME if (set_dir / CHAOS_NAME).is_file() else None}
+    atomic.write_json(set_dir / SET_NAME, _finite(doc))
+    return doc
+
+
+def _finite(obj: Any) -> Any:
+    from bench.results import _finite as finite
+
+    return finite(obj)
+
