@@ -98,7 +98,12 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from bench import parity_metrics as pm
 from bench.errors import CheckFailed, UserError
+from bench.parity_table import (CALIBRATED_METRIC, TRAJECTORY_SAMPLE, build_table, check_summary, failures, first_divergent,  # noqa: F401
+                                format_ablation_table, format_table, is_stat, owner, previous_point,
+                                sample_offsets, summarize, trajectory_curve, trajectory_own, trajectory_sample,
+                                weights_by_owner)
 from bench.runner import WorkerConfig, WorkerResult, run_worker
 from bench.spec import ModelSpec, build_spec
 
@@ -118,7 +123,10 @@ COLUMNS = ("input", "isolated", "forward", "train-iso", "train", "bn", "grad-iso
 DEFAULT_CHECKS = ("forward", "train", "grad", "step")
 DEFAULT_STEPS = 20
 
-# Relative tolerances (max|a-b| / max|ref|) per dtype and check, set from measurements at
+# FIXED tolerances: the float64 checks, and float32's fallback (--fixed-tolerances). A float32
+# run is judged by tolerances calibrated in the same run instead (bench.parity_metrics: each
+# framework's own float32-vs-float64 error x K; docs/parity.md). Relative tolerances
+# (max|a-b| / max|ref|) per dtype and check, set from measurements at
 # 224 px, batch 2, seed 0, calibrated random weights, on random pixels and on the demo
 # manifest's images (largest cell of the two with every alignment on -> tolerance; in brackets
 # the smallest first-failure error of the ablation aimed at the check):
@@ -186,6 +194,16 @@ ABLATIONS: dict[str, Ablation] = {
                             align={"maxpool_padding": 1}, expect=("isolated", "stem")),
     "stride-3x3": Ablation("stride on the 3x3 conv (torchvision's v1.5) instead of the first 1x1 (v1)",
                            align={"stride_on_3x3": True}, expect=("isolated", "3a")),
+    # Backward only: forward, train-mode outputs and moving statistics as aligned; gradients not.
+    "bn-var-detached": Ablation("BN batch variance detached from the graph in training mode (forward "
+                                "identical, gradients not)", align={"bn_var_grad": False},
+                                expect=("grad-iso", "stem")),
+    "bn-stats-detached": Ablation("BN batch mean and variance detached from the graph in training mode",
+                                  align={"bn_mean_grad": False, "bn_var_grad": False},
+                                  expect=("grad-iso", "stem")),
+    "bn-frozen-affine": Ablation("BN gamma and beta get no gradient (as torchvision's FrozenBatchNorm2d); "
+                                 "forward identical", align={"bn_affine_grad": False},
+                                 expect=("grad-iso", "stem")),
     "decoder": Ablation("TF decodes JPEG with its default fast IDCT (tf.io.decode_image, as the "
                         "seed) instead of INTEGER_ACCURATE", pipeline="tf",
                         options={"decoder": "seed"}, expect=("input", "input")),
@@ -197,89 +215,29 @@ PIPELINE_ABLATIONS = tuple(n for n, a in ABLATIONS.items() if a.pipeline)
 # Adam and SGD with Keras' defaults; SGD uses Adam's learning rate.
 ADAM = {"name": "adam", "learning_rate": 1e-3, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}
 SGD = {"name": "sgd", "learning_rate": 1e-3, "momentum": 0.0}
-TRAJECTORY_SAMPLE = 2048  # weights sampled per tensor per trajectory step (all of smaller ones)
 
 
-# ---- metrics (framework-free) --------------------------------------------------------------------
+# ---- metrics and table (bench.parity_metrics, bench.parity_table) ----------------------------------
 def compare(ref: np.ndarray, other: np.ndarray) -> dict[str, Any]:
-    """Error metrics of ``other`` against ``ref``: shape, dtype, non-finite masks, max abs / rel."""
+    """Error metrics of ``other`` against ``ref``: shape, dtype, non-finite masks, max abs / rel,
+    normwise relative error and cosine."""
     return compare_group({"": (ref, other)})
 
 
 def compare_group(pairs: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
     """Metrics over several arrays at once: max_rel = max|a-b| over all / max|ref| over all."""
-    out: dict[str, Any] = {"shape_ok": True, "dtype_ok": True, "nonfinite_ok": True, "max_abs": 0.0,
-                           "max_rel": 0.0, "where": None, "reason": None}
-    worst, scale = -1.0, 0.0
-    for name, (ref, other) in pairs.items():
-        ref, other = np.asarray(ref), np.asarray(other)
-        if ref.dtype != other.dtype:
-            out["dtype_ok"] = False
-            out["reason"] = out["reason"] or f"{_label(name)}dtype {other.dtype} != reference {ref.dtype}"
-        if ref.shape != other.shape:
-            out["shape_ok"] = False
-            out["reason"] = out["reason"] or f"{_label(name)}shape {other.shape} != reference {ref.shape}"
-            continue
-        r, o = ref.astype(np.float64), other.astype(np.float64)
-        for test, what in ((np.isnan, "NaN"), (np.isposinf, "+inf"), (lambda a: np.isneginf(a), "-inf")):
-            if not np.array_equal(test(r), test(o)):
-                out["nonfinite_ok"] = False
-                out["reason"] = out["reason"] or f"{_label(name)}{what} positions differ"
-        finite = np.isfinite(r) & np.isfinite(o)
-        with np.errstate(invalid="ignore"):  # inf - inf where both are inf: masked out here
-            diff = np.where(finite, np.abs(r - o), 0.0)
-        if diff.size:
-            scale = max(scale, float(np.max(np.abs(np.where(np.isfinite(r), r, 0.0)))))
-            flat = int(np.argmax(diff))
-            if diff.flat[flat] > worst:
-                worst = float(diff.flat[flat])
-                index = [int(i) for i in np.unravel_index(flat, diff.shape)]
-                out["where"] = {"array": name or None, "index": index, "ref": float(r.flat[flat]),
-                                "other": float(o.flat[flat])}
-    if not out["shape_ok"]:
-        out["max_abs"] = out["max_rel"] = math.inf
-        return out
-    out["max_abs"] = max(worst, 0.0)
-    out["max_rel"] = out["max_abs"] / scale if scale > 0 else (0.0 if out["max_abs"] == 0 else math.inf)
-    return out
+    return pm.group({name: pm.array_stats(r, o) for name, (r, o) in pairs.items()})
 
 
 def compare_parts(parts: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]) -> dict[str, Any]:
     """Several kinds of arrays (e.g. parameters, m, v): each kind its own relative error; the cell
     is its worst kind. ``parts`` maps kind -> {array name: (ref, other)}."""
-    results = {kind: compare_group(pairs) for kind, pairs in parts.items() if pairs}
-    if not results:
-        raise ValueError("nothing to compare")
-    kind = max(results, key=lambda k: (not results[k]["shape_ok"], results[k]["max_rel"]))
-    out = dict(results[kind])
-    for flag in ("shape_ok", "dtype_ok", "nonfinite_ok"):
-        out[flag] = all(r[flag] for r in results.values())
-    out["reason"] = next((r["reason"] for r in results.values() if r["reason"]), None)
-    if len(results) > 1:
-        out["parts"] = {k: _finite(r["max_rel"]) for k, r in results.items()}
-        out["worst_part"] = kind
-    return out
+    return pm.parts_metrics({kind: {n: pm.array_stats(r, o) for n, (r, o) in pairs.items()}
+                             for kind, pairs in parts.items()})
 
 
-def judge(metrics: dict[str, Any], tol: float) -> dict[str, Any]:
-    """A cell: the metrics plus ``ok``, ``tol`` and a one-line ``reason`` when it fails."""
-    cell = dict(metrics)
-    cell["tol"] = tol
-    ok = metrics["shape_ok"] and metrics["dtype_ok"] and metrics["nonfinite_ok"] and metrics["max_rel"] <= tol
-    cell["ok"] = bool(ok)
-    if not ok and cell.get("reason") is None:
-        cell["reason"] = f"max rel error {metrics['max_rel']:.2e} > tolerance {tol:.0e}"
-    if ok:
-        cell["reason"] = None
-    return cell
-
-
-def _label(name: str) -> str:
-    return f"{name}: " if name else ""
-
-
-def _finite(value: Any) -> Any:
-    return value if not isinstance(value, float) or math.isfinite(value) else None
+judge = pm.judge_fixed
+_finite = pm.finite
 
 
 def _clean(obj: Any) -> Any:
@@ -291,166 +249,6 @@ def _clean(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         obj = obj.item()
     return _finite(obj)
-
-
-# ---- what belongs to which row ---------------------------------------------------------------------
-def owner(spec: ModelSpec, layer_name: str) -> str:
-    """The probe point that owns a weighted layer: stem, a block id, or logits (the head)."""
-    if layer_name in {layer.name for layer in spec.stem_layers()}:
-        return "stem"
-    if layer_name in {layer.name for layer in spec.head_layers()}:
-        return "logits"
-    return spec.layer(layer_name).block
-
-
-def weights_by_owner(spec: ModelSpec) -> dict[str, list[str]]:
-    """Probe point -> the bundle keys (``layer/weight``) it owns, in model order."""
-    out: dict[str, list[str]] = {}
-    for layer in spec.layers():
-        point = owner(spec, layer.name)
-        out.setdefault(point, []).extend(f"{layer.name}/{w}" for w in layer.weight_names)
-    return out
-
-
-def trajectory_sample(spec: ModelSpec, per_tensor: int = TRAJECTORY_SAMPLE) -> dict[str, np.ndarray]:
-    """Bundle key -> flat indices (Keras layout) sampled at every trajectory step: all elements of
-    small tensors, ``per_tensor`` evenly spaced ones of larger kernels. Both workers use it."""
-    out = {}
-    for key, shape in spec.weight_shapes().items():
-        size = math.prod(shape)
-        out[key] = np.arange(size) if size <= per_tensor else np.linspace(0, size - 1, per_tensor).astype(np.int64)
-    return out
-
-
-def sample_offsets(spec: ModelSpec) -> dict[str, slice]:
-    """Bundle key -> its slice in the concatenated trajectory sample."""
-    offsets, start = {}, 0
-    for key, idx in trajectory_sample(spec).items():
-        offsets[key] = slice(start, start + len(idx))
-        start += len(idx)
-    return offsets
-
-
-def _previous_point(spec: ModelSpec, point: str) -> str | None:
-    """The probe point whose output feeds ``point`` in the isolated backward (None for stem)."""
-    if point == "logits":
-        return "pool"
-    points = ["stem"] + [b.id for b in spec.blocks]
-    return points[points.index(point) - 1] if point in points[1:] else None
-
-
-def _is_stat(key: str) -> bool:
-    return key.endswith(("/moving_mean", "/moving_variance"))
-
-
-# ---- the table ------------------------------------------------------------------------------------
-def build_table(spec: ModelSpec, ref: dict[str, np.ndarray], other: dict[str, np.ndarray], columns: list[str],
-                tolerances: dict[str, float], inputs: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
-    """Compare the reference's and the other side's arrays into ``{row: {column: cell | None}}``."""
-    rows = (["input"] if inputs is not None else []) + list(spec.probe_points) + ["loss"]
-    table: dict[str, dict[str, Any]] = {row: {c: None for c in columns} for row in rows}
-    owned = weights_by_owner(spec)
-
-    def put(row: str, column: str, metrics: dict[str, Any]) -> None:
-        table[row][column] = judge(metrics, tolerances[column])
-
-    if inputs is not None and "input" in columns:
-        put("input", "input", compare(*inputs))
-    for column, prefix in (("forward", "fwd/"), ("isolated", "iso/"), ("train", "train/"), ("train-iso", "triso/")):
-        if column not in columns:
-            continue
-        ref_prefix = "train/" if prefix in ("train/", "triso/") else "fwd/"
-        for point in spec.probe_points:
-            if f"{prefix}{point}" in other and f"{ref_prefix}{point}" in ref:
-                put(point, column, compare(ref[f"{ref_prefix}{point}"], other[f"{prefix}{point}"]))
-    if "train" in columns and "train/loss" in other:
-        put("loss", "train", compare(ref["train/loss"], other["train/loss"]))
-    for point, keys in owned.items():
-        stats = [k for k in keys if _is_stat(k)]
-        params = [k for k in keys if not _is_stat(k)]
-        if "bn" in columns and stats and f"bn/{stats[0]}" in other:
-            put(point, "bn", compare_parts({
-                stat: {k: (ref[f"bn/{k}"], other[f"bn/{k}"]) for k in stats if k.endswith("/" + stat)}
-                for stat in ("moving_mean", "moving_variance")}))
-        if "grad" in columns and params and f"grad/{params[0]}" in other:
-            put(point, "grad", compare_group({k: (ref[f"grad/{k}"], other[f"grad/{k}"]) for k in params}))
-        if "grad-iso" in columns and params and all(f"gradiso/{k}" in other for k in params):
-            parts = {"params": {k: (ref[f"grad/{k}"], other[f"gradiso/{k}"]) for k in params}}
-            before = _previous_point(spec, point)
-            if before and f"dxiso/{point}" in other:
-                parts["input"] = {f"d{before}": (ref[f"dtrain/{before}"], other[f"dxiso/{point}"])}
-            put(point, "grad-iso", compare_parts(parts))
-        for column in ("adam", "sgd"):
-            if column in columns and params and f"{column}/{params[0]}" in other:
-                parts = {"params": {k: (ref[f"{column}/{k}"], other[f"{column}/{k}"]) for k in params}}
-                for moment in ("m", "v"):
-                    pairs = {k: (ref[f"{column}_{moment}/{k}"], other[f"{column}_{moment}/{k}"]) for k in params
-                             if f"{column}_{moment}/{k}" in ref and f"{column}_{moment}/{k}" in other}
-                    missing = [k for k in params if f"{column}_{moment}/{k}" in ref and f"{column}_{moment}/{k}" not in other]
-                    if missing:
-                        raise ValueError(f"torch side returned no {moment} for {missing[0]}")
-                    if pairs:
-                        parts[moment] = pairs
-                put(point, column, compare_parts(parts))
-    if "traj" in columns and "traj/sample" in other:
-        offsets = sample_offsets(spec)
-        a, b = ref["traj/sample"][-1], other["traj/sample"][-1]
-        for point, keys in owned.items():
-            parts = {"weights": {k: (a[offsets[k]], b[offsets[k]]) for k in keys if not _is_stat(k)},
-                     "moving_mean": {k: (a[offsets[k]], b[offsets[k]]) for k in keys if k.endswith("/moving_mean")},
-                     "moving_variance": {k: (a[offsets[k]], b[offsets[k]]) for k in keys
-                                         if k.endswith("/moving_variance")}}
-            put(point, "traj", compare_parts(parts))
-        put("loss", "traj", compare(ref["traj/loss"], other["traj/loss"]))
-    return {"rows": rows, "table": table}
-
-
-def trajectory_curve(spec: ModelSpec, ref: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Per step: both losses, the loss's relative error, and the relative error of the sampled
-    trainable weights and of the BN statistics (max|a-b| / max|ref| over all of them)."""
-    offsets = sample_offsets(spec)
-    weights = np.concatenate([np.arange(s.start, s.stop) for k, s in offsets.items() if not _is_stat(k)])
-    stats = np.concatenate([np.arange(s.start, s.stop) for k, s in offsets.items() if _is_stat(k)] or [np.arange(0)])
-    a, b = ref["traj/sample"].astype(np.float64), other["traj/sample"].astype(np.float64)
-
-    def rel(idx: np.ndarray) -> list[float]:
-        if not len(idx):
-            return []
-        return [float(np.max(np.abs(a[k, idx] - b[k, idx])) / max(np.max(np.abs(a[k, idx])), 1e-300))
-                for k in range(len(a))]
-
-    la, lb = ref["traj/loss"].astype(np.float64), other["traj/loss"].astype(np.float64)
-    loss_rel = (np.abs(la - lb) / np.maximum(np.abs(la), 1e-300)).tolist()
-    param_rel = rel(weights)
-    onset = TRAJECTORY_ONSET.get(str(ref["traj/sample"].dtype), 0.0)
-    agree = next((k for k in range(len(la)) if max(loss_rel[k], param_rel[k]) > onset), len(la))
-    return {"steps": len(la), "loss_tf": la.tolist(), "loss_torch": lb.tolist(), "loss_rel": loss_rel,
-            "param_rel": param_rel, "bn_rel": rel(stats), "onset": onset, "agree_steps": agree}
-
-
-def failures(table: dict[str, Any], columns: list[str]) -> list[dict[str, Any]]:
-    """Failing cells, check by check in pipeline order (input, forward, ..., trajectory) and
-    within a check in network order: the first names the earliest stage where the two
-    implementations part, and the first block there. (Row-major order would blame the stem's
-    gradient for a forward error at 3a, since gradient errors flow backwards.)"""
-    out = []
-    for column in columns:
-        for row in table["rows"]:
-            cell = table["table"][row].get(column)
-            if cell is not None and not cell["ok"]:
-                out.append({"block": row, "check": column, "max_rel": _finite(cell["max_rel"]),
-                            "tol": cell["tol"], "reason": cell["reason"]})
-    return out
-
-
-def first_divergent(table: dict[str, Any], columns: list[str]) -> dict[str, str | None]:
-    """Per check, the first row whose cell fails (None if none does)."""
-    out: dict[str, str | None] = {}
-    for column in columns:
-        out[column] = next((row for row in table["rows"]
-                            if table["table"][row].get(column) is not None
-                            and not table["table"][row][column]["ok"]), None)
-    return out
 
 
 # ---- configuration and orchestration ---------------------------------------------------------------
@@ -472,6 +270,11 @@ class ParityConfig:
     manifest: str | None = None  # real images from this manifest
     calibrate: bool | None = None  # None: calibrate random weights only
     work_dir: str | None = None  # keep jobs and arrays here (default: a temporary directory)
+    fixed_tolerances: bool = False  # float32 judged by TOLERANCES instead of calibrated in the run
+
+    def calibrated(self) -> bool:
+        """Tolerances calibrated in the run (float32; float64 keeps the fixed table)."""
+        return self.dtype == "float32" and not self.fixed_tolerances
 
     def model_args(self) -> dict[str, Any]:
         return {"model": self.model, "classes": self.classes, "input_size": self.input_size, "pooling": self.pooling}
@@ -523,6 +326,7 @@ class _Session:
     input_info: dict[str, Any]
     tf_input: np.ndarray | None = None  # the TF pipeline's batch (input row), with a manifest
     torch_input: np.ndarray | None = None
+    chaos_weights: str | None = None  # the bundle moved by one ulp (trajectory chaos baseline)
 
 
 def _say(workers: WorkerConfig, text: str) -> None:
@@ -551,7 +355,7 @@ def _work_root(config: ParityConfig) -> Iterator[Path]:
 
 
 def _prepare(config: ParityConfig, workers: WorkerConfig, spec: ModelSpec, root: Path) -> _Session:
-    from bench.weights import random_bundle
+    from bench.weights import WeightBundle, random_bundle
 
     want_traj = "trajectory" in config.checks
     tf_input = torch_input = traj_x = traj_y = None
@@ -582,8 +386,27 @@ def _prepare(config: ParityConfig, workers: WorkerConfig, spec: ModelSpec, root:
                          {**config.model_args(), "weights": weights, "out": out, "seed": config.seed},
                          arrays={"x": x}, job_dir=root / "calibrate", config=workers)
         calibration, weights = res.result, out
+    chaos = None
+    if want_traj and config.calibrated():
+        chaos = str(root / "chaos.npz")
+        one_ulp(WeightBundle.load(weights), config.seed).save(chaos)
     return _Session(config, spec, root, workers, x, y, traj_x, traj_y, weights, calibration, info,
-                    tf_input, torch_input)
+                    tf_input, torch_input, chaos)
+
+
+def one_ulp(bundle, seed: int):
+    """The bundle with every float element moved one ulp up or down (seeded): the trajectory's
+    chaos baseline starts here, a difference as small as float32 can make."""
+    from bench.weights import WeightBundle
+
+    rng = np.random.default_rng(seed + 7919)
+    arrays = {}
+    for key, a in bundle.arrays.items():
+        if np.issubdtype(a.dtype, np.floating):
+            up = rng.random(a.shape) < 0.5
+            a = np.where(up, np.nextafter(a, np.inf), np.nextafter(a, -np.inf)).astype(a.dtype)
+        arrays[key] = a
+    return WeightBundle(arrays, {**bundle.meta, "source": f"{bundle.meta.get('source', 'weights')}, one ulp"})
 
 
 def _manifest_inputs(config: ParityConfig, workers: WorkerConfig, spec: ModelSpec, root: Path, trajectory: bool):
@@ -631,10 +454,13 @@ def _manifest_inputs(config: ParityConfig, workers: WorkerConfig, spec: ModelSpe
     return x, y, info, tf_out.arrays["x"], traj
 
 
-def _probe_args(session: _Session, checks: list[str], optimizer: dict) -> dict[str, Any]:
+def _probe_args(session: _Session, checks: list[str], optimizer: dict, own: bool = True) -> dict[str, Any]:
     c = session.config
     return {**c.model_args(), "dtype": c.dtype, "weights": session.weights, "seed": c.seed, "checks": checks,
-            "optimizer": optimizer, "sgd": SGD, "quiet": session.workers.quiet}
+            "optimizer": optimizer, "sgd": SGD, "quiet": session.workers.quiet,
+            # The calibration: each side's own float32 error, from its own float64 pass in the
+            # same worker (own_errors), and its trajectory from the one-ulp bundle.
+            "own_errors": own and c.calibrated(), "chaos_weights": session.chaos_weights if own else None}
 
 
 def _reference(session: _Session) -> WorkerResult:
@@ -650,15 +476,16 @@ def _reference(session: _Session) -> WorkerResult:
                       job_dir=session.root / "tf", config=session.workers)
 
 
-def _candidate(session: _Session, ref: WorkerResult, ablations: tuple[str, ...]) -> WorkerResult:
-    """The torch worker's arrays, with the given ablations, fed TF's references."""
+def _candidate(session: _Session, ref: WorkerResult, ablations: tuple[str, ...], own: bool = True) -> WorkerResult:
+    """The torch worker's arrays, with the given ablations, fed TF's references; with ``own``
+    (and calibrated tolerances) also its own float32 error and chaos baseline."""
     align: dict[str, Any] = {}
     optimizer = dict(ADAM)
     for name in ablations:
         align.update(ABLATIONS[name].align)
         if ABLATIONS[name].optimizer:
             optimizer.update(ABLATIONS[name].optimizer)
-    args = _probe_args(session, list(session.config.checks), optimizer)
+    args = _probe_args(session, list(session.config.checks), optimizer, own)
     args["align"] = align
     arrays = {"x": session.x, "y": session.y}
     if session.traj_x is not None:
@@ -677,8 +504,19 @@ def _candidate(session: _Session, ref: WorkerResult, ablations: tuple[str, ...])
                       config=session.workers)
 
 
+def own_errors(spec: ModelSpec, worker: WorkerResult) -> dict[str, dict[str, Any]]:
+    """One side's own errors: its worker's float32-vs-float64 statistics plus its trajectory's
+    chaos baseline (computed here from the two trajectories it returned)."""
+    own = dict(worker.result.get("own") or {})
+    if "chaos/traj/sample" in worker.arrays:
+        own.update(trajectory_own(spec, worker.arrays))
+    return own
+
+
 def _assemble(session: _Session, ref: WorkerResult, other: WorkerResult, ablations: tuple[str, ...],
-              started: float) -> dict[str, Any]:
+              started: float, own_torch: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The result dict. ``own_torch``: the torch side's own errors to calibrate with (the
+    ablation table passes the aligned baseline's); default: the candidate's own."""
     from bench import __version__, envinfo
 
     c, spec = session.config, session.spec
@@ -687,7 +525,10 @@ def _assemble(session: _Session, ref: WorkerResult, other: WorkerResult, ablatio
     inputs = None
     if session.tf_input is not None:
         inputs = (session.tf_input, session.torch_input)
-    table = build_table(spec, ref.arrays, other.arrays, columns, tolerances, inputs)
+    own = None
+    if c.calibrated():
+        own = {"tf": own_errors(spec, ref), "torch": own_torch if own_torch is not None else own_errors(spec, other)}
+    table = build_table(spec, ref.arrays, other.arrays, columns, tolerances, inputs, own)
     fails = failures(table, columns)
     loss = None
     if "loss" in ref.result:
@@ -698,7 +539,8 @@ def _assemble(session: _Session, ref: WorkerResult, other: WorkerResult, ablatio
                 # Keras' loss on the softmax equals the exact cross-entropy of the logits.
                 "keras_logits_recovered": bool(rel <= tolerances["train"]),
                 "clipped_loss_bound": bound}
-    curve = trajectory_curve(spec, ref.arrays, other.arrays) if "traj/sample" in other.arrays else None
+    curve = (trajectory_curve(spec, ref.arrays, other.arrays, TRAJECTORY_ONSET.get(c.dtype, 0.0))
+             if "traj/sample" in other.arrays else None)
     config = asdict(c)
     config["checks"] = list(c.checks)
     config["ablations"] = list(ablations)
@@ -711,7 +553,10 @@ def _assemble(session: _Session, ref: WorkerResult, other: WorkerResult, ablatio
         "config": config,
         "ablation": {name: ABLATIONS[name].description for name in ablations},
         "rows": table["rows"], "columns": columns,
-        "tolerances": {col: tolerances[col] for col in columns},
+        "tolerances": {col: tolerances[col] for col in columns},  # the fixed table (the fallback)
+        "judge": {"mode": "calibrated" if own is not None else "fixed", "k": pm.K, "floor": pm.FLOOR,
+                  "metrics": {col: CALIBRATED_METRIC.get(col, "max_rel") for col in columns},
+                  "torch_own": None if own is None else ("aligned baseline" if own_torch is not None else "candidate")},
         "table": table["table"],
         "loss": loss,
         "trajectory": curve,
@@ -745,25 +590,6 @@ def run_parity(config: ParityConfig, workers: WorkerConfig | None = None) -> dic
         return _assemble(session, ref, other, tuple(config.ablations), started)
 
 
-def summarize(result: dict[str, Any], expect: tuple[str, str] | None = None) -> dict[str, Any]:
-    """Verdict, first failure and the worst relative error per check, for an ablation table."""
-    worst: dict[str, float | None] = {}
-    shape = []
-    for column in result["columns"]:
-        cells = [cell for row in result["rows"] if (cell := result["table"][row].get(column))]
-        if any(not cell["shape_ok"] for cell in cells):
-            shape.append(column)
-        values = [cell["max_rel"] for cell in cells if cell["shape_ok"]]
-        worst[column] = max((v if v is not None else math.inf for v in values), default=None)
-    first = result["first_failure"]
-    out = {"verdict": result["verdict"], "first_failure": first, "worst": _clean(worst), "shape_mismatch": shape}
-    if expect is not None:
-        out["expected"] = {"check": expect[0], "block": expect[1]}
-        out["detected"] = bool(first is not None and first["check"] == expect[0])
-        out["at_expected_block"] = bool(out["detected"] and first["block"] == expect[1])
-    return out
-
-
 def _groups_upto(check: str, groups: tuple[str, ...]) -> tuple[str, ...]:
     """The check groups (of ``groups``, in order) up to the one holding ``check``."""
     order = list(CHECK_GROUPS)
@@ -794,6 +620,9 @@ def _ablation_table(config: ParityConfig, workers: WorkerConfig, spec: ModelSpec
     ref = _reference(session)
     aligned = _candidate(session, ref, ())
     baseline = _assemble(session, ref, aligned, (), started)
+    # Every ablation is judged with the aligned port's own errors: its float64 pass and chaos
+    # run are not repeated per ablation (a single --ablate run measures the ablated port's own).
+    own_torch = own_errors(spec, aligned) if config.calibrated() else None
     out = {"format": FORMAT + "-ablations", "version": FORMAT_VERSION, "config": baseline["config"],
            "baseline": summarize(baseline), "ablations": {}, "results": {"baseline": baseline}}
     for name in names:
@@ -805,7 +634,8 @@ def _ablation_table(config: ParityConfig, workers: WorkerConfig, spec: ModelSpec
             # model rows are the baseline's and the input row shows the mismatch.
             x_torch, _, _, x_tf, _ = _manifest_inputs(replace(config, ablations=(name,)), workers, spec,
                                                       session.root / name, False)
-            result = _assemble(replace(session, tf_input=x_tf, torch_input=x_torch), ref, aligned, (name,), started)
+            result = _assemble(replace(session, tf_input=x_tf, torch_input=x_torch), ref, aligned, (name,), started,
+                               own_torch)
         else:
             sub = session
             if stop_at_expected:
@@ -813,7 +643,7 @@ def _ablation_table(config: ParityConfig, workers: WorkerConfig, spec: ModelSpec
                 if not ablation.align:  # an optimizer alone: the model's checks are the baseline's
                     groups = groups[-1:]
                 sub = replace(session, config=replace(config, checks=groups))
-            result = _assemble(sub, ref, _candidate(sub, ref, (name,)), (name,), started)
+            result = _assemble(sub, ref, _candidate(sub, ref, (name,), own=False), (name,), started, own_torch)
         out["ablations"][name] = {"description": ablation.description, **summarize(result, ablation.expect)}
         out["results"][name] = result
     # Pass: the aligned baseline passes, and every ablation whose check ran is caught.
@@ -822,86 +652,6 @@ def _ablation_table(config: ParityConfig, workers: WorkerConfig, spec: ModelSpec
         if ABLATIONS[n].expect[0] in columns) else "fail"
     out["seconds"] = round(time.perf_counter() - started, 2)
     return _clean(out)
-
-
-# ---- text output ------------------------------------------------------------------------------------
-def _fmt(cell: dict[str, Any] | None) -> str:
-    if cell is None:
-        return "-"
-    if not cell["shape_ok"]:
-        return "shape!"
-    if not cell["dtype_ok"]:
-        return "dtype!"
-    if not cell["nonfinite_ok"]:
-        return "nan!"
-    value = cell["max_rel"]
-    text = "inf" if value is None else ("0" if value == 0 else f"{value:.1e}")
-    return text if cell["ok"] else text + "!"
-
-
-def format_table(result: dict[str, Any]) -> str:
-    """The block x check table, one line per probe point, '!' marking a failing cell."""
-    c = result["config"]
-    columns = result["columns"]
-    width = {col: max(9, len(col) + 1) for col in columns}
-    source = c["weights"] or f"random weights (seed {c['seed']})"
-    if result.get("calibration"):
-        source += ", calibrated"
-    lines = [f"parity {c['model']} {c['dtype']}: batch {c['batch']} at {c['input_size']} px, {source}; "
-             f"TF reference vs torch" + (f" with {', '.join(result['ablation'])} off" if result["ablation"] else ""),
-             "max relative error max|a-b|/max|ref| per block and check ('!' = over tolerance)", ""]
-    lines.append(f"{'block':<8}" + "".join(f"{col:>{width[col]}}" for col in columns))
-    for row in result["rows"]:
-        lines.append(f"{row:<8}" + "".join(f"{_fmt(result['table'][row].get(col)):>{width[col]}}" for col in columns))
-    lines.append(f"{'tol':<8}" + "".join(f"{result['tolerances'][col]:>{width[col]}.0e}" for col in columns))
-    loss = result.get("loss")
-    if loss:
-        lines.append("")
-        lines.append(f"loss: TF {loss['tf']:.8g} (exact CE of the logits {loss['tf_from_logits']:.8g}: Keras "
-                     f"{'recovers' if loss['keras_logits_recovered'] else 'does NOT recover'} the logits "
-                     f"from the softmax), torch {loss['torch']:.8g}")
-    curve = result.get("trajectory")
-    if curve:
-        lines.append("")
-        lines.append(f"trajectory: loss and weights within {curve['onset']:.0e} for the first "
-                     f"{curve['agree_steps']} of {curve['steps']} steps")
-        lines.append(f"{'':<24}{'step':>4} {'loss TF':>12} {'loss torch':>12} "
-                     f"{'loss rel':>9} {'param rel':>9} {'bn rel':>9}")
-        for k in range(curve["steps"]):
-            lines.append(f"{'':<24}{k + 1:>4} {curve['loss_tf'][k]:>12.6f} {curve['loss_torch'][k]:>12.6f} "
-                         f"{curve['loss_rel'][k]:>9.1e} {curve['param_rel'][k]:>9.1e} "
-                         f"{(curve['bn_rel'][k] if curve['bn_rel'] else 0):>9.1e}")
-    lines.append("")
-    first = result["first_failure"]
-    if first:
-        lines.append(f"FAIL: first divergent block {first['block']}, check {first['check']}: {first['reason']}"
-                     f" ({len(result['failures'])} failing cells)")
-    else:
-        lines.append(f"PASS: every check within tolerance ({result['seconds']['total']:.0f} s)")
-    return "\n".join(lines)
-
-
-def format_ablation_table(result: dict[str, Any]) -> str:
-    """What each mismatch costs: per ablation, the first failing block/check and the worst errors."""
-    columns = result["results"]["baseline"]["columns"]
-    lines = ["what each mismatch costs (max relative error per check; each ablation alone, one TF reference)", ""]
-    lines.append(f"{'ablation':<18}{'first failure':<22}" + "".join(f"{col:>10}" for col in columns))
-
-    def line(name: str, summary: dict[str, Any]) -> str:
-        first = summary["first_failure"]
-        where = f"{first['check']} @ {first['block']}" if first else "none"
-        worst = summary["worst"]
-        cells = "".join(f"{'shape!' if col in summary['shape_mismatch'] else '-' if worst.get(col) is None else format(worst[col], '.1e'):>10}"
-                        for col in columns)
-        return f"{name:<18}{where:<22}{cells}"
-
-    lines.append(line("(aligned)", result["baseline"]))
-    for name, summary in result["ablations"].items():
-        lines.append(line(name, summary))
-    lines.append("")
-    for name, summary in result["ablations"].items():
-        lines.append(f"{name}: {summary['description']}")
-    return "\n".join(lines)
 
 
 # ---- CLI ----------------------------------------------------------------------------------------------
@@ -927,6 +677,9 @@ def register(sub) -> None:
                    help="run the baseline and every ablation alone; print what each mismatch costs")
     p.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=None,
                    help="calibrate BN statistics and the head on the batch (default: random weights only)")
+    p.add_argument("--fixed-tolerances", action="store_true",
+                   help="float32: judge by the fixed tolerance table instead of tolerances calibrated in the "
+                        "run (each framework's own float32-vs-float64 error); faster, far looser")
     p.add_argument("--json", metavar="OUT", help="write the result as JSON")
     p.add_argument("--work-dir", metavar="DIR", help="keep the worker jobs and arrays here")
     add_model_options(p)
@@ -941,7 +694,8 @@ def config_from_args(args: argparse.Namespace) -> ParityConfig:
     return ParityConfig(model=args.model, classes=args.classes, input_size=args.input_size, pooling=args.pooling,
                         dtype=args.dtype, batch=args.batch, seed=args.seed, checks=tuple(checks),
                         ablations=tuple(dict.fromkeys(args.ablate)), steps=args.steps, weights=args.weights,
-                        manifest=args.manifest, calibrate=args.calibrate, work_dir=args.work_dir)
+                        manifest=args.manifest, calibrate=args.calibrate, work_dir=args.work_dir,
+                        fixed_tolerances=args.fixed_tolerances)
 
 
 def cmd_parity(args: argparse.Namespace) -> int:

@@ -32,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from bench import parity
+from bench import parity_metrics as pm
 from bench.spec import spec_from_args
 from tf_impl import model as tfm
 from tf_impl import optim
@@ -66,16 +67,16 @@ class Twin:
 
 
 def probe(args: dict, inputs: dict[str, np.ndarray], job_dir: Path):
-    """Run the requested parity checks (``args['checks']``: forward, train, grad, step, trajectory)."""
+    """Run the requested parity checks (``args['checks']``: forward, train, grad, step, trajectory);
+    with ``args['own_errors']``, also TF's own float32 error (see :func:`own_errors`); with
+    ``args['chaos_weights']``, the trajectory again from that (one-ulp perturbed) bundle."""
     dtype = args.get("dtype", "float32")
     keras.config.set_floatx(dtype)  # losses and the learning rate compute in floatx (see above)
     keras.utils.set_random_seed(int(args.get("seed", 0)))
     spec = spec_from_args(args)
     checks = set(args.get("checks", parity.DEFAULT_CHECKS))
-    twin = Twin(spec, tfw.load_file(args["weights"], spec), dtype)
-    x = tf.constant(inputs["x"], dtype=dtype)
-    y = tf.constant(inputs["y"].astype(np.int64))
-    arrays: dict[str, np.ndarray] = {}
+    bundle = tfw.load_file(args["weights"], spec)
+    twin = Twin(spec, bundle, dtype)
     result: dict = {"framework": "tf"}
     timing: dict[str, float] = {}
     quiet = bool(args.get("quiet"))
@@ -85,6 +86,38 @@ def probe(args: dict, inputs: dict[str, np.ndarray], job_dir: Path):
         if not quiet:
             print(f"[tf] parity: {name}", flush=True)
 
+    arrays = passes(twin, inputs, checks, args, phase, result)
+    if "trajectory" in checks:
+        phase("trajectory")
+        arrays.update(trajectory(twin, inputs, args, quiet=quiet))
+        if args.get("chaos_weights"):
+            phase("trajectory-chaos")
+            twin.bundle = tfw.load_file(args["chaos_weights"], spec)
+            chaos = trajectory(twin, inputs, args, quiet=quiet)
+            arrays.update({f"chaos/{k}": v for k, v in chaos.items()})
+            twin.bundle = bundle
+    if args.get("own_errors") and checks - {"trajectory"}:
+        phase("own-build")
+        result["own"] = own_errors(spec, bundle, inputs, arrays, checks, args, phase)
+        keras.config.set_floatx(dtype)
+
+    timing["end"] = time.perf_counter()
+    names = list(timing)
+    result["seconds"] = {names[i]: round(timing[names[i + 1]] - timing[names[i]], 3) for i in range(len(names) - 1)}
+    result["threads"] = tf.config.threading.get_intra_op_parallelism_threads()
+    return result, arrays
+
+
+def passes(twin: Twin, inputs: dict[str, np.ndarray], checks: set[str], args: dict, phase,
+           result: dict | None = None, step_grads: list | None = None, traced: bool = True) -> dict[str, np.ndarray]:
+    """The forward, train/grad and step checks in the twin's dtype. ``step_grads``: the
+    gradients the optimizer step starts from (default: this pass's own). ``traced``: the
+    training step as a tf.function (Keras' own train_step path); the float64 own-error pass runs
+    it eagerly (same ops, no second trace: measured 6 s faster here)."""
+    dtype = twin.dtype
+    x = tf.constant(inputs["x"], dtype=dtype)
+    y = tf.constant(inputs["y"].astype(np.int64))
+    arrays: dict[str, np.ndarray] = {}
     if "forward" in checks:
         phase("forward")
         outs = twin.outputs(twin.probe_model(x, training=False))
@@ -97,7 +130,6 @@ def probe(args: dict, inputs: dict[str, np.ndarray], job_dir: Path):
         loss_fn = keras.losses.SparseCategoricalCrossentropy()
         variables = [twin.variables[k] for k in twin.trainable_keys]
 
-        @tf.function
         def train_forward(x, y):
             with tf.GradientTape() as tape:
                 outs = twin.probe_model(x, training=True)
@@ -116,20 +148,22 @@ def probe(args: dict, inputs: dict[str, np.ndarray], job_dir: Path):
             upstream["logits"] = dlogits
             return named, loss, exact, both[:len(variables)], upstream
 
-        outs, loss, exact, grads, upstream = train_forward(x, y)
+        outs, loss, exact, grads, upstream = (tf.function(train_forward) if traced else train_forward)(x, y)
         arrays.update({f"train/{p}": np.asarray(t) for p, t in outs.items()})
         arrays.update({f"dtrain/{p}": np.asarray(g) for p, g in upstream.items()})
         arrays["train/loss"] = np.asarray(loss)
         arrays.update({f"bn/{k}": np.asarray(v) for k, v in twin.variables.items()
                        if k.endswith(("/moving_mean", "/moving_variance"))})
         arrays.update({f"grad/{k}": np.asarray(g) for k, g in zip(twin.trainable_keys, grads)})
-        result["loss"] = float(loss)
-        result["loss_from_logits"] = float(exact)
-        # -log(1e-7) = 16.1: a loss computed on clipped probabilities cannot exceed it.
-        result["clipped_loss_bound"] = float(-np.log(keras.config.epsilon()))
+        if result is not None:
+            result["loss"] = float(loss)
+            result["loss_from_logits"] = float(exact)
+            # -log(1e-7) = 16.1: a loss computed on clipped probabilities cannot exceed it.
+            result["clipped_loss_bound"] = float(-np.log(keras.config.epsilon()))
 
     if "step" in checks:
         phase("step")
+        grads = step_grads if step_grads is not None else grads
         for label, config in (("adam", args.get("optimizer")), ("sgd", args.get("sgd", {"name": "sgd"}))):
             twin.reset()
             variables = [twin.variables[k] for k in twin.trainable_keys]
@@ -141,16 +175,122 @@ def probe(args: dict, inputs: dict[str, np.ndarray], job_dir: Path):
                 for k, (m, v) in zip(twin.trainable_keys, moments):
                     arrays[f"{label}_m/{k}"] = m
                     arrays[f"{label}_v/{k}"] = v
+    return arrays
 
-    if "trajectory" in checks:
-        phase("trajectory")
-        arrays.update(trajectory(twin, inputs, args, quiet=quiet))
 
-    timing["end"] = time.perf_counter()
-    names = list(timing)
-    result["seconds"] = {names[i]: round(timing[names[i + 1]] - timing[names[i]], 3) for i in range(len(names) - 1)}
-    result["threads"] = tf.config.threading.get_intra_op_parallelism_threads()
-    return result, arrays
+def stages(twin: Twin) -> list[tuple[str, str | None, keras.Model]]:
+    """(point, the point feeding it, input -> point model) for the stem and every block: sub-models
+    of the twin's model between two probe points' tensors (they share its layers and weights)."""
+    spec, model = twin.spec, twin.model
+    out: list[tuple[str, str | None, keras.Model]] = []
+    before: str | None = None
+    for point in ["stem"] + [b.id for b in spec.blocks] + ["pool"]:
+        end = model.get_layer(tfm.block_output_layer(spec, point)).output
+        start = model.input if before is None else model.get_layer(tfm.block_output_layer(spec, before)).output
+        out.append((point, before, keras.Model(start, end)))
+        before = point
+    return out
+
+
+def isolated(twin: Twin, inputs: dict[str, np.ndarray], arrays: dict[str, np.ndarray],
+             checks: set[str]) -> dict[str, np.ndarray]:
+    """The isolated passes the torch side runs, on this side: each stage fed the float32
+    reference's input of that stage (``arrays``: fwd/, train/, dtrain/) and, in training mode,
+    the float32 reference's gradient of its output. Keys as the torch side names them
+    (iso/, triso/, bn/, gradiso/, dxiso/)."""
+    dtype = twin.dtype
+    out: dict[str, np.ndarray] = {}
+    parts = stages(twin)
+    keys_of = {layer.name: [f"{layer.name}/{w}" for w in layer.weight_names] for layer in twin.spec.layers()}
+
+    def fed(prefix: str, before: str | None) -> tf.Tensor:
+        return tf.constant(inputs["x"] if before is None else arrays[f"{prefix}{before}"], dtype=dtype)
+
+    def head(features, prefix: str, out_prefix: str) -> None:
+        out[f"{out_prefix}logits"] = np.asarray(tfm.logits(twin.model, twin.spec, features))
+        out[f"{out_prefix}probs"] = np.asarray(tf.nn.softmax(tf.constant(arrays[f"{prefix}logits"], dtype=dtype)))
+
+    if "forward" in checks:
+        twin.reset()
+        for point, before, stage in parts:
+            out[f"iso/{point}"] = np.asarray(stage(fed("fwd/", before), training=False))
+        head(fed("fwd/", "pool"), "fwd/", "iso/")
+    if checks & {"train", "grad"}:
+        twin.reset()
+        backward = "grad" in checks
+        for point, before, stage in parts:
+            inp = fed("train/", before)
+            with tf.GradientTape() as tape:
+                tape.watch(inp)
+                y = stage(inp, training=True)
+            out[f"triso/{point}"] = np.asarray(y)
+            if not backward or point == "pool":
+                continue
+            names = [layer.name for layer in stage.layers if layer.weights]
+            variables = [(key, twin.variables[key]) for name in names for key in keys_of.get(name, [])
+                         if twin.variables[key].trainable]
+            grads = tape.gradient(y, [v for _, v in variables] + [inp],
+                                  output_gradients=tf.constant(arrays[f"dtrain/{point}"], dtype=dtype))
+            out.update({f"gradiso/{key}": np.asarray(g) for (key, _), g in zip(variables, grads)})
+            if before is not None:
+                out[f"dxiso/{point}"] = np.asarray(grads[-1])
+        features = fed("train/", "pool")
+        with tf.GradientTape() as tape:
+            tape.watch(features)
+            logits = tfm.logits(twin.model, twin.spec, features)
+        out["triso/logits"] = np.asarray(logits)
+        out["triso/probs"] = np.asarray(tf.nn.softmax(tf.constant(arrays["train/logits"], dtype=dtype)))
+        if backward:
+            dense = twin.spec.head_layers()[0].name
+            variables = [(key, twin.variables[key]) for key in keys_of[dense]]
+            grads = tape.gradient(logits, [v for _, v in variables] + [features],
+                                  output_gradients=tf.constant(arrays["dtrain/logits"], dtype=dtype))
+            out.update({f"gradiso/{key}": np.asarray(g) for (key, _), g in zip(variables, grads)})
+            out["dxiso/logits"] = np.asarray(grads[-1])
+        out.update({f"bn/{k}": np.asarray(v) for k, v in twin.variables.items()
+                    if k.endswith(("/moving_mean", "/moving_variance"))})
+    return out
+
+
+# The float32 array each own-error key is measured on: TF's block fed its own input IS its
+# isolated output, so the isolated keys compare with the chained float32 arrays.
+def _float32_of(key: str, spec, arrays: dict[str, np.ndarray]) -> np.ndarray | None:
+    kind, name = key.split("/", 1)
+    if kind == "iso":
+        return arrays.get(f"fwd/{name}")
+    if kind == "triso":
+        return arrays.get(f"train/{name}")
+    if kind == "gradiso":
+        return arrays.get(f"grad/{name}")
+    if kind == "dxiso":
+        before = parity.previous_point(spec, name)
+        return arrays.get(f"dtrain/{before}") if before else None
+    return arrays.get(key)
+
+
+def own_errors(spec, bundle, inputs: dict[str, np.ndarray], arrays: dict[str, np.ndarray], checks: set[str],
+               args: dict, phase=lambda name: None) -> dict[str, dict]:
+    """TF's own float32 error: every array the torch side returns for a cell, computed here in
+    float64 from the same weights and inputs (isolated stages fed the float32 reference's
+    inputs; the step from the float32 gradients), as ``bench.parity_metrics.array_stats``
+    (float64 = the reference) keyed by the torch side's array names."""
+    keras.config.set_floatx("float64")
+    twin = Twin(spec, bundle, "float64")
+    grads32 = None
+    if "step" in checks:
+        grads32 = [tf.constant(arrays[f"grad/{k}"], dtype="float64") for k in twin.trainable_keys]
+    exact = passes(twin, inputs, checks, args, lambda name: phase(f"own-float64-{name}"), step_grads=grads32,
+                   traced=False)
+    exact = {k: v for k, v in exact.items() if not k.startswith(("dtrain/", "bn/"))}  # bn: the isolated update
+    phase("own-float64-isolated")
+    exact.update(isolated(twin, inputs, arrays, checks))
+    phase("own-stats")
+    own = {}
+    for key, value in exact.items():
+        float32 = _float32_of(key, spec, arrays)
+        if float32 is not None:
+            own[key] = pm.array_stats(value, float32)
+    return own
 
 
 def trajectory(twin: Twin, inputs: dict[str, np.ndarray], args: dict, *, quiet: bool) -> dict[str, np.ndarray]:

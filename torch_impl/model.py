@@ -41,6 +41,11 @@ class Alignment:
     bn_biased_variance: bool = True  # Keras' moving-variance update; torch uses the unbiased one
     maxpool_padding: int = 0  # torchvision pads its stem pool by 1
     stride_on_3x3: bool = False  # torchvision's v1.5 places the stride on the 3x3
+    # Backward-only switches (training mode): the forward and the moving statistics stay the same,
+    # only gradients change; only a gradient check can see them.
+    bn_mean_grad: bool = True  # False: the batch mean is detached from the graph
+    bn_var_grad: bool = True  # False: the batch variance is detached from the graph
+    bn_affine_grad: bool = True  # False: gamma and beta get no gradient (torchvision's FrozenBatchNorm2d)
 
 
 class KerasBatchNorm2d(nn.BatchNorm2d):
@@ -51,11 +56,15 @@ class KerasBatchNorm2d(nn.BatchNorm2d):
     old running variance (C values), not another pass over the activations.
     """
 
-    def __init__(self, num_features: int, eps: float, momentum: float, biased_variance: bool = True):
+    def __init__(self, num_features: int, eps: float, momentum: float, biased_variance: bool = True,
+                 detach: tuple[str, ...] = ()):
         super().__init__(num_features, eps=eps, momentum=momentum)
         self.biased_variance = biased_variance
+        self.detach = detach  # parity ablations: "mean", "var", "affine" cut off the backward pass
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.detach:
+            return self._detached_forward(x)
         if not (self.training and self.biased_variance and self.track_running_stats):
             return super().forward(x)
         n = x.numel() // x.shape[1]
@@ -72,6 +81,41 @@ class KerasBatchNorm2d(nn.BatchNorm2d):
             self.num_batches_tracked.add_(1)
         return out
 
+    def _detached_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The same forward and moving-statistics update with the ``detach``ed parts cut off
+        the graph (a parity ablation; the aligned model never takes this path)."""
+        weight, bias = self.weight, self.bias
+        if "affine" in self.detach:
+            weight, bias = weight.detach(), bias.detach()
+        if not self.training or not ({"mean", "var"} & set(self.detach)):
+            if not self.training:
+                return F.batch_norm(x, self.running_mean, self.running_var, weight, bias, False, 0.0, self.eps)
+            n = x.numel() // x.shape[1]
+            old = self.running_var.detach().clone()
+            running_mean, running_var = self.running_mean.clone(), old.clone()
+            out = F.batch_norm(x, running_mean, running_var, weight, bias, True, self.momentum, self.eps)
+            with torch.no_grad():
+                keep = 1.0 - self.momentum
+                factor = (n - 1) / n if self.biased_variance else 1.0
+                self.running_mean.copy_(running_mean)
+                self.running_var.copy_(keep * old + (running_var - keep * old) * factor)
+                self.num_batches_tracked.add_(1)
+            return out
+        n = x.numel() // x.shape[1]
+        mean = x.mean(dim=(0, 2, 3))
+        var = x.var(dim=(0, 2, 3), unbiased=False)
+        with torch.no_grad():
+            m = self.momentum
+            self.running_mean.mul_(1.0 - m).add_(mean, alpha=m)
+            self.running_var.mul_(1.0 - m).add_(var if self.biased_variance else var * (n / (n - 1)), alpha=m)
+            self.num_batches_tracked.add_(1)
+        if "mean" in self.detach:
+            mean = mean.detach()
+        if "var" in self.detach:
+            var = var.detach()
+        scale = torch.rsqrt(var + self.eps) * weight
+        return (x - mean[None, :, None, None]) * scale[None, :, None, None] + bias[None, :, None, None]
+
 
 def _conv(layer: Layer, align: Alignment, stride: int | None = None) -> nn.Conv2d:
     padding = (layer.kernel - 1) // 2 if layer.padding == "same" else 0
@@ -80,8 +124,10 @@ def _conv(layer: Layer, align: Alignment, stride: int | None = None) -> nn.Conv2
 
 
 def _bn(layer: Layer, align: Alignment) -> KerasBatchNorm2d:
+    detach = tuple(part for part, keep in (("mean", align.bn_mean_grad), ("var", align.bn_var_grad),
+                                           ("affine", align.bn_affine_grad)) if not keep)
     return KerasBatchNorm2d(layer.out_channels, eps=align.bn_eps, momentum=align.bn_momentum,
-                            biased_variance=align.bn_biased_variance)
+                            biased_variance=align.bn_biased_variance, detach=detach)
 
 
 class Bottleneck(nn.Module):

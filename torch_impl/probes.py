@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from bench import parity
+from bench import parity_metrics as pm
 from bench.spec import ModelSpec, spec_from_args
 from bench.weights import WeightBundle
 from torch_impl import model as tm
@@ -157,8 +158,7 @@ def isolated_train(twin: Twin, x: torch.Tensor, ref: dict[str, torch.Tensor],
     out.update({f"bn/{k}": v for k, v in twin.bn_stats().items()})
     if upstream is not None:
         for key, layer, t in twin.trainable():
-            if t.grad is not None:
-                out[f"gradiso/{key}"] = twin.keras_value(key, layer, t.grad)
+            out[f"gradiso/{key}"] = _grad(twin, key, layer, t)
     return out
 
 
@@ -167,26 +167,60 @@ def _refs(inputs: dict[str, np.ndarray], prefix: str, dtype: torch.dtype) -> dic
 
 
 def probe(args: dict, inputs: dict[str, np.ndarray], job_dir: Path):
-    """Run the requested parity checks (``args['checks']``: forward, train, grad, step, trajectory)."""
+    """Run the requested parity checks (``args['checks']``: forward, train, grad, step, trajectory);
+    with ``args['own_errors']``, also this side's own float32 error (:func:`own_errors`); with
+    ``args['chaos_weights']``, the trajectory again from that (one-ulp perturbed) bundle."""
     spec = spec_from_args(args)
     checks = set(args.get("checks", parity.DEFAULT_CHECKS))
     align = tm.Alignment(**args.get("align", {}))
-    twin = Twin(spec, tw.load_file(args["weights"], spec), args.get("dtype", "float32"), align)
-    model, dtype = twin.model, twin.dtype
+    bundle = tw.load_file(args["weights"], spec)
+    twin = Twin(spec, bundle, args.get("dtype", "float32"), align)
     torch.manual_seed(int(args.get("seed", 0)))
-    x = to_torch(inputs["x"], dtype)
-    y = torch.from_numpy(inputs["y"].astype(np.int64))
-    arrays: dict[str, np.ndarray] = {}
     timing: dict[str, float] = {}
     quiet = bool(args.get("quiet"))
+    result: dict[str, Any] = {"framework": "torch"}
 
     def phase(name: str) -> None:
         timing[name] = time.perf_counter()
         if not quiet:
             print(f"[torch] parity: {name}", flush=True)
 
+    arrays = passes(twin, inputs, checks, args, phase)
+    if "trajectory" in checks:
+        phase("trajectory")
+        arrays.update(trajectory(twin, inputs, args, quiet=quiet))
+        if args.get("chaos_weights"):
+            phase("trajectory-chaos")
+            twin.bundle = tw.load_file(args["chaos_weights"], spec)
+            chaos = trajectory(twin, inputs, args, quiet=quiet)
+            arrays.update({f"chaos/{k}": v for k, v in chaos.items()})
+            twin.bundle = bundle
+    if args.get("own_errors") and checks - {"trajectory"}:
+        phase("own-build")
+        result["own"] = own_errors(spec, bundle, align, inputs, arrays, checks, args, phase)
+
+    timing["end"] = time.perf_counter()
+    names = list(timing)
+    result["seconds"] = {names[i]: round(timing[names[i + 1]] - timing[names[i]], 3) for i in range(len(names) - 1)}
+    result["threads"] = torch.get_num_threads()
+    return result, arrays
+
+
+def _grad(twin: Twin, key: str, layer, t: torch.Tensor) -> np.ndarray:
+    """A parameter's gradient in Keras layout; zeros where the graph gave it none (an ablation
+    that cuts a parameter off the backward pass)."""
+    return twin.keras_value(key, layer, t.grad if t.grad is not None else torch.zeros_like(t))
+
+
+def passes(twin: Twin, inputs: dict[str, np.ndarray], checks: set[str], args: dict, phase) -> dict[str, np.ndarray]:
+    """The forward, train/grad and step checks in the twin's dtype (the references cast to it)."""
+    model, dtype = twin.model, twin.dtype
+    x = to_torch(inputs["x"], dtype)
+    y = torch.from_numpy(inputs["y"].astype(np.int64))
+    arrays: dict[str, np.ndarray] = {}
     if "forward" in checks:
         phase("forward")
+        twin.reset()
         model.eval()
         with torch.no_grad():
             arrays.update({f"fwd/{p}": to_keras(t) for p, t in points(model, x).items()})
@@ -206,7 +240,7 @@ def probe(args: dict, inputs: dict[str, np.ndarray], job_dir: Path):
         if "grad" in checks:
             loss.backward()
             for key, layer, t in twin.trainable():
-                arrays[f"grad/{key}"] = twin.keras_value(key, layer, t.grad)
+                arrays[f"grad/{key}"] = _grad(twin, key, layer, t)
         ref = _refs(inputs, "ref/train/", dtype)
         upstream = _refs(inputs, "ref/dtrain/", dtype) if "grad" in checks else None
         if ref:
@@ -230,15 +264,19 @@ def probe(args: dict, inputs: dict[str, np.ndarray], job_dir: Path):
                 if moments is not None:
                     arrays[f"{label}_m/{key}"] = twin.keras_value(key, layer, moments[0])
                     arrays[f"{label}_v/{key}"] = twin.keras_value(key, layer, moments[1])
+    return arrays
 
-    if "trajectory" in checks:
-        phase("trajectory")
-        arrays.update(trajectory(twin, inputs, args, quiet=quiet))
 
-    timing["end"] = time.perf_counter()
-    names = list(timing)
-    seconds = {names[i]: round(timing[names[i + 1]] - timing[names[i]], 3) for i in range(len(names) - 1)}
-    return {"framework": "torch", "seconds": seconds, "threads": torch.get_num_threads()}, arrays
+def own_errors(spec: ModelSpec, bundle: WeightBundle, align: tm.Alignment, inputs: dict[str, np.ndarray],
+               arrays: dict[str, np.ndarray], checks: set[str], args: dict, phase=lambda name: None) -> dict[str, dict]:
+    """This side's own float32 error: the same model (same alignment) in float64, on the same
+    weights, inputs and references (cast), every array as ``bench.parity_metrics.array_stats``
+    against the float32 one (float64 = the reference)."""
+    twin = Twin(spec, bundle, "float64", align)
+    exact = passes(twin, inputs, checks, args, lambda name: phase(f"own-float64-{name}"))
+    phase("own-stats")
+    return {key: pm.array_stats(value, arrays[key])
+            for key, value in exact.items() if key in arrays}
 
 
 def trajectory(twin: Twin, inputs: dict[str, np.ndarray], args: dict, *, quiet: bool) -> dict[str, np.ndarray]:
