@@ -231,38 +231,62 @@ def prediction_grid(images: Sequence[np.ndarray], true: Sequence[int], predicted
 
 # ---- parity -----------------------------------------------------------------------------------------
 def parity_errors(errors: pd.DataFrame, *, order: Sequence[str], conditions: str = "") -> Figure:
-    """Per-block relative error, log scale, one series per check, each with its tolerance line.
+    """Per-block cross-framework error, log scale, one series per check with each cell's limit
+    dotted; where the cells were calibrated, a second panel with the ratio of the cross error to
+    the larger of the two frameworks' own float32 errors (the pass line at K).
 
-    ``errors`` columns: check, block, max_rel, tolerance (per check), passed. ``order`` is the probe
-    points in model order (x axis). An exact zero is drawn at the floor and said so.
+    ``errors`` columns: check, block, value (the deciding metric; older records: max_rel), limit
+    (or tolerance), passed, and optionally ratio. ``order`` is the probe points in model order
+    (x axis). An exact zero is drawn at the floor and said so.
     """
-    fig = Figure(figsize=(12, 4.8))
-    ax = fig.subplots()
+    from bench.parity_metrics import K
+
+    errors = errors.copy()
+    if "value" not in errors:
+        errors["value"] = errors["max_rel"]
+    if "limit" not in errors:
+        errors["limit"] = errors.get("tolerance")
+    ratios = errors["ratio"].notna() if "ratio" in errors else pd.Series(False, index=errors.index)
+    calibrated = bool(ratios.any())
+    fig = Figure(figsize=(14 if calibrated else 12, 4.8))
+    axes = fig.subplots(1, 2, width_ratios=(3, 2)) if calibrated else [fig.subplots()]
+    ax = axes[0]
     positions = {b: i for i, b in enumerate(order)}
     data = errors[errors["block"].isin(positions)].copy()
-    positive = data["max_rel"][data["max_rel"] > 0]
+    values = data["value"].astype(float)
+    positive = values[values > 0]
     floor = float(positive.min()) / 10 if len(positive) else 1e-12
     for k, (check, rows) in enumerate(data.groupby("check", sort=False)):
         c = CYCLE[k % len(CYCLE)]
         rows = rows.assign(x=rows["block"].map(positions)).sort_values("x")
-        y = rows["max_rel"].clip(lower=floor)
+        y = rows["value"].astype(float).clip(lower=floor)
         ax.plot(rows["x"], y, "-o", color=c, markersize=4, label=check)
         failed = rows[~rows["passed"].astype(bool)] if "passed" in rows else rows.iloc[0:0]
         if len(failed):
-            ax.plot(failed["x"], failed["max_rel"].clip(lower=floor), "x", color="#d93025", markersize=10,
-                    markeredgewidth=2)
-        tol = rows["tolerance"].dropna().unique() if "tolerance" in rows else []
-        if len(tol) == 1:
-            ax.axhline(float(tol[0]), color=c, linestyle=":", linewidth=1.2)
+            ax.plot(failed["x"], failed["value"].astype(float).clip(lower=floor), "x", color="#d93025",
+                    markersize=10, markeredgewidth=2)
+        limits = rows["limit"].dropna().astype(float)
+        if limits.nunique() == 1:
+            ax.axhline(float(limits.iloc[0]), color=c, linestyle=":", linewidth=1.2)
+        elif len(limits):
+            ax.plot(rows.loc[limits.index, "x"], limits, ":", color=c, linewidth=1.2)
+        if calibrated and rows["ratio"].notna().any():
+            r = rows[rows["ratio"].notna()]
+            axes[1].plot(r["x"], r["ratio"].astype(float).clip(lower=1e-3), "-o", color=c, markersize=3, label=check)
     if not len(data):
         _empty(ax, "no per-block parity errors recorded")
     else:
-        ax.set_yscale("log")
-        ax.set_xticks(range(len(order)), list(order), rotation=60, fontsize=8)
+        for a in axes:
+            a.set_yscale("log")
+            a.set_xticks(range(len(order)), list(order), rotation=60, fontsize=8)
+            a.grid(alpha=0.3, which="both", axis="y")
         ax.legend(fontsize=8, ncol=2, loc="upper left")
-    ax.set_ylabel("max |a - b| / max |ref|")
-    ax.set_title("Parity TF vs torch per block (dotted: each check's tolerance; red x: failed)")
-    ax.grid(alpha=0.3, which="both", axis="y")
+    ax.set_ylabel("cross error (max|a-b|/max|ref|; grads: ||a-b||/||ref||)" if calibrated else "max |a - b| / max |ref|")
+    ax.set_title("Parity TF vs torch per block (dotted: limits; red x: failed)")
+    if calibrated:
+        axes[1].axhline(K, color="#d93025", linestyle="--", linewidth=1.2)
+        axes[1].set_title(f"cross / max(own TF, own torch); pass <= {K:g} (dashed)")
+        axes[1].set_ylabel("ratio to own float32 error")
     footer(fig, conditions, f"errors of exactly 0 are drawn at {floor:.0e}")
     return fig
 
@@ -286,6 +310,11 @@ def parity_trajectory(curve: dict, *, conditions: str = "") -> Figure:
         values = np.asarray(curve.get(key) or [], dtype=float)
         if len(values):
             right.plot(steps[:len(values)], np.clip(values, 1e-16, None), "-o", markersize=3, color=CYCLE[k], label=what)
+    for fw in ("tf", "torch"):  # each framework against itself from the bundle moved by one ulp
+        chaos = np.asarray((curve.get(f"chaos_{fw}") or {}).get("param_rel") or [], dtype=float)
+        if len(chaos):
+            right.plot(steps[:len(chaos)], np.clip(chaos, 1e-16, None), ":", color=color(fw),
+                       label=f"{label(fw)} vs itself, bundle +1 ulp (weights)")
     right.set_yscale("log")
     right.set_title("Relative difference TF vs torch after each step")
     right.set_xlabel("step")

@@ -244,11 +244,12 @@ def check_summary(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
             return value / c["limit"] if c["limit"] else math.inf
 
         row, worst = max(cells, key=score)
-        limits = [c["limit"] for _, c in cells if c["limit"] is not None]
+        limits = sorted(c["limit"] for _, c in cells if c["limit"] is not None)
         out[column] = {"metric": worst["metric"], "judge": worst.get("judge"), "cells": len(cells),
                        "failing": sum(not c["ok"] for _, c in cells), "worst_block": row, "value": worst["value"],
                        "own_tf": worst.get("own_tf"), "own_torch": worst.get("own_torch"), "ratio": worst.get("ratio"),
-                       "limit": worst["limit"], "loosest_limit": max(limits) if limits else None,
+                       "limit": worst["limit"], "loosest_limit": limits[-1] if limits else None,
+                       "median_limit": limits[len(limits) // 2] if limits else None,
                        "fixed_tol": worst.get("fixed_tol", worst["limit"] if worst.get("judge") == "fixed" else None)}
     return out
 
@@ -302,16 +303,20 @@ def format_table(result: dict[str, Any]) -> str:
                       f" (traj: against itself from the bundle moved one ulp); pass <= {j['k']:g}, floor {j['floor']:.1e}",
                   ""]
         grid("ratio")
-    lines += ["", f"{'check':<10}{'metric':>9}{'worst at':>9}{'cross':>9}{'own TF':>9}{'own torch':>10}{'ratio':>7}"
-                  f"{'limit':>9}{'loosest':>9}{'fixed':>8}{'tighter':>8}"]
+    lines += ["", "per check: the cell nearest its limit (cross, own errors, ratio, limit there); the median and "
+                  "loosest limit over the cells; the fixed table's tolerance, and how much tighter (median/loosest)",
+              f"{'check':<10}{'metric':>9}{'worst at':>9}{'cross':>9}{'own TF':>9}{'own torch':>10}{'ratio':>7}"
+                  f"{'limit':>9}{'median':>9}{'loosest':>9}{'fixed':>8}{'tighter':>14}"]
     for column, s in check_summary(result).items():
-        fixed, loosest = s["fixed_tol"], s["loosest_limit"]
-        tighter = f"{fixed / loosest:.0f}x" if fixed and loosest and s["judge"] == "calibrated" else "-"
+        fixed, loosest, median = s["fixed_tol"], s["loosest_limit"], s["median_limit"]
+        tighter = (f"{fixed / median:.0f}x/{fixed / loosest:.0f}x" if fixed and loosest and s["judge"] == "calibrated"
+                   else "-")
         lines.append(f"{column:<10}{s['metric']:>9}{s['worst_block']:>9}{_num(s['value']):>9}"
                      f"{_num(s['own_tf']) if s['own_tf'] is not None else '-':>9}"
-                     f"{_num(s['own_torch']) if s['own_torch'] is not None else '-':>10}"
+                     f"{_num(s['own_torch']) if s['own_torch'] is not None else '-':>10} "
                      f"{_num(s['ratio'], '.2g') if s['ratio'] is not None or s['judge'] == 'calibrated' else '-':>7}"
-                     f"{_num(s['limit']):>9}{_num(loosest):>9}{_num(fixed, '.0e') if fixed else '-':>8}{tighter:>8}")
+                     f"{_num(s['limit']):>9}{_num(median):>9}{_num(loosest):>9}{_num(fixed, '.0e') if fixed else '-':>8}"
+                     f"{tighter:>14}")
     loss = result.get("loss")
     if loss:
         lines.append("")

@@ -39,7 +39,7 @@ import pandas as pd
 
 from bench import atomic
 from bench.errors import UserError
-from bench.runset import (Record, Run, load_runs, metrics, parity_result, parity_rows, record_threads,
+from bench.runset import (Record, Run, load_runs, metrics, parity_result, record_threads,
                           record_versions)
 
 FW = ("tf", "torch")
@@ -242,11 +242,32 @@ def bench_rows(record: Record) -> pd.DataFrame:
 
 
 def _worst_parity(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The cell closest to (or furthest past) its tolerance."""
-    scored = [r for r in rows if isinstance(r["max_rel"], (int, float)) and r.get("tolerance")]
+    """The cell closest to (or furthest past) its limit."""
+    scored = [r for r in rows if isinstance(r["value"], (int, float)) and r.get("limit")]
     if not scored:
         return None
-    return max(scored, key=lambda r: r["max_rel"] / r["tolerance"])
+    return max(scored, key=lambda r: r["value"] / r["limit"])
+
+
+def parity_cells(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per (check, block) cell of a parity result, in table order: the deciding metric's cross
+    error (``value``), its ``limit``, both frameworks' own errors and the ratio (calibrated
+    cells), max_rel, passed. Records from before calibrated tolerances read as fixed cells."""
+    table = result.get("table") or {}
+    out = []
+    for block in result.get("rows", []):
+        for check in result.get("columns", []):
+            cell = (table.get(block) or {}).get(check)
+            if not cell:
+                continue
+            max_rel = math.inf if cell.get("max_rel") is None else cell["max_rel"]
+            value = cell.get("value", cell.get("max_rel"))
+            out.append({"check": check, "block": block, "metric": cell.get("metric", "max_rel"),
+                        "judge": cell.get("judge", "fixed"), "value": math.inf if value is None else value,
+                        "limit": cell.get("limit", cell.get("tol")), "own_tf": cell.get("own_tf"),
+                        "own_torch": cell.get("own_torch"), "ratio": cell.get("ratio"), "max_rel": max_rel,
+                        "fixed_tol": cell.get("fixed_tol", cell.get("tol")), "passed": bool(cell.get("ok"))})
+    return out
 
 
 # ---- sections -----------------------------------------------------------------------------------------
@@ -277,12 +298,12 @@ class Builder:
 
         if parity:
             result = parity_result(parity.doc)
-            prow = parity_rows(parity.doc)
-            worst = _worst_parity(prow)
+            worst = _worst_parity(parity_cells(result))
             verdict = str(result.get("verdict", "?")).upper()
             first = result.get("first_failure")
             where = (f"first failure: {first['check']} at {first['block']}" if first else
-                     f"worst: {worst['check']} at {worst['block']} {worst['max_rel']:.1e} (tolerance {worst['tolerance']:.0e})"
+                     f"closest: {worst['check']} at {worst['block']} {worst['value']:.1e} (limit {worst['limit']:.1e}"
+                     + (f", {worst['ratio']:.2g} x its own error" if worst.get("ratio") is not None else "") + ")"
                      if worst else "")
             cfg = result.get("config", {})
             add(f"parity ({len(result.get('columns', []))} checks x {len(result.get('rows', []))} points, "
@@ -513,13 +534,20 @@ class Builder:
             return s
         result = parity_result(record.doc)
         cfg = result.get("config", {})
-        rows = parity_rows(record.doc)
+        rows = parity_cells(result)
         verdict = str(result.get("verdict", "?")).upper()
         first = result.get("first_failure")
         s.p(f"**{verdict}**: TensorFlow is the reference; {len(rows)} cells ({len(result.get('columns', []))} checks "
             f"x {len(result.get('rows', []))} probe points), {cfg.get('dtype')}, batch {cfg.get('batch')} at "
             f"{cfg.get('input_size')} px." + (f" First divergent block: {first['block']} ({first['check']}): "
                                               f"{first.get('reason', '')}." if first else ""))
+        judge = result.get("judge") or {}
+        if judge.get("mode") == "calibrated":
+            s.p(f"Tolerances calibrated in this run: each framework's float32 error against its own float64 on the "
+                f"same weights and inputs (the trajectory: against itself from the bundle moved by one ulp); a cell "
+                f"passes when the cross-framework error is at most {judge.get('k', 2):g} x the larger own error "
+                f"(floor {judge.get('floor', 0):.1e}). Gradients and the trajectory by the normwise error "
+                f"||a-b||/||ref|| per tensor; the rest by max|a-b|/max|ref|.")
         frame = pd.DataFrame(rows)
         if len(frame):
             try:
@@ -532,9 +560,11 @@ class Builder:
                     f"{machine_text(record)}; commit {_short_commit(record.commit)}; one measurement per cell "
                     f"(deterministic: a repeat gives the same numbers)")
             s.figure(self.save("parity.png", figures.parity_errors(frame, order=order, conditions=cond)),
-                     "Max relative error max|a-b|/max|ref| per probe point, one line per check; dotted lines: "
-                     "each check's tolerance.")
-            s.table(self.parity_summary(frame, result), "Per check: the worst cell and the first failing block")
+                     "Cross-framework error per probe point, one line per check (max|a-b|/max|ref|; gradients "
+                     "and trajectory ||a-b||/||ref|| when calibrated); dotted: each cell's limit. Right: the "
+                     "ratio to the larger of the two frameworks' own float32 errors.")
+            s.table(self.parity_summary(frame, result), "Per check: the cell nearest its limit (cross error, own "
+                                                        "errors, ratio), the limits, and the first failing block")
         ablations = record.doc.get("ablations") if record.doc.get("format") == "twinbench.parity-ablations" else None
         if ablations:
             s.h3("What each known mismatch costs")
@@ -557,10 +587,16 @@ class Builder:
     def parity_summary(self, frame: pd.DataFrame, result: dict[str, Any]) -> pd.DataFrame:
         rows = []
         for check, sub in frame.groupby("check", sort=False):
-            worst = sub.loc[sub["max_rel"].astype(float).idxmax()]
+            score = sub["value"].astype(float) / sub["limit"].astype(float)
+            worst = sub.loc[score.idxmax()]
             failing = sub[~sub["passed"]]
-            rows.append({"check": check, "tolerance": fmt_num(worst["tolerance"], ".0e"),
-                         "worst max_rel": fmt_num(float(worst["max_rel"]), ".2e"), "at": worst["block"],
+            limits = sub["limit"].astype(float).sort_values()
+            rows.append({"check": check, "metric": worst["metric"], "judge": worst["judge"], "at": worst["block"],
+                         "cross error": fmt_num(float(worst["value"]), ".2e"),
+                         "own TF": fmt_num(worst["own_tf"], ".1e"), "own torch": fmt_num(worst["own_torch"], ".1e"),
+                         "ratio": fmt_num(worst["ratio"], ".2g"), "limit there": fmt_num(worst["limit"], ".1e"),
+                         "median limit": fmt_num(float(limits.iloc[len(limits) // 2]), ".1e"),
+                         "fixed tolerance": fmt_num(worst["fixed_tol"], ".0e"),
                          "cells": len(sub), "failing": len(failing),
                          "first failing block": failing["block"].iloc[0] if len(failing) else "-"})
         return pd.DataFrame(rows)
@@ -574,8 +610,10 @@ class Builder:
             expected = a.get("expected") or {}
             rows.append({"ablation": name, "what it switches off": a.get("description", ""),
                          "first failure": f"{check} at {first.get('block')}" if first else "none (not detected)",
-                         "max_rel there": fmt_num(first.get("max_rel"), ".1e"),
-                         "x tolerance": fmt_num(_ratio(first.get("max_rel"), first.get("tol")), ".3g"),
+                         "error there": fmt_num(first.get("value", first.get("max_rel")), ".1e"),
+                         "x its limit": fmt_num(_ratio(first.get("value", first.get("max_rel")),
+                                                       first.get("limit", first.get("tol"))), ".3g"),
+                         "x own error": fmt_num(first.get("ratio"), ".3g"),
                          "worst forward": fmt_num(worst.get("forward"), ".1e"),
                          "expected": f"{expected.get('check')} at {expected.get('block')}" if expected else "-",
                          "as expected": {True: "yes", False: "no"}.get(a.get("detected"), "-")})
