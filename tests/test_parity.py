@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 
 from bench import parity
+from bench import parity_metrics as pm
+from bench import parity_table
 from bench.errors import UserError
 from bench.spec import build_spec
 
@@ -91,6 +93,126 @@ def test_owners_and_trajectory_sample_cover_every_weight():
     assert offsets["conv1/bias"].start == offsets["conv1/kernel"].stop
 
 
+def test_array_stats_give_normwise_error_and_cosine_as_numpy_does():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(3, 50, 7))
+    other = (ref + 1e-6 * rng.normal(size=ref.shape)).astype(np.float32)
+    s = pm.array_stats(ref, other)
+    d = ref - other.astype(np.float64)
+    assert pm.norm_rel(s) == pytest.approx(np.linalg.norm(d) / np.linalg.norm(ref), rel=1e-9)
+    o = other.astype(np.float64).ravel()
+    cos = ref.ravel() @ o / (np.linalg.norm(ref) * np.linalg.norm(o))
+    assert 1 - pm.cosine(s) == pytest.approx(1 - cos, rel=1e-4)  # 1 - cos ~ 1e-12: no cancellation
+    assert s["max_abs"] == pytest.approx(np.abs(d).max()) and s["scale"] == pytest.approx(np.abs(ref).max())
+    assert tuple(s["where"]["index"]) == np.unravel_index(np.argmax(np.abs(d)), d.shape)
+    # A chunked pass (chunks smaller than the array) gives the same numbers.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pm, "CHUNK", 64)
+        chunked = pm.array_stats(ref, other)
+    assert chunked["where"] == s["where"] and chunked["d2"] == pytest.approx(s["d2"], rel=1e-12)
+    assert pm.cosine(pm.array_stats(ref, -ref)) == pytest.approx(-1.0)
+    assert pm.norm_rel(pm.array_stats(np.zeros(3), np.zeros(3))) == 0.0
+
+
+def test_normwise_error_is_not_one_elements_error():
+    """A ReLU derivative flipped by the last bit: one element of 10^5 off by its whole value.
+    max_rel says 1, the normwise error of the tensor says 0.3%."""
+    ref = np.ones(100_000)
+    other = ref.copy()
+    other[17] = 0.0
+    s = pm.array_stats(ref, other)
+    assert pm.group({"t": s})["max_rel"] == 1.0
+    assert pm.norm_rel(s) == pytest.approx(1 / math.sqrt(100_000))
+
+
+def _sides(x, a, b):
+    """Cross, own TF, own torch stats for one array: a and b two float32 computations of x."""
+    return ({"": {"t": pm.array_stats(a, b)}}, {"": {"t": pm.array_stats(x, a)}}, {"": {"t": pm.array_stats(x, b)}})
+
+
+@pytest.mark.parametrize("metric", ["max_rel", "norm_rel"])
+def test_calibrated_judge_passes_rounding_and_fails_a_small_bug(metric):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=4096)  # the exact value
+    a = (x * (1 + 6e-8 * rng.normal(size=x.shape))).astype(np.float32)  # two ways to round it
+    b = (x * (1 + 6e-8 * rng.normal(size=x.shape))).astype(np.float32)
+    cell = pm.judge_calibrated(*_sides(x, a, b), metric)
+    assert cell["ok"] and cell["ratio"] <= pm.K and cell["own_tf"] > 0 and cell["own_torch"] > 0
+    assert cell["limit"] == pytest.approx(pm.K * max(cell["own_tf"], cell["own_torch"]))
+    # A bug 20x float32's rounding (a relative 1e-6 on every element) fails, though far below
+    # any fixed float32 tolerance in TOLERANCES.
+    bug = (x * (1 + 1e-6)).astype(np.float32)
+    cross, own_tf, _ = _sides(x, a, bug)
+    own_torch = {"": {"t": pm.array_stats(x * (1 + 1e-6), bug)}}  # the bug's own float64 has it too
+    cell = pm.judge_calibrated(cross, own_tf, own_torch, metric)
+    assert not cell["ok"] and cell["ratio"] > 5 and "x own" in cell["reason"]
+    assert cell["value"] < parity.TOLERANCES["float32"]["isolated"]
+
+
+def test_calibrated_judge_floor_and_per_tensor_units():
+    x = np.linspace(-1, 1, 64)
+    exact = x.astype(np.float32)  # both sides exact: own errors 0, cross 0 -> the floor decides
+    cell = pm.judge_calibrated(*_sides(exact.astype(np.float64), exact, exact), "norm_rel")
+    assert cell["ok"] and cell["limit"] == pm.FLOOR
+    off = exact.copy()
+    off[3] = np.nextafter(off[3], np.float32(2))  # one ulp: below the floor in norm
+    assert pm.judge_calibrated(*_sides(exact.astype(np.float64), exact, off), "norm_rel")["ok"]
+    # Per tensor: a tensor with large own error does not loosen another's limit.
+    rng = np.random.default_rng(2)
+    noisy_x = rng.normal(size=256) * 1e-9  # e.g. a conv bias before BN: exact gradient ~0
+    noisy_a, noisy_b = noisy_x + 1e-9 * rng.normal(size=256), noisy_x + 1e-9 * rng.normal(size=256)
+    clean_a = (x * (1 + 1e-5)).astype(np.float32)  # 1e-5 off, own errors ~1e-8
+    cross = {"": {"noisy": pm.array_stats(noisy_a, noisy_b), "clean": pm.array_stats(exact, clean_a)}}
+    own_tf = {"": {"noisy": pm.array_stats(noisy_x, noisy_a), "clean": pm.array_stats(x, exact)}}
+    own_torch = {"": {"noisy": pm.array_stats(noisy_x, noisy_b), "clean": pm.array_stats(x * (1 + 1e-5), clean_a)}}
+    cell = pm.judge_calibrated(cross, own_tf, own_torch, "norm_rel")
+    assert not cell["ok"] and cell["unit"] == "clean"
+    # Without the noisy tensor's own error the clean one would decide alone: same verdict.
+    assert cell["value"] == pytest.approx(pm.norm_rel(cross[""]["clean"]))
+
+
+def test_cross_error_is_within_twice_the_larger_own_error():
+    """The triangle inequality K = 2 rests on: |a - b| <= |a - x| + |x - b|, max-abs and norm."""
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        x = rng.normal(size=1000) * rng.uniform(1e-3, 1e3)
+        a = x + rng.normal(size=x.shape) * rng.uniform(0, 1e-5) * np.abs(x).max()
+        b = x + rng.normal(size=x.shape) * rng.uniform(0, 1e-5) * np.abs(x).max()
+        for metric in ("max_rel", "norm_rel"):
+            cell = pm.judge_calibrated(*_sides(x, a, b), metric, floor=0.0)
+            assert cell["ratio"] <= 2.0 * (1 + 1e-6), (metric, cell["ratio"])
+
+
+def test_build_table_calibrates_all_but_the_input_row():
+    spec = build_spec("resnet50", 10, 64, "global")
+    rng = np.random.default_rng(4)
+    exact = rng.normal(size=(2, 15, 15, 64))
+    ref = {"fwd/stem": exact.astype(np.float32)}
+    other = {"fwd/stem": (exact * (1 + 1e-7)).astype(np.float32)}
+    own = {"tf": {"fwd/stem": pm.array_stats(exact, ref["fwd/stem"])},
+           "torch": {"fwd/stem": pm.array_stats(exact, other["fwd/stem"])}}
+    inputs = (np.zeros((2, 64, 64, 3), np.float32), np.zeros((2, 64, 64, 3), np.float32))
+    table = parity_table.build_table(spec, ref, other, ["input", "forward"], parity.TOLERANCES["float32"],
+                                     inputs, own)["table"]
+    assert table["stem"]["forward"]["judge"] == "calibrated" and table["stem"]["forward"]["ok"]
+    assert table["stem"]["forward"]["fixed_tol"] == 1e-3
+    assert table["input"]["input"]["judge"] == "fixed" and table["input"]["input"]["tol"] == 1e-4
+    fixed = parity_table.build_table(spec, ref, other, ["forward"], parity.TOLERANCES["float32"])["table"]
+    assert fixed["stem"]["forward"]["judge"] == "fixed" and fixed["stem"]["forward"]["limit"] == 1e-3
+
+
+def test_one_ulp_moves_every_float_by_exactly_one_ulp():
+    from bench.weights import WeightBundle
+    bundle = WeightBundle({"w": np.linspace(-2, 2, 1001, dtype=np.float32), "n": np.arange(3)}, {"source": "t"})
+    moved = parity.one_ulp(bundle, seed=0)
+    w, m = bundle.arrays["w"], moved.arrays["w"]
+    ulps = np.abs(m.view(np.int32).astype(np.int64) - w.view(np.int32).astype(np.int64))
+    nonzero = w != 0
+    assert np.all(ulps[nonzero] == 1) and m.dtype == np.float32
+    assert 0.3 < np.mean(m > w) < 0.7  # up and down
+    assert np.array_equal(moved.arrays["n"], bundle.arrays["n"])
+
+
 def test_config_errors_are_one_line_user_errors(tmp_path):
     with pytest.raises(UserError, match="--checks speed: choose from forward, train, grad, step, trajectory"):
         parity.ParityConfig(checks=("speed",)).validate()
@@ -134,6 +256,17 @@ def test_default_parity_passes_every_check(table):
     iso = max(base["table"][r]["isolated"]["max_rel"] for r in rows if base["table"][r]["isolated"])
     chained = max(base["table"][r]["forward"]["max_rel"] for r in rows if base["table"][r]["forward"])
     assert iso < 1e-5 and chained > 3 * iso
+    # Every cell calibrated: both frameworks measured their own float32 error, and the aligned
+    # port's cross error stays within K of the larger one (the triangle inequality's bound).
+    assert base["judge"]["mode"] == "calibrated" and base["judge"]["torch_own"] == "candidate"
+    cells = [c for r in rows for c in base["table"][r].values() if c]
+    assert all(c["judge"] == "calibrated" for c in cells)
+    assert all(c["own_tf"] > 0 and c["own_torch"] > 0 for c in cells if c["value"] > 0)
+    assert max(c["ratio"] for c in cells) <= parity.pm.K * parity.pm.SLACK
+    # Gradients by the normwise error per tensor; their limits far below the fixed 0.5.
+    grad_iso = [base["table"][r]["grad-iso"] for r in rows if base["table"][r]["grad-iso"]]
+    assert all(c["metric"] == "norm_rel" for c in grad_iso)
+    assert np.median([c["limit"] for c in grad_iso]) < 1e-4
     json.dumps(base, allow_nan=False)  # regression tracking reads it: strict JSON
 
 
@@ -143,12 +276,28 @@ def test_default_parity_passes_every_check(table):
     ("bn-variance", "bn", "stem"),  # n/(n-1) with n = 2*32*32 at 64 px (at 224 px the stem is too wide)
     ("adam-eps", "adam", "stem"),
     ("stride-3x3", "isolated", "3a"),  # 2a has stride 1: v1 and v1.5 agree there
+    # Backward only: forward and BN statistics as aligned, so only a gradient check can fail.
+    ("bn-var-detached", "grad-iso", "stem"),
+    ("bn-stats-detached", "grad-iso", "stem"),
+    ("bn-frozen-affine", "grad-iso", "stem"),
 ])
 def test_each_ablation_fails_its_check_at_its_block(table, name, check, block):
     summary = table["ablations"][name]
     first = summary["first_failure"]
     assert (first["check"], first["block"]) == (check, block), first
     assert summary["detected"]
+
+
+def test_backward_only_ablations_leave_every_forward_cell_passing(table):
+    for name in ("bn-var-detached", "bn-stats-detached", "bn-frozen-affine"):
+        result = table["results"][name]
+        for column in ("isolated", "forward", "train-iso", "train", "bn"):
+            assert all(result["table"][r][column]["ok"] for r in result["rows"] if result["table"][r].get(column)), \
+                (name, column)
+        # Judged with the aligned port's own errors (the table runs no float64 pass per ablation).
+        assert result["judge"]["torch_own"] == "aligned baseline"
+        stem = result["table"]["stem"]["grad-iso"]
+        assert stem["ratio"] > 100, (name, stem)
 
 
 def test_sgd_is_the_control_for_adam_eps(table):
@@ -162,8 +311,8 @@ def test_cli_exit_1_names_first_block_and_check(tmp_path):
     isolated blocks after it still pass, chained ones cannot even be compared."""
     out = tmp_path / "parity.json"
     proc = subprocess.run([sys.executable, "-m", "bench.cli", "parity", "--input-size", "64", "--pooling", "global",
-                           "--checks", "forward", "--ablate", "maxpool-pad", "--no-calibrate", "--json", str(out),
-                           "--quiet"],
+                           "--checks", "forward", "--ablate", "maxpool-pad", "--no-calibrate", "--fixed-tolerances",
+                           "--json", str(out), "--quiet"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
@@ -171,6 +320,7 @@ def test_cli_exit_1_names_first_block_and_check(tmp_path):
     result = json.loads(out.read_text())
     assert result["verdict"] == "fail" and result["ablation"] == {"maxpool-pad": parity.ABLATIONS["maxpool-pad"].description}
     assert result["table"]["2a"]["isolated"]["ok"] and not result["table"]["2a"]["forward"]["shape_ok"]
+    assert result["judge"]["mode"] == "fixed" and result["table"]["2a"]["isolated"]["limit"] == 1e-5
     assert "FAIL: first divergent block stem, check isolated" in proc.stdout
 
 
@@ -225,4 +375,36 @@ def test_manifest_batch_and_pipeline_ablations(tmp_path):
         result = table["results"][name]
         assert (result["first_failure"]["check"], result["first_failure"]["block"]) == ("input", "input")
         assert len(result["failures"]) == 1  # the models read the same (aligned) batch
+    assert table["verdict"] == "pass"
+
+
+@pytest.mark.slow
+def test_float32_trajectory_is_judged_against_its_chaos_baseline(tmp_path):
+    from bench.runner import WorkerConfig
+    config = parity.ParityConfig(**SMALL, checks=("trajectory",), steps=3, work_dir=str(tmp_path))
+    result = parity.run_parity(config, WorkerConfig(quiet=True))
+    assert result["verdict"] == "pass", parity.format_table(result)
+    cells = [result["table"][r]["traj"] for r in result["rows"] if result["table"][r]["traj"]]
+    assert all(c["judge"] == "calibrated" and c["metric"] == "norm_rel" for c in cells)
+    assert all(c["own_tf"] > 0 and c["own_torch"] > 0 for c in cells)  # one ulp moved every trajectory
+    curve = result["trajectory"]
+    assert len(curve["chaos_tf"]["param_rel"]) == 3 and len(curve["chaos_torch"]["param_rel"]) == 3
+    assert (tmp_path / "chaos.npz").is_file()
+
+
+@pytest.mark.slow
+def test_resnet50_c3_passes_every_check_and_its_ablations_fail(tmp_path):
+    """resnet50_c3 at 64 px: every check group, calibrated; the backward-only ablation fails a
+    gradient check at the stem, bn-eps a forward check."""
+    from bench.runner import WorkerConfig
+    config = parity.ParityConfig(**SMALL, model="resnet50_c3", checks=tuple(parity.CHECK_GROUPS), steps=3,
+                                 work_dir=str(tmp_path))
+    table = parity.run_ablation_table(config, WorkerConfig(quiet=True), ("bn-eps", "bn-var-detached", "adam-eps"))
+    base = table["results"]["baseline"]
+    assert base["verdict"] == "pass", parity.format_table(base)
+    assert "traj" in base["columns"] and base["judge"]["mode"] == "calibrated"
+    first = table["ablations"]["bn-var-detached"]["first_failure"]
+    assert (first["check"], first["block"]) == ("grad-iso", "stem")
+    assert table["ablations"]["bn-eps"]["first_failure"]["check"] == "isolated"
+    assert table["ablations"]["adam-eps"]["first_failure"]["check"] == "adam"
     assert table["verdict"] == "pass"

@@ -92,3 +92,30 @@ def test_float64_model_needs_float64_floatx_for_the_exact_loss(floatx):
     recovered = float(keras.losses.SparseCategoricalCrossentropy()(y, model(x)))
     assert clipped <= 16.2 < exact
     assert recovered == pytest.approx(exact, rel=1e-12)
+
+
+def test_isolated_stages_reproduce_the_chained_reference():
+    """tf_impl.probes.stages: sub-models between probe points share the model's layers; fed the
+    chained outputs they give the chained outputs again, and the isolated float32 pass of the
+    own-error measurement agrees with the chained float32 reference (same dtype: exactly)."""
+    from bench.spec import build_spec
+    from bench.weights import random_bundle
+    from tf_impl import probes
+
+    spec = build_spec("resnet50", 10, 32, "global")
+    twin = probes.Twin(spec, random_bundle(spec, seed=0), "float32")
+    rng = np.random.default_rng(0)
+    inputs = {"x": rng.uniform(0, 1, (2, 32, 32, 3)).astype(np.float32), "y": np.array([1, 2])}
+    arrays = probes.passes(twin, inputs, {"forward", "train", "grad"}, {}, lambda name: None)
+    parts = probes.stages(twin)
+    assert [p for p, _, _ in parts] == ["stem"] + [b.id for b in spec.blocks] + ["pool"]
+    iso = probes.isolated(twin, inputs, arrays, {"forward", "train", "grad"})
+    for point in ("stem", "2a", "3a", "5c", "pool", "logits"):
+        np.testing.assert_allclose(iso[f"iso/{point}"], arrays[f"fwd/{point}"], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(iso[f"triso/{point}"], arrays[f"train/{point}"], rtol=1e-4, atol=1e-4)
+    # The isolated backward (fed the chained upstream gradients) gives the chained gradients.
+    for key in ("conv1/kernel", "2a_conv_block_conv1/kernel", "fc1000/kernel"):
+        ref = arrays[f"grad/{key}"]
+        np.testing.assert_allclose(iso[f"gradiso/{key}"], ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max())
+    np.testing.assert_allclose(iso["dxiso/2b"], arrays["dtrain/2a"], rtol=1e-3,
+                               atol=1e-3 * np.abs(arrays["dtrain/2a"]).max())
