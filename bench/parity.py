@@ -1,6 +1,7 @@
 """Per-block numeric parity between the Keras model and its PyTorch port, forward to training.
 
-    twinbench parity                                 # defaults: < 3 min on 2 cores
+    twinbench parity                                 # defaults: ~2 min on 2 cores, calibrated float32
+    twinbench parity --fixed-tolerances              # float32 by the fixed table (no float64 pass)
     twinbench parity --dtype float64 --json parity.json
     twinbench parity --checks forward,grad --input-size 64 --pooling global
     twinbench parity --checks all --steps 20         # adds the K-step training trajectory
@@ -99,7 +100,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import os
 import sys
 import tempfile
