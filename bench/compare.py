@@ -17,7 +17,10 @@ metric name or a dotted prefix of one (``throughput`` covers ``throughput.train`
 
 Where both sides have repeats (``samples``), a change counts only if it is also significant:
 Mann-Whitney U, two-sided, p < 0.01 (asv's test). Changes past a threshold in the better
-direction are flagged as improvements. Default rules (replaced per name by ``--fail``):
+direction are flagged as improvements. Accuracy is judged by its distributions: the means of the
+repeats (``twinbench train --repeats N``) and Welch's t-test, one-sided, p < 0.05 (a few repeats
+are all a training comparison has; Mann-Whitney U cannot reach significance on 3 + 3). Default
+rules (replaced per name by ``--fail``):
 """
 
 from __future__ import annotations
@@ -37,11 +40,13 @@ DEFAULT_RULES: tuple[tuple[str, str], ...] = (
     ("parity.max_rel:tolerance", "a parity check newly failing, or failing and worse"),
     ("throughput:10%", "asv's factor 1.1 (TorchBench 7%), with Mann-Whitney U where repeats exist"),
     ("memory.peak:10%", "peak memory up by more than 10%"),
-    ("accuracy.val:0.05", "final validation accuracy down by more than 5 points (6 of the demo's 113 images)"),
+    ("accuracy.val:0.05", "final validation accuracy down by more than 5 points (the statistics' margin) and, "
+                          "where both sides have repeats, significantly (Welch's t-test, one-sided, p < 0.05)"),
 )
 __doc__ += "".join(f"\n    {rule:<26} {why}" for rule, why in DEFAULT_RULES) + "\n"
 
 ALPHA = 0.01  # Mann-Whitney U significance level (the issue; asv uses 0.002 with more repeats)
+ACCURACY_ALPHA = 0.05  # accuracy repeats: the statistics' level (bench.stats.ALPHA)
 RULE = re.compile(r"^(?P<name>[a-z_][a-z0-9_.]*):(?P<threshold>tolerance|[0-9.eE+-]+%?)$")
 
 
@@ -117,9 +122,29 @@ def _worse(delta: float, better: str) -> float:
     return -delta if better == "higher" else delta
 
 
+def welch_worse_p(base: Sequence[float], cand: Sequence[float], better: str) -> float | None:
+    """One-sided Welch t-test that the candidate's mean is worse than the baseline's (None with
+    fewer than two samples a side). Accuracy repeats are few (3-5): Mann-Whitney U cannot reach
+    significance there (its smallest two-sided p with 3 + 3 samples is 0.1)."""
+    if len(base) < 2 or len(cand) < 2:
+        return None
+    from scipy.stats import ttest_ind
+
+    if len(set(base) | set(cand)) == 1:
+        return 1.0
+    return float(ttest_ind(base, cand, equal_var=False,
+                           alternative="greater" if better == "higher" else "less").pvalue)
+
+
 def judge(base: Metric, cand: Metric, rule: Rule | None) -> Change:
     relative = (cand.value / base.value - 1.0) if base.value else (0.0 if cand.value == base.value else math.inf)
-    p = mann_whitney_p(base.samples, cand.samples) if base.samples and cand.samples else None
+    by_distribution = base.name.startswith("accuracy")
+    if by_distribution and base.samples and cand.samples:
+        base, cand = _mean_of(base), _mean_of(cand)  # accuracy: judged by the means of the repeats
+        relative = (cand.value / base.value - 1.0) if base.value else (0.0 if cand.value == base.value else math.inf)
+        p = welch_worse_p(base.samples, cand.samples, base.better)
+    else:
+        p = mann_whitney_p(base.samples, cand.samples) if base.samples and cand.samples else None
     change = Change(base.name, base.what, base.value, cand.value, relative, p, "same",
                     rule.text if rule else "", base.unit)
     if rule is None:
@@ -142,14 +167,32 @@ def judge(base: Metric, cand: Metric, rule: Rule | None) -> Change:
     else:
         change.change, change.absolute = cand.value - base.value, True
         worse = _worse(change.change, base.better)
-    significant = p is None or p < ALPHA
+    alpha = ACCURACY_ALPHA if by_distribution else ALPHA
+    if by_distribution and p is not None:
+        # one-sided test of "worse": an improvement is judged by the mirrored test
+        p_better = 1.0 - p if worse < 0 else p
+        significant = p_better < alpha
+        p = p_better
+        change.p = p
+    else:
+        significant = p is None or p < alpha
+    if by_distribution:
+        n = f"n={len(base.samples) or 1} vs {len(cand.samples) or 1}"
+        change.note = (f"means of {n}, Welch t-test one-sided p={p:.3g}" if p is not None
+                       else f"{n}: no spread, threshold alone")
     if p is not None and not significant and abs(worse) > rule.threshold:
-        change.note = f"not significant (p={p:.3f} >= {ALPHA})"
+        change.note = (change.note + "; " if change.note else "") + f"not significant (p={p:.3f} >= {alpha})"
     if worse > rule.threshold and significant:
         change.verdict = "regression"
     elif -worse > rule.threshold and significant:
         change.verdict = "improved"
     return change
+
+
+def _mean_of(metric: Metric) -> Metric:
+    from dataclasses import replace
+
+    return replace(metric, value=float(sum(metric.samples) / len(metric.samples)))
 
 
 def compare_metrics(baseline: Sequence[Metric], candidate: Sequence[Metric], rules: Sequence[Rule]) -> list[Change]:

@@ -639,3 +639,35 @@ def figure_names() -> Iterable[str]:
     """The PNG file names a full report writes (for tests and docs)."""
     return ("training.png", "epoch_times.png", "confusion.png", "predictions.png", "parity.png",
             "throughput.png", "memory.png", "mfu.png", "residual_ratios.png", "blocks.png", "models.png")
+
+
+# ---- the chaos control ----------------------------------------------------------------------------
+def chaos_curves(steps: pd.DataFrame, *, conditions: str = "", spread: str = "") -> Figure:
+    """Per training step: the sampled-weight distance TF vs torch and torch vs torch-1ulp (left,
+    log scale) and the three runs' losses (right). ``steps`` columns: step, cross, self,
+    loss_tf, loss_torch, loss_ulp."""
+    fig = Figure(figsize=(12, 4.2))
+    left, right = fig.subplots(1, 2)
+    if len(steps):
+        left.semilogy(steps["step"], steps["cross"].clip(lower=1e-12), "-", color=color("tf"),
+                      label="TensorFlow vs PyTorch (the port)")
+        left.semilogy(steps["step"], steps["self"].clip(lower=1e-12), "-", color=color("torch"),
+                      label="PyTorch vs PyTorch from the bundle + 1 ulp")
+        for col, style, name in (("loss_tf", "-", "TensorFlow"), ("loss_torch", "-", "PyTorch"),
+                                 ("loss_ulp", ":", "PyTorch + 1 ulp")):
+            if col in steps:
+                right.plot(steps["step"], steps[col], style, color=color("tf" if col == "loss_tf" else "torch"),
+                           label=name, linewidth=1)
+        left.legend(fontsize=8)
+        right.legend(fontsize=8)
+    else:
+        _empty(left, "no trace")
+        _empty(right, "no trace")
+    left.set_title("Weight distance ||a - b|| / ||a|| (sampled weights)")
+    left.set_xlabel("training step")
+    left.grid(alpha=0.3)
+    right.set_title("Training loss per step (the same batches)")
+    right.set_xlabel("training step")
+    right.grid(alpha=0.3)
+    footer(fig, conditions, spread or "one run each; step 0 is the starting bundle")
+    return fig

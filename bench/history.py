@@ -25,7 +25,7 @@ FW = ("tf", "torch")
 # (column, panel title) of the plot, in order.
 PLOTTED = (
     ("parity_worst", "parity: worst max relative error (log)"),
-    ("val_accuracy", "final validation accuracy"),
+    ("val_accuracy", "final validation accuracy (mean over a run's repeats; band: min-max)"),
     ("fit_img_s", "training-loop throughput (img/s)"),
     ("bench_train_img_s", "bench training throughput, ours (img/s)"),
     ("bench_infer_img_s", "bench inference throughput, ours (img/s)"),
@@ -73,7 +73,11 @@ def run_rows(run: Run) -> list[dict[str, Any]]:
             "commit": (commit.get("id") or "")[:10] + ("+" if commit.get("dirty") else ""),
             "framework": fw, "version": versions.get("tensorflow" if fw == "tf" else "torch", "-"),
             "parity": parity_verdict, "parity_worst": worst,
-            "val_accuracy": acc.value if acc else None,
+            # the mean over the run's repeats, with min-max (history_plot draws the band)
+            "val_accuracy": (sum(acc.samples) / len(acc.samples) if acc and acc.samples else acc.value if acc else None),
+            "val_accuracy_lo": min(acc.samples) if acc and len(acc.samples) > 1 else None,
+            "val_accuracy_hi": max(acc.samples) if acc and len(acc.samples) > 1 else None,
+            "val_accuracy_n": (len(acc.samples) or 1) if acc else None,
             "fit_img_s": fit.value if fit else None,
             "train_peak_mb": mem.value if mem else None,
         }
@@ -108,7 +112,7 @@ def display_table(frame: pd.DataFrame) -> pd.DataFrame:
         "date": [f"{w:%Y-%m-%d %H:%M}" if pd.notna(w) else "?" for w in frame["when"]],
         "commit": frame["commit"], "run": frame["run"], "model": frame["model"], "fw": frame["framework"],
         "version": frame["version"], "parity": frame["parity"].fillna("-"), "worst rel": num("parity_worst", ".1e"),
-        "val acc": num("val_accuracy", ".1%"), "fit img/s": num("fit_img_s", ".1f"),
+        "val acc": num("val_accuracy", ".1%"), "n": num("val_accuracy_n", ".0f"), "fit img/s": num("fit_img_s", ".1f"),
         "bench train img/s": num("bench_train_img_s", ".1f"), "bench infer img/s": num("bench_infer_img_s", ".1f"),
         "train peak MB": num("train_peak_mb", ",.0f"),
     })

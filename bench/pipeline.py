@@ -61,6 +61,8 @@ class Profile:
     bench_args: tuple[str, ...]
     ablations: tuple[str, ...] | None  # parity ablations run alone (None: every one)
     budget_s: dict[str, float] = field(default_factory=dict)
+    repeats: int = 1  # training runs per framework (twinbench train --repeats)
+    chaos: bool = False  # the chaos control (twinbench train --chaos)
 
 
 # Parity always runs at the seed's configuration (224 px, avg7, the 1000-way head), where its
@@ -73,10 +75,10 @@ PROFILES = {
     # ablation per check it catches (forward, bn, adam, input), each costing a torch worker run
     # except decoder. resize-antialias is left out: the demo's images are already 224 px, so
     # resizing them to 224 is the identity and antialiasing changes nothing.
-    "quick": Profile("quick", "quick", 64, "global", ("accurate",), ("--quick",),
+    "quick": Profile("quick", "quick", 32, "global", ("accurate",), ("--quick",),
                      ("bn-eps", "bn-momentum", "adam-eps", "decoder"),
-                     {"data": 5, "manifest": 5, "datacheck": 25, "parity": 90, "train": 240, "bench": 110,
-                      "residuals": 30, "report": 15}),
+                     {"data": 5, "manifest": 5, "datacheck": 25, "parity": 90, "train": 300, "bench": 110,
+                      "residuals": 30, "report": 15}, repeats=3, chaos=True),
     # The seed: 224 px, 50 epochs, batch 8, the seed's 1000-way head; the bench at the seed's
     # conditions (batch 8, 224 px, fp32 and bf16, NHWC, eager; the full matrix is twinbench bench).
     "seed": Profile("seed", "seed", 224, "avg7", ("accurate", "seed"),
@@ -302,12 +304,24 @@ class Pipeline:
                 *self.worker_argv()]
         if self.args.epochs:
             argv += ["--epochs", str(self.args.epochs)]
+        argv += ["--repeats", str(self.args.repeats or self.profile.repeats)]
+        argv.append("--chaos" if self.profile.chaos else "--no-chaos")
+        for flag in ("seed", "margin"):
+            if getattr(self.args, flag, None) is not None:
+                argv += [f"--{flag}", str(getattr(self.args, flag))]
         try:
             self.cli(argv, "train.log")
         finally:
-            found = sorted(self.run_dir.glob("train-*/run.json"))
-            self.train_dir = found[-1].parent if found else None
-        return str(self.train_dir / "run.json") if self.train_dir else ""
+            self.train_dir = self._train_dir()
+        if self.train_dir is None:
+            return ""
+        set_record = self.train_dir.parent / "repeats.json"
+        return str(set_record if set_record.is_file() else self.train_dir / "run.json")
+
+    def _train_dir(self) -> Path | None:
+        """The training run the residual ratios measure: a set's first repeat, or the one run."""
+        found = sorted(self.run_dir.glob("train-*/repeat-0/run.json")) or sorted(self.run_dir.glob("train-*/run.json"))
+        return found[-1].parent if found else None
 
     # 6
     def bench(self) -> str:
@@ -325,8 +339,7 @@ class Pipeline:
         from bench.results import load_record
 
         if self.train_dir is None:
-            found = sorted(self.run_dir.glob("train-*/run.json"))
-            self.train_dir = found[-1].parent if found else None
+            self.train_dir = self._train_dir()
         if self.train_dir is None:
             raise CheckFailed("no training run to measure (the train step did not run)")
         record = load_record(self.train_dir)
@@ -452,6 +465,10 @@ def register(sub) -> None:
                    help="quick (default: 64 px, a few epochs, < 10 min on 2 cores) or seed (224 px, 50 epochs)")
     p.add_argument("--model", default="resnet50", choices=sorted(MODELS), help="architecture (default resnet50)")
     p.add_argument("--epochs", type=positive_int, help="override the profile's training epochs")
+    p.add_argument("--repeats", type=positive_int,
+                   help="training runs per framework, seeds SEED..SEED+N-1 (default: the profile's; quick 3)")
+    p.add_argument("--seed", type=int, help="base seed of the training repeats (default: the profile's, 123)")
+    p.add_argument("--margin", type=float, help="equivalence margin, accuracy points (default 5)")
     p.add_argument("--skip", action="append", default=[], choices=SKIPPABLE, metavar="STEP",
                    help=f"leave a step out (repeatable): {', '.join(SKIPPABLE)}")
     p.add_argument("--out", default="runs", help="where run directories go (default runs/)")

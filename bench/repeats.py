@@ -55,13 +55,8 @@ class SetPlan:
         return self.repeats == 1 and not self.chaos
 
 
-# Per train profile: the seed's 50-epoch run is ~80 min per framework here, so one run; the quick
-# profile is sized (docs/profiles.md) for 3 repeats and the chaos control inside `make run`.
-PROFILE_PLANS = {"seed": SetPlan(), "quick": SetPlan(repeats=3, chaos=True)}
-
-
 def plan_from_args(args: argparse.Namespace, config) -> SetPlan:
-    base = PROFILE_PLANS.get(getattr(args, "profile", "seed"), SetPlan())
+    base = SetPlan()  # one run, no chaos control: twinbench run asks for more (bench.pipeline.PROFILES)
     plan = SetPlan(
         repeats=args.repeats if getattr(args, "repeats", None) else base.repeats,
         margin=args.margin if getattr(args, "margin", None) else base.margin,

@@ -271,6 +271,60 @@ def parity_cells(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 # ---- sections -----------------------------------------------------------------------------------------
+@dataclass
+class TrainSet:
+    """The training runs a report's accuracy figures are about: the latest record's repeated set
+    (``twinbench train --repeats N``), or that record alone (n=1), with their statistics."""
+
+    records: list[Record]
+    stats: dict[str, Any]
+    margin: float
+    chaos: dict[str, Any] | None = None
+
+
+def train_set(ctx: "Context") -> TrainSet | None:
+    from bench.repeats import DEFAULT_MARGIN
+    from bench.stats import compare_repeats
+
+    records = ctx.of("train")
+    if not records:
+        return None
+    latest = records[-1]
+    name = (latest.doc.get("repeat") or {}).get("set")
+    if name:
+        same = {}
+        for r in records:  # one record per repeat index (a later one replaces an earlier one)
+            rep = r.doc.get("repeat") or {}
+            if rep.get("set") == name and r.path.parent.parent == latest.path.parent.parent:
+                same[rep.get("index")] = r
+        records = [same[i] for i in sorted(same)]
+    else:
+        records = [latest]
+    margin, chaos = DEFAULT_MARGIN, None
+    for r in ctx.records:
+        if name and r.kind == "repeats" and r.doc.get("set") == name:
+            margin = float((r.doc.get("plan") or {}).get("margin") or margin)
+        if name and r.kind == "chaos" and r.doc.get("set") == name and r.doc.get("format") == "twinbench.chaos":
+            chaos = r.doc
+    return TrainSet(records, compare_repeats([r.doc for r in records], margin=margin), margin, chaos)
+
+
+def _pooled_epochs(records: Sequence[Record], fw: str, key: str) -> list[float]:
+    """``key`` of epochs 2..N (the first includes tracing) of every run of ``fw``."""
+    out = []
+    for r in records:
+        hist = (r.doc.get("frameworks", {}).get(fw) or {}).get("history") or []
+        out += [e.get(key) for e in (hist[1:] or hist) if isinstance(e.get(key), (int, float))]
+    return out
+
+
+def _median_iqr(values: Sequence[float], fmt: str, unit: str) -> str:
+    if not values:
+        return "-"
+    s = pd.Series(values, dtype=float)
+    return f"{s.median():{fmt}} {unit} (IQR {s.quantile(0.25):{fmt}}-{s.quantile(0.75):{fmt}}, n={len(s)} epochs)"
+
+
 class Builder:
     """Builds the sections and writes the figures for one report."""
 
@@ -320,37 +374,9 @@ class Builder:
                     ("PASS" if ok else "FAIL") if judged else "reported",
                     f"max |TF - torch| {worst:.3g} of 255 per image" + (f" (tolerance {datacheck.doc.get('tolerance')})"
                                                                         if judged else " (TF's fast IDCT; not judged)"))
-        if train:
-            fws = train.doc.get("frameworks", {})
-            c = train.doc.get("config", {})
-
-            def per_fw(fn) -> tuple[str, str]:
-                return tuple(fn(fws[fw]) if fw in fws else "-" for fw in FW)  # type: ignore[return-value]
-
-            def last(run: dict, key: str) -> Any:
-                hist = run.get("history") or []
-                return hist[-1].get(key) if hist else None
-
-            n_classes = len(train.doc.get("manifest", {}).get("classes") or []) or None
-            done = max((len(r.get("history") or []) for r in fws.values()), default=0)
-            of = f" of {c.get('epochs')}" if c.get("epochs") and done < c["epochs"] else ""
-            add(f"final validation accuracy (epoch {done}{of})",
-                *per_fw(lambda r: fmt_pct((r.get("final") or {}).get("val_accuracy", last(r, "val_accuracy")))),
-                f"chance {1 / n_classes:.0%}" if n_classes else "")
-            add("best validation accuracy (epoch)",
-                *per_fw(lambda r: f"{fmt_pct((r.get('final') or {}).get('best_val_accuracy'))} "
-                                  f"({(r.get('final') or {}).get('best_epoch', '-')})"))
-            add("training throughput in fit (median of epochs 2..N)",
-                *per_fw(lambda r: fmt_num(_median([e.get("train_throughput") for e in (r.get("history") or [])[1:]]
-                                                  or [e.get("train_throughput") for e in r.get("history") or []]),
-                                          ".1f") + " img/s"),
-                f"{c.get('input_size')} px, batch {c.get('batch_size')}, {c.get('precision')}")
-            add("peak memory during training",
-                *per_fw(lambda r: fmt_bytes((r.get("memory") or {}).get("peak_bytes"))),
-                _memory_label(fws))
-            states = {fw: r.get("status") for fw, r in fws.items()}
-            if any(v != "complete" for v in states.values()):
-                add("training status", *per_fw(lambda r: f"{r.get('status')}: {r.get('message') or ''}".strip(": ")))
+        tset = train_set(ctx)
+        if train and tset:
+            self._summary_training(tset, add)
         else:
             add("training", "-", "-", "not run")
         if bench:
@@ -393,6 +419,50 @@ class Builder:
         if session:
             s.table(self.steps(session), "What `twinbench run` did, step by step")
         return s
+
+    def _summary_training(self, tset: TrainSet, add) -> None:
+        from bench.stats import fmt_ci, fmt_spread
+
+        train = tset.records[-1]
+        fws = train.doc.get("frameworks", {})
+        c = train.doc.get("config", {})
+        per = tset.stats["per_framework"]
+
+        def per_fw(fn) -> tuple[str, str]:
+            return tuple(fn(fw) if fw in fws else "-" for fw in FW)  # type: ignore[return-value]
+
+        n_classes = len(train.doc.get("manifest", {}).get("classes") or []) or None
+        done = max((len(r.get("history") or []) for r in fws.values()), default=0)
+        of = f" of {c.get('epochs')}" if c.get("epochs") and done < c["epochs"] else ""
+        comparison = tset.stats.get("comparison") or ""
+        add(f"final validation accuracy (epoch {done}{of}), mean ± std over seeds",
+            *per_fw(lambda fw: fmt_spread(per.get(fw, {}).get("val_accuracy"))),
+            "; ".join(x for x in (f"chance {1 / n_classes:.0%}" if n_classes else "", comparison) if x))
+        add("best validation accuracy, mean ± std over seeds",
+            *per_fw(lambda fw: fmt_spread(per.get(fw, {}).get("best_val_accuracy"))))
+        pair = tset.stats["pairs"].get("tf-torch")
+        if pair:
+            m = pair["val_accuracy"]
+            diff = m["diff"]
+            mean = f"{diff['mean']:+.1f} points" if diff.get("mean") is not None else "-"
+            add(f"TF - PyTorch, final validation accuracy (n={m['n']} paired seeds)", "reference",
+                pair["verdict"]["word"].upper(),
+                f"difference {mean}, 95% CI {fmt_ci(m)}; margin ±{tset.margin:g} points; {pair['verdict']['why']}")
+        if tset.chaos and tset.chaos.get("status") == "complete":
+            add(f"chaos control ({tset.chaos['steps']} steps, manifest order)", "reference",
+                f"{tset.chaos['factor']:.2g}x", tset.chaos.get("summary", ""))
+        add("training throughput in fit (median of epochs 2..N over all runs)",
+            *per_fw(lambda fw: _median_iqr(_pooled_epochs(tset.records, fw, "train_throughput"), ".1f", "img/s")),
+            f"{c.get('input_size')} px, batch {c.get('batch_size')}, {c.get('precision')}")
+        add("peak memory during training (largest of the runs)",
+            *per_fw(lambda fw: fmt_bytes(max(((r.doc["frameworks"].get(fw) or {}).get("memory") or {})
+                                             .get("peak_bytes") or 0 for r in tset.records) or None)
+                    + f" (n={len(tset.records)})"),
+            _memory_label(fws))
+        states = {fw: r.get("status") for fw, r in fws.items()}
+        if any(v != "complete" for v in states.values()):
+            add("training status (latest run)",
+                *per_fw(lambda fw: f"{fws[fw].get('status')}: {fws[fw].get('message') or ''}".strip(": ")))
 
     def conditions(self, train: Record | None, bench: Record | None, parity: Record | None,
                    session: Record | None) -> pd.DataFrame:
@@ -444,15 +514,17 @@ class Builder:
         from bench import figures
 
         s = Section("Training")
-        records = self.ctx.of("train")
-        if not records:
+        tset = train_set(self.ctx)
+        if tset is None:
             s.p("No training record: training was not run (or did not finish an epoch).")
             return s
+        records = tset.records
         train = records[-1]
         cond = train_conditions(train)
         history = history_frame(records)
-        spread = (f"{len(records)} runs per framework: line = mean, band = min-max" if len(records) > 1
-                  else "one run per framework (no spread); solid: training, dashed: validation")
+        spread = (f"{len(records)} runs per framework (seeds {records[0].doc['config'].get('seed')}.."
+                  f"{records[-1].doc['config'].get('seed')}): line = mean, band = min-max" if len(records) > 1
+                  else "one run per framework (n=1, no spread); solid: training, dashed: validation")
         s.figure(self.save("training.png", figures.training_curves(history, conditions=cond, spread=spread)),
                  "The seed's figure for both frameworks: accuracy and loss per epoch, training (solid) and "
                  "validation (dashed).")
@@ -460,8 +532,10 @@ class Builder:
             history, conditions=cond, spread=(f"line: mean of {len(records)} runs per framework, band: min-max"
                                               if len(records) > 1 else "one run per framework"))),
                  "Wall time per epoch (first request for a batch to the end of validation).")
-        s.table(self.final_table(train), "Final figures per framework (last epoch; times and throughput: median "
-                                         "of epochs 2..N, the first includes tracing)")
+        self.training_statistics(s, tset, cond)
+        last_seed = train.doc.get("config", {}).get("seed")
+        s.table(self.final_table(train), f"Final figures per framework of one run (seed {last_seed}, n=1; times and "
+                                         f"throughput: median of epochs 2..N, the first includes tracing)")
         fws = train.doc.get("frameworks", {})
         classes = list(train.doc.get("manifest", {}).get("classes") or [])
         matrices = {fw: np.asarray(r["confusion_matrix"]) for fw, r in fws.items() if r.get("confusion_matrix")}
@@ -482,6 +556,63 @@ class Builder:
             s.figure(grid, "The seed's prediction grid: the first 8 validation images with each framework's "
                            "predicted class; red: a wrong prediction.")
         return s
+
+    def training_statistics(self, s: Section, tset: TrainSet, cond: str) -> None:
+        """The accuracy table with spread, the paired differences with their CIs and verdict, the
+        noise floor, and the chaos control."""
+        from bench import figures
+        from bench.stats import METRICS, fmt_ci
+
+        stats = tset.stats
+        rows = []
+        for fw, per in stats["per_framework"].items():
+            for metric, (what, _, _, unit, _) in METRICS.items():
+                d = per[metric]
+                digits = ".1f" if unit else ".3g"
+                rows.append({"framework": FW_LABELS.get(fw, fw), "measure": what, "n": d["n"],
+                             "mean": fmt_num(d["mean"], digits), "std": fmt_num(d["std"], digits),
+                             "min": fmt_num(d["min"], digits), "max": fmt_num(d["max"], digits),
+                             "per seed": ", ".join(format(v, digits) for v in d["values"])})
+        s.table(pd.DataFrame(rows), f"Each framework over {stats['n_repeats']} run(s), one per seed (accuracies in "
+                                    f"%; std with n-1); {stats.get('comparison', '')}")
+        rows = []
+        for name, pair in stats["pairs"].items():
+            for metric, (what, _, _, unit, judged) in METRICS.items():
+                m = pair[metric]
+                rows.append({"pair": name, "measure": what, "n pairs": m["n"],
+                             "mean difference": fmt_num((m["diff"] or {}).get("mean"), "+.2f"),
+                             "95% CI (t)": fmt_ci(m, 2).split(" (")[0] if m.get("ci_t") else "-",
+                             "95% CI (bootstrap)": (f"[{m['ci_bootstrap'][0]:+.2f}, {m['ci_bootstrap'][1]:+.2f}]"
+                                                    if m.get("ci_bootstrap") else "-"),
+                             "paired t-test p": fmt_num((m.get("ttest") or {}).get("p"), ".3g"),
+                             "TOST p": fmt_num((m.get("tost") or {}).get("p"), ".3g") if judged else "-",
+                             "verdict": m["verdict"]["word"] if judged and m.get("verdict") else ""})
+        if rows:
+            s.table(pd.DataFrame(rows), f"Paired differences TF - PyTorch (run i of both: seed + i, one starting "
+                                        f"bundle). Verdict on final validation accuracy with margin ±{tset.margin:g} "
+                                        f"points: {stats['method']}")
+            for name, pair in stats["pairs"].items():
+                gap = (pair["val_accuracy"]["diff"] or {}).get("mean")
+                floor = ", ".join(f"{FW_LABELS.get(fw, fw)} {fmt_num(v, '.1f')}" for fw, v in pair["noise_floor"].items())
+                s.p(f"Noise floor ({name}): the between-framework gap of final validation accuracy is "
+                    f"{fmt_num(abs(gap) if gap is not None else None, '.1f')} points; the seed-to-seed standard "
+                    f"deviation within each framework is {floor} points. Verdict: **{pair['verdict']['word']}** "
+                    f"({pair['verdict']['why']}).")
+        chaos = tset.chaos
+        if chaos and chaos.get("status") == "complete":
+            wd, loss = chaos["weight_distance"], chaos["loss"]
+            n = len(wd["cross"])
+            frame = pd.DataFrame({"step": np.arange(n), "cross": wd["cross"], "self": wd["self"]})
+            for key, col in (("tf", "loss_tf"), ("torch", "loss_torch"), ("torch-1ulp", "loss_ulp")):
+                values = loss.get(key, [])
+                # losses are per step 1..K; the weights start at step 0 (the bundle)
+                frame[col] = [np.nan] + list(values[:n - 1]) + [np.nan] * max(0, n - 1 - len(values))
+            s.figure(self.save("chaos.png", figures.chaos_curves(frame, conditions=cond)),
+                     f"The chaos control: {chaos['summary']}. Factor {chaos['factor']:.2g} (threshold "
+                     f"{chaos['factor_threshold']:g}); at the last step {chaos['factor_final_step']:.2g} "
+                     f"(TF-torch {chaos['cross_final']:.2e}, torch-1ulp {chaos['self_final']:.2e}).")
+        elif chaos:
+            s.p(f"Chaos control: {chaos.get('message', chaos.get('status'))}.")
 
     def final_table(self, train: Record) -> pd.DataFrame:
         rows = []

@@ -276,12 +276,12 @@ def register(sub) -> None:
     stats = p.add_argument_group("repeats and statistics")
     stats.add_argument("--repeats", type=positive_int, default=None,
                        help="independent runs per framework; run i of every framework uses seed+i and one "
-                            "starting bundle (paired). Default: the profile's")
+                            "starting bundle (paired). Default 1; twinbench run: 3 in the quick profile")
     stats.add_argument("--margin", type=_positive_float, default=None,
                        help="equivalence margin in percentage points of validation accuracy (default 5)")
     stats.add_argument("--chaos", action=argparse.BooleanOptionalAction, default=None,
                        help="the chaos control: torch trained again from the bundle moved by one ulp "
-                            "(manifest order); default: on in the quick profile")
+                            "(manifest order); default off; twinbench run turns it on in the quick profile")
     stats.add_argument("--chaos-steps", type=positive_int, default=None,
                        help="steps the chaos control traces (default: the whole run)")
     add_worker_options(p)

@@ -217,3 +217,61 @@ def test_machines_that_differ_are_warned_about(tmp_path):
         path.write_text(json.dumps(doc))
     out = twinbench("compare", REPEAT_A, candidate)
     assert "warning: machine differs" in out.stderr
+
+
+# ---- accuracy judged by its distributions ------------------------------------------------------------
+def acc(values, fw: str = "torch") -> Metric:
+    values = tuple(v / 100 for v in values)
+    return Metric("accuracy.val", (("framework", fw),), sorted(values)[len(values) // 2], values, "higher")
+
+
+def test_accuracy_worse_by_more_than_the_margin_and_significant_is_a_regression():
+    rule = parse_rule("accuracy.val:0.05")
+    base = acc([81, 83, 80, 82, 81])
+    same = judge(base, acc([80, 82, 81, 83, 80]), rule)
+    assert same.verdict == "same"
+    worse = judge(base, acc([70, 72, 69, 71, 73]), rule)  # 10 points down, tight: a regression
+    assert worse.verdict == "regression" and worse.p < 0.05 and "Welch" in worse.note
+    better = judge(acc([70, 72, 69, 71, 73]), base, rule)
+    assert better.verdict == "improved"
+
+
+def test_accuracy_drop_within_the_noise_is_not_a_regression():
+    rule = parse_rule("accuracy.val:0.05")
+    # the means differ by 8 points but the runs spread by 20: no evidence (one run said 23%, another 88%)
+    noisy = judge(acc([88, 60, 81, 42, 79]), acc([23, 81, 81, 69, 66]), rule)
+    assert noisy.verdict == "same" and "not significant" in noisy.note
+    # single runs: the threshold alone, said so
+    single = judge(Metric("accuracy.val", (("framework", "torch"),), 0.88), Metric("accuracy.val", (("framework", "torch"),), 0.23), rule)
+    assert single.verdict == "regression" and single.p is None
+
+
+def _planted_accuracy_copy(tmp_path: Path, name: str, torch_values) -> Path:
+    """repeat-b's training record, once per value: repeats of one set with the torch side's final
+    validation accuracy planted."""
+    target = tmp_path / name
+    shutil.copytree(REPEAT_B, target)
+    train = next(target.glob("train-*"))
+    doc = json.loads((train / "run.json").read_text())
+    shutil.rmtree(train)
+    for i, value in enumerate(torch_values):
+        rdir = target / "train-set" / f"repeat-{i}"
+        rdir.mkdir(parents=True)
+        d = json.loads(json.dumps(doc))
+        d["repeat"] = {"set": "train-set", "index": i, "of": len(torch_values), "seed": 123 + i}
+        d["frameworks"]["torch"]["final"]["val_accuracy"] = value
+        d["frameworks"]["tf"]["final"]["val_accuracy"] = 0.80 + 0.01 * (i % 2)
+        (rdir / "run.json").write_text(json.dumps(d))
+    return target
+
+
+def test_compare_cli_on_planted_accuracy_distributions(tmp_path):
+    baseline = _planted_accuracy_copy(tmp_path, "base", [0.80, 0.82, 0.81, 0.79])
+    honest = _planted_accuracy_copy(tmp_path, "honest", [0.81, 0.80, 0.82, 0.80])
+    broken = _planted_accuracy_copy(tmp_path, "broken", [0.60, 0.62, 0.58, 0.61])
+    out = twinbench("compare", baseline, honest, "--all")
+    assert out.returncode == 0, out.stdout + out.stderr
+    out = twinbench("compare", baseline, broken, "--all")
+    assert out.returncode == 1, out.stdout + out.stderr
+    line = next(line for line in out.stdout.splitlines() if "accuracy.val" in line and "torch" in line)
+    assert "REGRESSION" in line and "n=4 vs 4" in line

@@ -65,8 +65,9 @@ def test_profiles_and_overrides_resolve_with_their_sources():
     assert (config.learning_rate, config.beta_1, config.beta_2, config.epsilon) == (1e-3, 0.9, 0.999, 1e-7)
     assert config.preprocessing == "none" and config.init == "keras"
     config, sources = bt.resolve_config(parse("--profile", "quick", "--epochs", "7", "--lr", "0.01"))
-    assert (config.input_size, config.pooling, config.classes, config.epochs) == (64, "global", "auto", 7)
-    assert config.learning_rate == 0.01 and config.batch_size == 8
+    quick = bt.QuickProfile()
+    assert (config.input_size, config.pooling, config.classes, config.epochs) == (quick.input_size, "global", "auto", 7)
+    assert config.learning_rate == 0.01 and config.batch_size == quick.batch_size
     assert sources["epochs"] == "command line" and sources["input_size"] == "profile quick"
 
 
@@ -526,3 +527,81 @@ def test_peak_rss_is_the_workers_own_not_its_parents():
                          cwd=Path(__file__).resolve().parent.parent)
     assert int(out.stdout) < 300 * 2**20, int(out.stdout) / 2**20
     del ballast
+
+
+# ---- repeats, statistics and the chaos control -----------------------------------------------------
+def test_repeats_pair_seeds_and_the_chaos_control(tiny, tmp_path):
+    from bench.weights import WeightBundle
+
+    out = cli("train", "--manifest", str(tiny), *TINY, "--epochs", "1", "--repeats", "2", "--chaos",
+              "--order", "manifest", "--quiet", "--out", str(tmp_path))
+    assert out.returncode == 0, out.stderr[-3000:]
+    set_dir = next(tmp_path.glob("train-*"))
+    doc = json.loads((set_dir / "repeats.json").read_text())
+    assert doc["format"] == "twinbench.repeats" and [r["index"] for r in doc["repeats"]] == [0, 1]
+    assert [r["status"] for r in doc["repeats"]] == ["complete", "complete"]
+    records = [results.load_record(set_dir / f"repeat-{i}") for i in range(2)]
+    assert [r.repeat["seed"] for r in records] == [123, 124] and [r.config["seed"] for r in records] == [123, 124]
+    assert records[0].init["sha256"] != records[1].init["sha256"]  # each seed its own bundle ...
+    stats = doc["statistics"]  # ... shared by both frameworks of that seed: a pair
+    assert stats["n_repeats"] == 2 and stats["pairs"]["tf-torch"]["val_accuracy"]["n"] == 2
+    values = [r.frameworks["torch"]["final"]["val_accuracy"] * 100 for r in records]
+    assert stats["per_framework"]["torch"]["val_accuracy"]["values"] == pytest.approx(values)
+    assert "final validation accuracy over 2 repeat(s)" in out.stdout and "tf-torch" in out.stdout
+    # the chaos control: one ulp in every weight, the same batches, a trace per step
+    base = WeightBundle.load(set_dir / "repeat-0" / "init.npz").arrays
+    moved = WeightBundle.load(set_dir / "chaos" / "init-1ulp.npz").arrays
+    for key in ("conv1_conv/kernel", "conv1_bn/gamma"):
+        assert np.array_equal(moved[key], np.nextafter(base[key], np.float32(np.inf)))
+    chaos = json.loads((set_dir / "chaos.json").read_text())
+    assert chaos["status"] == "complete" and chaos["steps"] == 6  # the bundle and 5 steps of 4 images
+    assert chaos["weight_distance"]["cross"][0] == 0.0 and 0 < chaos["weight_distance"]["self"][0] < 1e-6
+    assert math.isfinite(chaos["factor"]) and chaos["explained"] == (chaos["factor"] <= chaos["factor_threshold"])
+    # the same batches on both sides: the first step's losses agree to float32 rounding
+    assert abs(chaos["loss"]["tf"][0] - chaos["loss"]["torch"][0]) <= 1e-3 * abs(chaos["loss"]["tf"][0])
+    assert abs(chaos["loss"]["torch"][0] - chaos["loss"]["torch-1ulp"][0]) <= 1e-4 * abs(chaos["loss"]["torch"][0])
+    # the report reads the set: spread, n, the CI and the verdict in the Summary
+    report = cli("report", str(set_dir), "-o", str(tmp_path / "report"))
+    assert report.returncode == 0, report.stderr[-2000:]
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "(n=2, " in md and "paired seeds" in md and "95% CI" in md and "chaos control" in md
+    assert (tmp_path / "report" / "chaos.png").is_file()
+
+
+def test_repeats_resume_adds_and_reruns_without_counting_twice(tiny, tmp_path):
+    out = cli("train", "--framework", "torch", "--manifest", str(tiny), *TINY, "--epochs", "1", "--repeats", "2",
+              "--quiet", "--out", str(tmp_path))
+    assert out.returncode == 0, out.stderr[-3000:]
+    set_dir = next(tmp_path.glob("train-*"))
+    kept = (set_dir / "repeat-0" / "run.json").read_text()
+    # repeat 1 was killed before it finished: its record says so and its state is gone
+    rec = results.load_record(set_dir / "repeat-1")
+    rec.frameworks["torch"].update(status="failed", history=[], epochs_completed=0, final={})
+    rec.status = "failed"
+    results.save_record(rec)
+    for path in (set_dir / "repeat-1" / "torch").glob("*"):
+        if path.is_file():
+            path.unlink()
+    out = cli("train", "--resume", str(set_dir), "--repeats", "3", "--quiet")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (set_dir / "repeat-0" / "run.json").read_text() == kept  # finished: untouched
+    doc = json.loads((set_dir / "repeats.json").read_text())
+    assert [r["index"] for r in doc["repeats"]] == [0, 1, 2] and all(r["status"] == "complete" for r in doc["repeats"])
+    assert doc["statistics"]["per_framework"]["torch"]["val_accuracy"]["n"] == 3
+    assert len(results.load_record(set_dir / "repeat-1").history("torch")) == 1  # one epoch, once
+    assert results.load_record(set_dir / "repeat-2").repeat["seed"] == 125
+    out = cli("train", "--resume", str(set_dir), "--repeats", "2", "--quiet")
+    assert out.returncode == 2 and "never shrinks" in out.stderr
+
+
+def test_seed_profile_is_the_seed_and_quick_measures_learning():
+    seed = bt.TrainConfig()
+    # ../shared/seed/: ResNet50(), 224 px, batch 8, 50 epochs, compile(optimizer="adam"), 1000-way head,
+    # raw pixels, the moving statistics at evaluation, fit's own shuffling
+    assert (seed.model, seed.input_size, seed.batch_size, seed.epochs, seed.classes, seed.pooling) == (
+        "resnet50", 224, 8, 50, 1000, "avg7")
+    assert (seed.optimizer, seed.learning_rate, seed.beta_1, seed.beta_2, seed.epsilon) == ("adam", 1e-3, 0.9, 0.999, 1e-7)
+    assert (seed.preprocessing, seed.order, seed.evaluation, seed.precision) == ("none", "native", "moving", "fp32")
+    assert seed.torch_ablation is None
+    quick = bt.QuickProfile()
+    assert quick.evaluation == "precise-bn" and quick.order == "manifest" and quick.classes == "auto"

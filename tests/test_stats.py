@@ -1,0 +1,112 @@
+"""bench.stats against scipy on known samples, and the verdict on constructed cases."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as st
+
+from bench import stats
+
+
+def test_describe_matches_numpy():
+    values = [81.4, 77.9, 84.1, 79.6, 80.5]
+    d = stats.describe(values)
+    assert d["n"] == 5 and d["mean"] == pytest.approx(np.mean(values))
+    assert d["std"] == pytest.approx(np.std(values, ddof=1)) and (d["min"], d["max"]) == (77.9, 84.1)
+    assert stats.describe([70.0])["std"] is None
+
+
+def test_paired_interval_and_tests_are_scipys():
+    tf = np.array([87.6, 70.8, 81.4, 42.5, 79.6])
+    torch = np.array([23.0, 18.6, 81.4, 81.4, 68.1])
+    out = stats.paired(tf, torch, margin=5.0)
+    d = tf - torch
+    # t interval by hand from the t quantile: the same numbers scipy's confidence_interval gives
+    half = st.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+    assert out["ci_t"] == pytest.approx([d.mean() - half, d.mean() + half])
+    assert out["ttest"]["p"] == pytest.approx(st.ttest_rel(tf, torch).pvalue)
+    p1 = st.ttest_1samp(d, -5.0, alternative="greater").pvalue
+    p2 = st.ttest_1samp(d, 5.0, alternative="less").pvalue
+    assert out["tost"]["p"] == pytest.approx(max(p1, p2))
+    assert "ci_bootstrap" in out and out["ci_bootstrap"][0] < d.mean() < out["ci_bootstrap"][1]
+    # this morning's quick-profile figures: far too noisy for any verdict
+    assert out["verdict"]["word"] == "inconclusive"
+
+
+def test_no_bootstrap_below_five_pairs():
+    out = stats.paired([80.0, 82.0, 81.0], [79.0, 83.0, 80.5], margin=5.0)
+    assert "ci_bootstrap" not in out and "ci_t" in out
+
+
+def test_equal_samples_are_equivalent():
+    rng = np.random.default_rng(0)
+    a = 80 + rng.normal(0, 1.0, 8)
+    b = a + rng.normal(0, 0.5, 8)  # the same up to small noise
+    out = stats.paired(a, b, margin=5.0)
+    assert out["verdict"]["word"] == "equivalent" and out["tost"]["p"] < 0.05
+
+
+def test_shifted_samples_are_different():
+    rng = np.random.default_rng(1)
+    a = 85 + rng.normal(0, 1.0, 6)
+    b = a - 12 + rng.normal(0, 1.0, 6)  # the port loses 12 points every time
+    out = stats.paired(a, b, margin=5.0)
+    assert out["verdict"]["word"] == "different" and out["ttest"]["p"] < 0.05
+    assert out["ci_t"][0] > 5.0
+
+
+def test_too_noisy_is_inconclusive_with_a_repeat_count():
+    a = np.array([80.0, 90.0, 70.0, 85.0])
+    b = np.array([82.0, 78.0, 74.0, 84.0])  # differences -2, 12, -4, 1: mean 1.75, sd 7.1
+    out = stats.paired(a, b, margin=5.0)
+    assert out["verdict"]["word"] == "inconclusive"
+    need = out["verdict"]["repeats_needed"]
+    assert need is not None and need > 4
+    # the count is the smallest n at which TOST would decide at this mean and spread
+    d = a - b
+    m, s = abs(d.mean()), d.std(ddof=1)
+    assert m + st.t.ppf(0.95, need - 1) * s / math.sqrt(need) < 5.0
+    assert m + st.t.ppf(0.95, need - 2) * s / math.sqrt(need - 1) >= 5.0
+
+
+def test_a_difference_at_the_margin_can_never_be_equivalent():
+    assert stats.repeats_needed(6.0, 2.0, 5.0) is None
+    out = stats.paired([80.0, 81.0, 79.0], [74.0, 76.5, 72.0], margin=5.0)
+    assert out["verdict"]["word"] in ("different", "inconclusive")
+    if out["verdict"]["word"] == "inconclusive":
+        assert out["verdict"]["repeats_needed"] is None and "cannot show equivalence" in out["verdict"]["why"]
+
+
+def test_one_run_has_no_spread_and_no_verdict():
+    out = stats.paired([80.0], [70.0], margin=5.0)
+    assert out["verdict"]["word"] == "inconclusive" and "n=1" in out["verdict"]["why"]
+    assert stats.fmt_spread(stats.describe([70.0])) == "70.0% (n=1, no spread)"
+
+
+def _record(index: int, tf: float, torch: float, status: str = "complete") -> dict:
+    def run(acc: float, st_: str) -> dict:
+        return {"status": st_, "final": {"val_accuracy": acc / 100, "best_val_accuracy": acc / 100 + 0.01,
+                                         "val_loss": 0.5, "accuracy": 0.9}}
+
+    return {"repeat": {"set": "s", "index": index, "seed": 123 + index}, "config": {"order": "manifest"},
+            "frameworks": {"torch": run(torch, status), "tf": run(tf, "complete")}}
+
+
+def test_compare_repeats_pairs_by_index_and_counts_each_once():
+    records = [_record(0, 80, 79), _record(1, 82, 83), _record(2, 81, 80.5),
+               _record(1, 82, 81)]  # repeat 1 again (a rerun): replaces the first, never counted twice
+    out = stats.compare_repeats(records, margin=5.0)
+    assert out["n_repeats"] == 3 and out["frameworks"] == ["tf", "torch"]
+    assert out["per_framework"]["torch"]["val_accuracy"]["values"] == pytest.approx([79, 81, 80.5])
+    pair = out["pairs"]["tf-torch"]
+    assert pair["val_accuracy"]["n"] == 3 and pair["val_accuracy"]["diff"]["mean"] == pytest.approx((1 + 1 + 0.5) / 3)
+    assert "manifest order" in out["comparison"]
+
+
+def test_compare_repeats_leaves_out_unfinished_runs():
+    out = stats.compare_repeats([_record(0, 80, 79), _record(1, 82, 20, status="stopped")], margin=5.0)
+    assert out["excluded"]["torch"] == [1]
+    assert out["pairs"]["tf-torch"]["val_accuracy"]["n"] == 1
