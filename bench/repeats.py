@@ -130,7 +130,10 @@ def _run_set(set_dir: Path, plan: SetPlan, config, sources, frameworks, manifest
         repeat = {"set": set_dir.name, "index": i, "of": plan.repeats, "seed": config.seed + i}
         try:
             with RunLock(run_dir):
-                if (run_dir / CONFIG_NAME).is_file():
+                if _finished(run_dir, config.epochs):
+                    print(f"repeat {i}: complete, skipped", file=sys.stderr)
+                    code = 0
+                elif (run_dir / CONFIG_NAME).is_file():
                     code = resume_one(run_dir, _resume_args(args, run_dir))
                 else:
                     code = start_run(repeat_config(config, i), sources, frameworks, manifest, run_dir, args,
@@ -155,6 +158,18 @@ def _run_set(set_dir: Path, plan: SetPlan, config, sources, frameworks, manifest
     if problems:
         raise CheckFailed("; ".join(problems) + f"; continue with: twinbench train --resume {set_dir}")
     return 0
+
+
+def _finished(run_dir: Path, epochs: int) -> bool:
+    """A repeat whose every framework completed its epochs: nothing to do, nothing rewritten."""
+    from bench.results import load_record
+
+    if not (run_dir / "run.json").is_file():
+        return False
+    record = load_record(run_dir)
+    return record.status == "complete" and all(
+        r.get("status") == "complete" and int(r.get("epochs_completed") or 0) >= epochs
+        for r in record.frameworks.values())
 
 
 def _resume_args(args: argparse.Namespace, run_dir: Path) -> argparse.Namespace:

@@ -551,15 +551,18 @@ def test_repeats_pair_seeds_and_the_chaos_control(tiny, tmp_path):
     # the chaos control: one ulp in every weight, the same batches, a trace per step
     base = WeightBundle.load(set_dir / "repeat-0" / "init.npz").arrays
     moved = WeightBundle.load(set_dir / "chaos" / "init-1ulp.npz").arrays
-    for key in ("conv1_conv/kernel", "conv1_bn/gamma"):
+    for key in ("conv1/kernel", "bn_conv1/gamma", "bn_conv1/moving_mean"):
         assert np.array_equal(moved[key], np.nextafter(base[key], np.float32(np.inf)))
     chaos = json.loads((set_dir / "chaos.json").read_text())
     assert chaos["status"] == "complete" and chaos["steps"] == 6  # the bundle and 5 steps of 4 images
     assert chaos["weight_distance"]["cross"][0] == 0.0 and 0 < chaos["weight_distance"]["self"][0] < 1e-6
     assert math.isfinite(chaos["factor"]) and chaos["explained"] == (chaos["factor"] <= chaos["factor_threshold"])
-    # the same batches on both sides: the first step's losses agree to float32 rounding
-    assert abs(chaos["loss"]["tf"][0] - chaos["loss"]["torch"][0]) <= 1e-3 * abs(chaos["loss"]["tf"][0])
-    assert abs(chaos["loss"]["torch"][0] - chaos["loss"]["torch-1ulp"][0]) <= 1e-4 * abs(chaos["loss"]["torch"][0])
+    # the same batches on both sides: the first step's losses agree to rounding. On this tiny setup
+    # (32 px, batch 4: training-mode BN over 4 values at stage 5) one ulp already moves the first
+    # loss by ~1e-3 (measured), so TF vs torch gets the same bound as torch vs torch + 1 ulp.
+    ulp = abs(chaos["loss"]["torch"][0] - chaos["loss"]["torch-1ulp"][0])
+    assert ulp <= 1e-2 * abs(chaos["loss"]["torch"][0])
+    assert abs(chaos["loss"]["tf"][0] - chaos["loss"]["torch"][0]) <= 1e-2 * abs(chaos["loss"]["tf"][0])
     # the report reads the set: spread, n, the CI and the verdict in the Summary
     report = cli("report", str(set_dir), "-o", str(tmp_path / "report"))
     assert report.returncode == 0, report.stderr[-2000:]
