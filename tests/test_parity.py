@@ -397,7 +397,9 @@ def test_resnet50_c3_passes_every_check_and_its_ablations_fail(tmp_path):
     """resnet50_c3 at 64 px: every check group, calibrated; the backward-only ablation fails a
     gradient check at the stem, bn-eps a forward check."""
     from bench.runner import WorkerConfig
-    config = parity.ParityConfig(**SMALL, model="resnet50_c3", checks=tuple(parity.CHECK_GROUPS), steps=3,
+    # 10 steps: over 3, the one-ulp chaos baseline has not caught up with per-step rounding yet
+    # (measured here: fc1000's trajectory 2.05 x its own at step 3; docs/parity.md).
+    config = parity.ParityConfig(**SMALL, model="resnet50_c3", checks=tuple(parity.CHECK_GROUPS), steps=10,
                                  work_dir=str(tmp_path))
     table = parity.run_ablation_table(config, WorkerConfig(quiet=True), ("bn-eps", "bn-var-detached", "adam-eps"))
     base = table["results"]["baseline"]
