@@ -28,9 +28,13 @@ VERSION = 1
 TRACE_NAME = "trace.npz"
 PER_TENSOR = 64  # sampled elements per weight tensor per step (~20k of ResNet-50's 25M)
 # "Explained by rounding": the cross-framework distance within this factor of the 1-ulp self
-# distance. Measured on the demo (docs/profiles.md): the aligned port gives 0.8-1.6, a planted
-# bn-eps port bug 30-100.
-EXPLAINED_FACTOR = 3.0
+# distance over the first ONSET_STEPS steps. Adam's first step already turns one ulp into ~3e-4
+# (the sign of tiny gradients decides a full lr-sized update), and after ~30 steps any two runs
+# are equally far apart, so only the onset tells a port bug from rounding. Measured on the demo,
+# quick profile, 2 epochs, seed 123 (docs/profiles.md): the aligned port 0.9-1.0 at every step;
+# a planted bn-eps bug 5.4 at step 1, 2.0 at step 2, 1.1 from step 12 on.
+EXPLAINED_FACTOR = 2.0
+ONSET_STEPS = 10
 
 
 def trainable_keys(spec) -> list[str]:
@@ -103,20 +107,26 @@ def analyse(traces: dict[str, np.ndarray | None], losses: dict[str, np.ndarray],
     with np.errstate(divide="ignore", invalid="ignore"):
         loss_cross = np.abs(loss[reference] - loss[port]) / np.abs(loss[reference])
         loss_self = np.abs(loss[port] - loss[control]) / np.abs(loss[port])
-    late = slice(steps // 2, steps)  # the second half: past the onset, where chaos has saturated
-    ratio_final = float(cross[-1] / self_[-1]) if self_[-1] > 0 else math.inf
+    onset = slice(1, min(steps, ONSET_STEPS + 1))  # steps 1..10: before chaos saturates
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = np.where(self_ > 0, cross / np.maximum(self_, 1e-300), np.inf)
+    ratio_onset = float(np.max(ratios[onset]))
+    late = slice(steps // 2, steps)  # the second half: saturated, for information
+    ratio_final = float(ratios[-1])
     ratio_late = float(np.median(cross[late]) / np.median(self_[late])) if np.median(self_[late]) > 0 else math.inf
-    explained = ratio_late <= factor
+    explained = ratio_onset <= factor
     return {
         "status": "complete", "steps": steps, "factor_threshold": factor,
         "weight_distance": {"cross": cross.tolist(), "self": self_.tolist()},
         "loss": {k: v.tolist() for k, v in loss.items()},
         "loss_rel_diff": {"cross": loss_cross.tolist(), "self": loss_self.tolist()},
-        "factor": ratio_late, "factor_final_step": ratio_final,
+        "factor": ratio_onset, "factor_steps": [onset.start, onset.stop - 1], "factor_late": ratio_late,
+        "factor_final_step": ratio_final, "ratio_per_step": ratios.tolist(),
         "cross_final": float(cross[-1]), "self_final": float(self_[-1]),
         "explained": bool(explained),
-        "summary": (f"after {steps} steps the TF-torch weight distance is {ratio_late:.2g}x the torch 1-ulp "
-                    f"self-distance (median over steps {late.start + 1}-{steps}); "
+        "summary": (f"over steps {onset.start}-{onset.stop - 1} the TF-torch weight distance is at most "
+                    f"{ratio_onset:.2g}x the torch 1-ulp self-distance ({ratio_late:.2g}x over steps "
+                    f"{late.start}-{steps - 1}); "
                     + ("the difference is explained by floating-point rounding alone" if explained else
                        f"more than {factor:g}x: not explained by rounding; look for a porting difference")),
     }

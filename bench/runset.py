@@ -404,11 +404,15 @@ def parity_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
             cell = (table.get(block) or {}).get(check)
             if not cell:
                 continue
-            max_rel = cell.get("max_rel")
+            # Calibrated float32 cells (bench.parity_table) are decided by "value" against "limit"
+            # (max-rel or normwise, per "metric"); fixed-tolerance cells by max_rel against tol.
+            max_rel = cell.get("value", cell.get("max_rel"))
+            limit = cell.get("limit") if cell.get("limit") is not None else cell.get("tol", tolerances.get(check))
             rows.append({"check": check, "block": block, "max_abs": cell.get("max_abs"),
                          # a non-finite error is stored as null: it is the worst possible
                          "max_rel": math.inf if max_rel is None else max_rel,
-                         "tolerance": cell.get("tol", tolerances.get(check)), "passed": bool(cell.get("ok"))})
+                         "metric": cell.get("metric", "max_rel"),
+                         "tolerance": limit, "passed": bool(cell.get("ok"))})
     return rows
 
 

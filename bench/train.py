@@ -433,7 +433,8 @@ def describe_config(c: TrainConfig) -> str:
     return (f"{c.model} {c.input_size}px {c.pooling} pooling, {c.classes} classes, batch {c.batch_size}, "
             f"{c.epochs} epochs, {c.optimizer} lr {c.learning_rate:g}, {c.precision}, order {c.order}, "
             f"decoder {c.decoder}, preprocessing {c.preprocessing}, init {c.init}"
-            f"{' + ' + c.weights if c.weights else ''}, seed {c.seed}, {c.threads} threads, {c.devices} device(s)")
+            f"{' + ' + c.weights if c.weights else ''}, seed {c.seed}, {c.threads} threads, {c.devices} device(s), "
+            f"evaluation {c.evaluation}{', torch ablation ' + c.torch_ablation if c.torch_ablation else ''}")
 
 
 def _load_manifest(args: argparse.Namespace):
