@@ -77,7 +77,7 @@ PROFILES = {
     # resizing them to 224 is the identity and antialiasing changes nothing.
     "quick": Profile("quick", "quick", 32, "global", ("accurate",), ("--quick",),
                      ("bn-eps", "bn-momentum", "adam-eps", "decoder"),
-                     {"data": 5, "manifest": 5, "datacheck": 25, "parity": 90, "train": 300, "bench": 110,
+                     {"data": 5, "manifest": 5, "datacheck": 25, "parity": 130, "train": 600, "bench": 110,
                       "residuals": 30, "report": 15}, repeats=3, chaos=True),
     # The seed: 224 px, 50 epochs, batch 8, the seed's 1000-way head; the bench at the seed's
     # conditions (batch 8, 224 px, fp32 and bf16, NHWC, eager; the full matrix is twinbench bench).
