@@ -44,9 +44,9 @@ def trainable_keys(spec) -> list[str]:
 
 def sample_indices(spec, per_tensor: int = PER_TENSOR) -> dict[str, np.ndarray]:
     """Bundle key -> flat indices in Keras layout: evenly spaced, all of a small tensor."""
-    out = {}
+    out, shapes = {}, spec.weight_shapes()
     for key in trainable_keys(spec):
-        size = math.prod(spec.weight_shapes()[key])
+        size = math.prod(shapes[key])
         count = min(size, per_tensor)
         out[key] = np.unique(np.linspace(0, size - 1, count).round().astype(np.int64))
     return out

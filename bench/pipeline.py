@@ -41,6 +41,7 @@ from typing import Any, Callable
 from bench import __version__, atomic
 from bench.errors import CheckFailed, TwinbenchError, UserError, WorkerError, one_line
 from bench.runset import RESIDUALS_FORMAT, RESIDUALS_VERSION, SESSION_FORMAT, SESSION_NAME, SESSION_VERSION
+from bench.train import QuickProfile
 
 STEPS = ("data", "manifest", "datacheck", "parity", "train", "bench", "residuals", "report")
 SKIPPABLE = ("datacheck", "parity", "train", "bench", "residuals")
@@ -75,7 +76,7 @@ PROFILES = {
     # ablation per check it catches (forward, bn, adam, input), each costing a torch worker run
     # except decoder. resize-antialias is left out: the demo's images are already 224 px, so
     # resizing them to 224 is the identity and antialiasing changes nothing.
-    "quick": Profile("quick", "quick", 32, "global", ("accurate",), ("--quick",),
+    "quick": Profile("quick", "quick", QuickProfile.input_size, QuickProfile.pooling, ("accurate",), ("--quick",),
                      ("bn-eps", "bn-momentum", "adam-eps", "decoder"),
                      {"data": 5, "manifest": 5, "datacheck": 25, "parity": 130, "train": 600, "bench": 110,
                       "residuals": 30, "report": 15}, repeats=3, chaos=True),

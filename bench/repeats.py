@@ -184,7 +184,7 @@ def run_chaos(set_dir: Path, plan: SetPlan, config, sources, manifest, args, *, 
     """The torch 1-ulp run (and, unless repeat 0 already followed the manifest order, a TF and a
     torch run that do), then ``chaos.json``."""
     from bench import chaos
-    from bench.results import load_record
+    from bench.results import _finite, load_record
     from bench.train import CONFIG_NAME, RunLock, resume_one, start_run
 
     chaos_dir = set_dir / CHAOS_DIR
@@ -235,7 +235,7 @@ def run_chaos(set_dir: Path, plan: SetPlan, config, sources, manifest, args, *, 
 
 def write_set_record(set_dir: Path, plan: SetPlan) -> dict[str, Any]:
     """``repeats.json``: the repeats found, by index, and the statistics over the paired ones."""
-    from bench.results import load_record, now_iso
+    from bench.results import _finite, load_record, now_iso
     from bench.stats import compare_repeats
 
     entries, records = [], []
@@ -255,9 +255,4 @@ def write_set_record(set_dir: Path, plan: SetPlan) -> dict[str, Any]:
     atomic.write_json(set_dir / SET_NAME, _finite(doc))
     return doc
 
-
-def _finite(obj: Any) -> Any:
-    from bench.results import _finite as finite
-
-    return finite(obj)
 

@@ -39,7 +39,7 @@ import pandas as pd
 
 from bench import atomic
 from bench.errors import UserError
-from bench.runset import (Record, Run, load_runs, metrics, parity_result, record_threads,
+from bench.runset import (Record, Run, load_runs, metrics, parity_result, parity_rows, record_threads,
                           record_versions)
 
 FW = ("tf", "torch")
@@ -251,27 +251,6 @@ def _worst_parity(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return max(scored, key=lambda r: r["value"] / r["limit"])
 
 
-def parity_cells(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per (check, block) cell of a parity result, in table order: the deciding metric's cross
-    error (``value``), its ``limit``, both frameworks' own errors and the ratio (calibrated
-    cells), max_rel, passed. Records from before calibrated tolerances read as fixed cells."""
-    table = result.get("table") or {}
-    out = []
-    for block in result.get("rows", []):
-        for check in result.get("columns", []):
-            cell = (table.get(block) or {}).get(check)
-            if not cell:
-                continue
-            max_rel = math.inf if cell.get("max_rel") is None else cell["max_rel"]
-            value = cell.get("value", cell.get("max_rel"))
-            out.append({"check": check, "block": block, "metric": cell.get("metric", "max_rel"),
-                        "judge": cell.get("judge", "fixed"), "value": math.inf if value is None else value,
-                        "limit": cell.get("limit", cell.get("tol")), "own_tf": cell.get("own_tf"),
-                        "own_torch": cell.get("own_torch"), "ratio": cell.get("ratio"), "max_rel": max_rel,
-                        "fixed_tol": cell.get("fixed_tol", cell.get("tol")), "passed": bool(cell.get("ok"))})
-    return out
-
-
 # ---- sections -----------------------------------------------------------------------------------------
 @dataclass
 class TrainSet:
@@ -354,7 +333,7 @@ class Builder:
 
         if parity:
             result = parity_result(parity.doc)
-            worst = _worst_parity(parity_cells(result))
+            worst = _worst_parity(parity_rows(result))
             verdict = str(result.get("verdict", "?")).upper()
             first = result.get("first_failure")
             where = (f"first failure: {first['check']} at {first['block']}" if first else
@@ -667,7 +646,7 @@ class Builder:
             return s
         result = parity_result(record.doc)
         cfg = result.get("config", {})
-        rows = parity_cells(result)
+        rows = parity_rows(result)
         verdict = str(result.get("verdict", "?")).upper()
         first = result.get("first_failure")
         s.p(f"**{verdict}**: TensorFlow is the reference; {len(rows)} cells ({len(result.get('columns', []))} checks "

@@ -394,7 +394,11 @@ def parity_result(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def parity_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per (check, block) cell: max_abs, max_rel, tolerance, passed; in table order."""
+    """Per (check, block) cell of a parity record or result, in table order: the deciding metric's
+    cross error (``value``: max-rel or normwise, per ``metric``) against its ``limit``, both
+    frameworks' own errors and their ``ratio`` (calibrated float32 cells, bench.parity_table),
+    the raw ``max_rel``, the ``fixed_tol`` and ``passed``. Records from before calibrated
+    tolerances read as fixed cells (value = max_rel, limit = tol)."""
     result = parity_result(doc)
     table = result.get("table") or {}
     tolerances = result.get("tolerances") or {}
@@ -404,25 +408,26 @@ def parity_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
             cell = (table.get(block) or {}).get(check)
             if not cell:
                 continue
-            # Calibrated float32 cells (bench.parity_table) are decided by "value" against "limit"
-            # (max-rel or normwise, per "metric"); fixed-tolerance cells by max_rel against tol.
-            max_rel = cell.get("value", cell.get("max_rel"))
-            limit = cell.get("limit") if cell.get("limit") is not None else cell.get("tol", tolerances.get(check))
-            rows.append({"check": check, "block": block, "max_abs": cell.get("max_abs"),
-                         # a non-finite error is stored as null: it is the worst possible
-                         "max_rel": math.inf if max_rel is None else max_rel,
-                         "metric": cell.get("metric", "max_rel"),
-                         "tolerance": limit, "passed": bool(cell.get("ok"))})
+            # a non-finite error is stored as null: it is the worst possible
+            max_rel = math.inf if cell.get("max_rel") is None else cell["max_rel"]
+            value = cell.get("value", cell.get("max_rel"))
+            fixed = cell.get("tol", tolerances.get(check))
+            rows.append({"check": check, "block": block, "metric": cell.get("metric", "max_rel"),
+                         "judge": cell.get("judge", "fixed"), "value": math.inf if value is None else value,
+                         "limit": cell["limit"] if cell.get("limit") is not None else fixed,
+                         "own_tf": cell.get("own_tf"), "own_torch": cell.get("own_torch"),
+                         "ratio": cell.get("ratio"), "max_abs": cell.get("max_abs"), "max_rel": max_rel,
+                         "fixed_tol": cell.get("fixed_tol", fixed), "passed": bool(cell.get("ok"))})
     return rows
 
 
 def parity_metrics(record: Record) -> list[Metric]:
     out = []
     for r in parity_rows(record.doc):
-        if not isinstance(r["max_rel"], (int, float)):
+        if not isinstance(r["value"], (int, float)):
             continue
-        tol = float(r["tolerance"]) if _finite(r["tolerance"]) else None
-        out.append(Metric("parity.max_rel", (("check", r["check"]), ("block", r["block"])), float(r["max_rel"]),
+        tol = float(r["limit"]) if _finite(r["limit"]) else None
+        out.append(Metric("parity.max_rel", (("check", r["check"]), ("block", r["block"])), float(r["value"]),
                           better="lower", tolerance=tol, passed=r["passed"]))
     return out
 

@@ -74,23 +74,27 @@ def repeats_needed(mean: float, sd: float, margin: float, alpha: float = ALPHA) 
     return None
 
 
-def paired(reference: Sequence[float], other: Sequence[float], margin: float, *,
+def paired(reference: Sequence[float], other: Sequence[float], margin: float | None, *,
            alpha: float = ALPHA, seed: int = 0) -> dict[str, Any]:
-    """The paired difference reference - other, its intervals, TOST, the t-test and the verdict."""
+    """The paired difference reference - other, its intervals, the t-test and, with a margin,
+    TOST and the verdict (``margin=None``: a measure that is described, not judged)."""
     a, b = np.asarray(reference, np.float64), np.asarray(other, np.float64)
     if a.shape != b.shape:
         raise ValueError(f"paired samples differ in length: {a.size} and {b.size}")
     d = a - b
     n = int(d.size)
     out: dict[str, Any] = {"n": n, "margin": margin, "alpha": alpha, "diff": describe(d)}
+    judged = margin is not None
     if n < 2:
-        out["verdict"] = _verdict("inconclusive", f"n={n}: no spread; run at least 3 repeats (--repeats 3)")
+        if judged:
+            out["verdict"] = _verdict("inconclusive", f"n={n}: no spread; run at least 3 repeats (--repeats 3)")
         return out
     mean, sd = float(d.mean()), float(d.std(ddof=1))
     if sd == 0:  # identical differences: every test is degenerate; the difference is known exactly
         out["ci_t"] = [mean, mean]
-        word = "equivalent" if abs(mean) < margin else "different"
-        out["verdict"] = _verdict(word, f"all {n} paired differences are {mean:.3g} exactly")
+        if judged:
+            word = "equivalent" if abs(mean) < margin else "different"
+            out["verdict"] = _verdict(word, f"all {n} paired differences are {mean:.3g} exactly")
         return out
     test = st.ttest_rel(a, b)
     ci = test.confidence_interval(CONFIDENCE)
@@ -103,6 +107,8 @@ def paired(reference: Sequence[float], other: Sequence[float], margin: float, *,
         low, high = float(boot.confidence_interval.low), float(boot.confidence_interval.high)
         if math.isfinite(low) and math.isfinite(high):
             out["ci_bootstrap"] = [low, high]
+    if not judged:
+        return out
     out["tost"] = tost(d, margin)
     if out["tost"]["p"] < alpha:
         out["verdict"] = _verdict("equivalent", f"within ±{margin:g}: TOST p={out['tost']['p']:.3g}")
@@ -162,12 +168,8 @@ def compare_repeats(records: Iterable[dict[str, Any]], *, margin: float, alpha: 
         for metric, (_, _, _, _, verdict) in METRICS.items():
             both = [(value(i, ref, metric), value(i, fw, metric)) for i in indices]
             both = [(a, b) for a, b in both if a is not None and b is not None]
-            result = paired([a for a, _ in both], [b for _, b in both], margin if verdict else math.inf, alpha=alpha)
-            if not verdict:
-                result.pop("verdict", None)
-                result.pop("tost", None)
-                result["margin"] = None
-            pair[metric] = result
+            pair[metric] = paired([a for a, _ in both], [b for _, b in both], margin if verdict else None,
+                                  alpha=alpha)
         pair["verdict"] = pair["val_accuracy"]["verdict"]
         # The noise floor: the between-framework gap beside each side's seed-to-seed spread.
         pair["noise_floor"] = {f: per_fw[f]["val_accuracy"]["std"] for f in (ref, fw)}

@@ -74,10 +74,13 @@ def test_too_noisy_is_inconclusive_with_a_repeat_count():
 
 def test_a_difference_at_the_margin_can_never_be_equivalent():
     assert stats.repeats_needed(6.0, 2.0, 5.0) is None
+    # differences 6, 4.5, 7 (mean 5.8 > margin, tight): significant, and never equivalent
     out = stats.paired([80.0, 81.0, 79.0], [74.0, 76.5, 72.0], margin=5.0)
-    assert out["verdict"]["word"] in ("different", "inconclusive")
-    if out["verdict"]["word"] == "inconclusive":
-        assert out["verdict"]["repeats_needed"] is None and "cannot show equivalence" in out["verdict"]["why"]
+    assert out["verdict"]["word"] == "different" and out["ttest"]["p"] < 0.05
+    # the same mean with a spread the t-test cannot resolve: inconclusive, and no repeat count helps
+    out = stats.paired([80.0, 90.0, 70.0], [74.0, 76.5, 72.0], margin=5.0)
+    assert out["verdict"]["word"] == "inconclusive"
+    assert out["verdict"]["repeats_needed"] is None and "cannot show equivalence" in out["verdict"]["why"]
 
 
 def test_one_run_has_no_spread_and_no_verdict():
