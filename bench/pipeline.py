@@ -72,7 +72,7 @@ class Profile:
 PARITY_MODEL_ARGS = {"input_size": 224, "pooling": "avg7", "classes": 1000}
 
 PROFILES = {
-    # make run: training and benchmark at 64 px (12x fewer FLOPs than 224); parity with one
+    # make run: training at QuickProfile's size (32 px), the benchmark's --quick subset at 64 px; parity with one
     # ablation per check it catches (forward, bn, adam, input), each costing a torch worker run
     # except decoder. resize-antialias is left out: the demo's images are already 224 px, so
     # resizing them to 224 is the identity and antialiasing changes nothing.
@@ -463,7 +463,7 @@ def register(sub) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", metavar="DIR", help="image folder, one subfolder per class (default: the demo data)")
     p.add_argument("--profile", choices=sorted(PROFILES), default="quick",
-                   help="quick (default: 64 px, a few epochs, < 10 min on 2 cores) or seed (224 px, 50 epochs)")
+                   help="quick (default: small inputs, a few epochs, repeats; docs/profiles.md) or seed (224 px, 50 epochs)")
     p.add_argument("--model", default="resnet50", choices=sorted(MODELS), help="architecture (default resnet50)")
     p.add_argument("--epochs", type=positive_int, help="override the profile's training epochs")
     p.add_argument("--repeats", type=positive_int,

@@ -225,7 +225,9 @@ def register(sub) -> None:
                     "(one after the other, each in its own worker) and writes a run record (run.json) with "
                     "per-epoch history, timing, peak memory, final metrics, confusion matrices and predictions. "
                     "Profiles: seed (224 px, batch 8, 50 epochs, the 1000-way head, raw pixels: the seed "
-                    "exactly) and quick (64 px, global pooling, the manifest's classes, 6 epochs). Every "
+                    f"exactly) and quick ({QuickProfile.input_size} px, batch {QuickProfile.batch_size}, global pooling, the "
+                    f"manifest's classes, {QuickProfile.epochs} epochs, caffe inputs, manifest order, precise-BN "
+                    "evaluation; docs/profiles.md). Every "
                     "setting below overrides the profile; the resolved config is saved with the results.")
     p.add_argument("--framework", choices=("tf", "torch", "both"), default=None,
                    help="which side(s) to train (default both)")
