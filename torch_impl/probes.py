@@ -39,6 +39,7 @@ from bench.weights import WeightBundle
 from torch_impl import model as tm
 from torch_impl import optim
 from torch_impl import weights as tw
+from torch_impl.step import optimizer_step, sparse_categorical_crossentropy
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -56,13 +57,6 @@ def to_keras(t: torch.Tensor) -> np.ndarray:
     if t.dim() == 4:
         t = t.permute(0, 2, 3, 1)
     return np.array(t.cpu().numpy(), order="C", copy=True)  # never a view of a live tensor
-
-
-def sparse_categorical_crossentropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Keras' loss on the softmax output, mean over the batch. Keras' TF backend recovers the
-    logits from the softmax (``_keras_logits``), so it is exactly log_softmax of the logits,
-    with no 1e-7 clipping of probabilities (checked by ``tf_impl.probes``)."""
-    return F.nll_loss(F.log_softmax(logits, dim=-1), labels)
 
 
 class Twin:
@@ -291,10 +285,7 @@ def trajectory(twin: Twin, inputs: dict[str, np.ndarray], args: dict, *, quiet: 
     losses, samples = [], []
     start = time.perf_counter()
     for step in range(len(xs)):
-        opt.zero_grad(set_to_none=True)
-        loss = sparse_categorical_crossentropy(model(to_torch(xs[step], dtype)), torch.from_numpy(ys[step]))
-        loss.backward()
-        opt.step()
+        loss, _ = optimizer_step(model, opt, to_torch(xs[step], dtype), torch.from_numpy(ys[step]))
         losses.append(loss.item())
         samples.append(np.concatenate([
             twin.keras_value(k, by_key[k][0], by_key[k][1]).ravel()[idx] for k, idx in index.items()]))

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from bench import atomic
 from bench.errors import UserError
 from bench.train import TrainConfig, peak_rss, run_training, write_pid
+from torch_impl.step import optimizer_step
 
 AUTOCAST = {"fp32": None, "mixed_bf16": torch.bfloat16, "mixed_fp16": torch.float16}
 
@@ -114,19 +115,8 @@ class Trainer:
             x, y = x[bounds[self.rank]:bounds[self.rank + 1]], y[bounds[self.rank]:bounds[self.rank + 1]]
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
-        self.net.train()
-        with self._autocast():
-            logits = self.net(x)
-        loss = F.cross_entropy(logits.float(), y)  # mean of -log_softmax(logits)[label]
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            self.optimizer.step()
-        correct = (logits.detach().argmax(dim=1) == y).sum()
+        loss, logits = optimizer_step(self.net, self.optimizer, x, y, autocast=self._autocast, scaler=self.scaler)
+        correct = (logits.argmax(dim=1) == y).sum()
         if self.world > 1:
             # Sample means over the global batch, as the TF side reads its summed metrics.
             sums = torch.stack([loss.detach().float() * x.shape[0], correct.float(),
