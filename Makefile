@@ -5,6 +5,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.twinbench-installed
 PYTEST_ARGS ?=
+# twinbench run options, e.g. make run RUN_ARGS="--seed 200 --repeats 5"
+RUN_ARGS ?=
 
 .PHONY: run test test-slow gpu-check clean-venv
 
@@ -15,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/twinbench run
+	$(VENV)/bin/twinbench run $(RUN_ARGS)
 
 # Three pytest processes: framework-free tests (workers in subprocesses), then the TF and the
 # torch in-process tests. One process never imports both frameworks (see tests/conftest.py).
