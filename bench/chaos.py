@@ -125,7 +125,7 @@ def analyse(traces: dict[str, np.ndarray | None], losses: dict[str, np.ndarray],
         "cross_final": float(cross[-1]), "self_final": float(self_[-1]),
         "explained": bool(explained),
         "summary": (f"over steps {onset.start}-{onset.stop - 1} the TF-torch weight distance is at most "
-                    f"{ratio_onset:.2g}x the torch 1-ulp self-distance ({ratio_late:.2g}x over steps "
+                    f"{ratio_onset:.3g}x the torch 1-ulp self-distance ({ratio_late:.3g}x over steps "
                     f"{late.start}-{steps - 1}); "
                     + ("the difference is explained by floating-point rounding alone" if explained else
                        f"more than {factor:g}x: not explained by rounding; look for a porting difference")),

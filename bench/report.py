@@ -431,7 +431,7 @@ class Builder:
                 f"difference {mean}, 95% CI {fmt_ci(m)}; margin ±{tset.margin:g} points; {pair['verdict']['why']}")
         if tset.chaos and tset.chaos.get("status") == "complete":
             add(f"chaos control ({tset.chaos['steps']} steps, manifest order)", "reference",
-                f"{tset.chaos['factor']:.2g}x", tset.chaos.get("summary", ""))
+                f"{tset.chaos['factor']:.3g}x", tset.chaos.get("summary", ""))
         add("training throughput in fit (median of epochs 2..N over all runs)",
             *per_fw(lambda fw: _median_iqr(_pooled_epochs(tset.records, fw, "train_throughput"), ".1f", "img/s")),
             f"{c.get('input_size')} px, batch {c.get('batch_size')}, {c.get('precision')}")
@@ -589,8 +589,8 @@ class Builder:
                 # losses are per step 1..K; the weights start at step 0 (the bundle)
                 frame[col] = [np.nan] + list(values[:n - 1]) + [np.nan] * max(0, n - 1 - len(values))
             s.figure(self.save("chaos.png", figures.chaos_curves(frame, conditions=cond)),
-                     f"The chaos control: {chaos['summary']}. Factor {chaos['factor']:.2g} (threshold "
-                     f"{chaos['factor_threshold']:g}); at the last step {chaos['factor_final_step']:.2g} "
+                     f"The chaos control: {chaos['summary']}. Factor {chaos['factor']:.3g} (threshold "
+                     f"{chaos['factor_threshold']:g}); at the last step {chaos['factor_final_step']:.3g} "
                      f"(TF-torch {chaos['cross_final']:.2e}, torch-1ulp {chaos['self_final']:.2e}).")
         elif chaos:
             s.p(f"Chaos control: {chaos.get('message', chaos.get('status'))}.")
