@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
 from bench.errors import CheckFailed, UserError
+from bench.options import add_worker_options, positive_int, worker_config
 from bench.spec import build_spec, resnet50_blocks
 
 FRAMEWORKS = ("tf", "torch")
@@ -906,8 +907,6 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 
 def register(sub) -> None:
-    from bench.cli import add_worker_options, positive_int
-
     p = sub.add_parser("bench", help="throughput, memory and MFU of both frameworks vs their own ResNet-50s",
                        description=__doc__.split("\n\n")[0])
     d = Settings()
@@ -977,7 +976,6 @@ def settings_from_args(args) -> Settings:
 def cmd_bench(args) -> int:
     """Plan, run each row in its worker, print the table and ratios, store record and storage."""
     from bench import atomic
-    from bench.cli import worker_config
 
     settings = settings_from_args(args)
     rows, notes = plan(settings)
