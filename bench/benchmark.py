@@ -30,7 +30,7 @@ Measurement rules (each tested where a test can show it):
   a silently smaller batch (timm's retry-smaller habit makes the number lie about its batch);
 - one worker process per row (own allocator, own peak), equal intra-op threads on both sides.
 
-This module is framework-free AND numpy-free at import: ``bench/gpu_check.py`` reuses the timing
+This module is framework-free AND numpy-free at import: ``torch_impl/gpu_check.py`` reuses the timing
 loop, statistics and FLOP counts on a machine where only PyTorch is installed.
 """
 
@@ -483,7 +483,7 @@ def measure_row(row: dict[str, Any], backend: Backend,
         return failed_row(row, oom_message(backend.framework, row["batch"], backend.label, exc), oom=True,
                           device=backend.label)
     finally:
-        # One process may run many rows (bench/gpu_check.py): drop this row's model and step (with
+        # One process may run many rows (torch_impl/gpu_check.py): drop this row's model and step (with
         # its optimizer and compiled graph) before the backend frees memory, so the next row's
         # allocator peak holds only its own.
         del model, step
