@@ -32,7 +32,7 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -m slow --framework tf $(PYTEST_ARGS)
 
 gpu-check:
-	python3 -m bench.gpu_check
+	python3 -m torch_impl.gpu_check
 
 clean-venv:
 	rm -rf $(VENV)

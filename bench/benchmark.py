@@ -30,7 +30,7 @@ Measurement rules (each tested where a test can show it):
   a silently smaller batch (timm's retry-smaller habit makes the number lie about its batch);
 - one worker process per row (own allocator, own peak), equal intra-op threads on both sides.
 
-This module is framework-free AND numpy-free at import: ``bench/gpu_check.py`` reuses the timing
+This module is framework-free AND numpy-free at import: ``torch_impl/gpu_check.py`` reuses the timing
 loop, statistics and FLOP counts on a machine where only PyTorch is installed.
 """
 
@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
 from bench.errors import CheckFailed, UserError
+from bench.options import add_worker_options, positive_int, worker_config
 from bench.spec import build_spec, resnet50_blocks
 
 FRAMEWORKS = ("tf", "torch")
@@ -482,7 +483,7 @@ def measure_row(row: dict[str, Any], backend: Backend,
         return failed_row(row, oom_message(backend.framework, row["batch"], backend.label, exc), oom=True,
                           device=backend.label)
     finally:
-        # One process may run many rows (bench/gpu_check.py): drop this row's model and step (with
+        # One process may run many rows (torch_impl/gpu_check.py): drop this row's model and step (with
         # its optimizer and compiled graph) before the backend frees memory, so the next row's
         # allocator peak holds only its own.
         del model, step
@@ -906,8 +907,6 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 
 def register(sub) -> None:
-    from bench.cli import add_worker_options, positive_int
-
     p = sub.add_parser("bench", help="throughput, memory and MFU of both frameworks vs their own ResNet-50s",
                        description=__doc__.split("\n\n")[0])
     d = Settings()
@@ -977,7 +976,6 @@ def settings_from_args(args) -> Settings:
 def cmd_bench(args) -> int:
     """Plan, run each row in its worker, print the table and ratios, store record and storage."""
     from bench import atomic
-    from bench.cli import worker_config
 
     settings = settings_from_args(args)
     rows, notes = plan(settings)

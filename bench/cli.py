@@ -8,20 +8,20 @@
 Each subcommand lives beside its subject: COMMANDS maps a command name to the function that
 registers its parser (``register(subparsers)``), imported when the parser is built. Handlers
 return an exit code; a TwinbenchError becomes one line on stderr and its exit code
-(2 bad input, 1 failed check), with no traceback.
+(2 bad input, 1 failed check), with no traceback. The options several commands share live in
+``bench.options``; nothing but this entry point imports ``bench.cli``.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 from typing import Callable
 
 from bench import __version__
 from bench.errors import TwinbenchError, UserError
-from bench.runner import WorkerConfig
+from bench.options import add_model_options, add_worker_options, model_args, worker_config
 
 # Command name -> "module:function" registering its subparser. An explicit table.
 COMMANDS: dict[str, str] = {
@@ -37,53 +37,6 @@ COMMANDS: dict[str, str] = {
     "compare": "bench.compare:register",
     "history": "bench.history:register",
 }
-
-
-def add_worker_options(parser: argparse.ArgumentParser) -> None:
-    """Options every command that starts framework workers accepts."""
-    group = parser.add_argument_group("workers")
-    group.add_argument("--tf-python", default=os.environ.get("TWINBENCH_TF_PYTHON", sys.executable),
-                       help="Python that runs the TensorFlow worker (default: this one)")
-    group.add_argument("--torch-python", default=os.environ.get("TWINBENCH_TORCH_PYTHON", sys.executable),
-                       help="Python that runs the PyTorch worker (default: this one)")
-    group.add_argument("--threads", type=positive_int, default=None,
-                       help="intra-op threads for both frameworks (default: all cores)")
-    group.add_argument("--quiet", action="store_true", help="no per-step progress (for CI)")
-
-
-def worker_config(args: argparse.Namespace) -> WorkerConfig:
-    return WorkerConfig(tf_python=args.tf_python, torch_python=args.torch_python,
-                        threads=args.threads, quiet=args.quiet)
-
-
-def add_model_options(parser: argparse.ArgumentParser, *, input_size: int = 224, pooling: str = "avg7",
-                      classes: int = 1000) -> None:
-    from bench.spec import MODELS, POOLINGS
-
-    group = parser.add_argument_group("model")
-    group.add_argument("--model", default="resnet50", choices=sorted(MODELS), help="architecture (default resnet50)")
-    group.add_argument("--classes", type=positive_int, default=classes, help=f"head size (default {classes})")
-    group.add_argument("--input-size", type=positive_int, default=input_size, help=f"square input size (default {input_size})")
-    group.add_argument("--pooling", default=pooling, choices=POOLINGS,
-                       help="avg7: the seed's AveragePooling2D(7); global: any input size")
-
-
-def model_args(args: argparse.Namespace) -> dict:
-    """The model arguments a worker job carries (validated here, before any work starts)."""
-    from bench.spec import build_spec
-
-    build_spec(args.model, args.classes, args.input_size, args.pooling)
-    return {"model": args.model, "classes": args.classes, "input_size": args.input_size, "pooling": args.pooling}
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, received {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, received {value}")
-    return value
 
 
 # ---- info ------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from bench import atomic
 from bench.errors import CheckFailed, UserError
 from bench.manifest import (DECODERS, ORDERS, PREPROCESSINGS, SPLITS, Manifest, PipelineOptions, add_manifest_options,
                             manifest_from_args)
+from bench.options import add_model_options, add_worker_options, model_args, positive_int, worker_config
 from bench.runner import WorkerConfig, run_worker
 
 # Max |TF - torch| per image, 0..255 scale, with the accurate decoder: bilinear resizing differs
@@ -125,8 +126,6 @@ def format_report(report: dict[str, Any]) -> str:
 
 # ---- the command -----------------------------------------------------------------------------------
 def register(sub) -> None:
-    from bench.cli import add_model_options, add_worker_options, positive_int
-
     p = sub.add_parser("data", help="the demo dataset; the TF vs torch input-pipeline check")
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="{demo,check,speed}")
 
@@ -187,8 +186,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from bench.cli import worker_config
-
     manifest = manifest_from_args(args)
     options = PipelineOptions(image_size=args.image_size, batch_size=args.batch_size,
                               preprocessing=args.preprocessing, workers=args.workers)
@@ -240,8 +237,6 @@ def format_speed(report: dict[str, Any]) -> str:
 
 
 def cmd_speed(args: argparse.Namespace) -> int:
-    from bench.cli import model_args, worker_config
-
     manifest = manifest_from_args(args)
     model = model_args(args)
     options = PipelineOptions(image_size=args.input_size, batch_size=args.batch_size, workers=args.workers,

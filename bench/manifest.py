@@ -38,6 +38,7 @@ import numpy as np
 
 from bench import atomic
 from bench.errors import CheckFailed, UserError
+from bench.options import positive_int
 
 FORMAT = "twinbench-manifest"
 VERSION = 1
@@ -638,8 +639,6 @@ def manifest_from_args(args: argparse.Namespace) -> Manifest:
 
 def add_pipeline_options(parser: argparse.ArgumentParser, *, image_size: int = 224, batch_size: int = 8) -> None:
     """The PipelineOptions fields as options (defaults: the seed's)."""
-    from bench.cli import positive_int
-
     group = parser.add_argument_group("input pipeline")
     group.add_argument("--image-size", type=positive_int, default=image_size, help=f"resize to N x N (default {image_size})")
     group.add_argument("--batch-size", type=positive_int, default=batch_size, help=f"batch size (default {batch_size})")

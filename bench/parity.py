@@ -112,6 +112,7 @@ import numpy as np
 
 from bench import parity_metrics as pm
 from bench.errors import CheckFailed, UserError
+from bench.options import add_model_options, add_worker_options, positive_int, worker_config
 from bench.parity_table import (CALIBRATED_METRIC, TRAJECTORY_SAMPLE, build_table, check_summary, failures, first_divergent,  # noqa: F401
                                 format_ablation_table, format_table, is_stat, owner, previous_point,
                                 sample_offsets, summarize, trajectory_curve, trajectory_own, trajectory_sample,
@@ -668,8 +669,6 @@ def _ablation_table(config: ParityConfig, workers: WorkerConfig, spec: ModelSpec
 
 # ---- CLI ----------------------------------------------------------------------------------------------
 def register(sub) -> None:
-    from bench.cli import add_model_options, add_worker_options, positive_int
-
     p = sub.add_parser("parity", help="per-block numeric parity TF vs torch: forward, train mode, gradients, "
                                       "optimizer step, trajectory",
                        description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -712,7 +711,6 @@ def config_from_args(args: argparse.Namespace) -> ParityConfig:
 
 def cmd_parity(args: argparse.Namespace) -> int:
     from bench import atomic
-    from bench.cli import worker_config
 
     config = config_from_args(args)
     workers = worker_config(args)

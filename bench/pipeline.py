@@ -40,6 +40,7 @@ from typing import Any, Callable
 
 from bench import __version__, atomic
 from bench.errors import CheckFailed, TwinbenchError, UserError, WorkerError, one_line
+from bench.options import add_worker_options, positive_int, worker_config
 from bench.runset import RESIDUALS_FORMAT, RESIDUALS_VERSION, SESSION_FORMAT, SESSION_NAME, SESSION_VERSION
 from bench.train import QuickProfile
 
@@ -174,8 +175,6 @@ class Pipeline:
     """The steps of one run, sharing what earlier steps produced."""
 
     def __init__(self, args: argparse.Namespace, session: Session, profile: Profile):
-        from bench.cli import worker_config
-
         self.args, self.session, self.profile = args, session, profile
         self.run_dir = session.run_dir
         self.workers = worker_config(args)
@@ -456,7 +455,6 @@ def _relative(path: str, root: Path) -> str:
 
 # ---- the command ---------------------------------------------------------------------------------------
 def register(sub) -> None:
-    from bench.cli import add_worker_options, positive_int
     from bench.spec import MODELS
 
     p = sub.add_parser("run", help="the whole comparison in one command (what 'make run' does)",

@@ -50,6 +50,7 @@ import numpy as np
 
 from bench import __version__, atomic
 from bench.errors import CheckFailed, TwinbenchError, UserError, WorkerError, one_line
+from bench.options import add_model_options, add_worker_options, positive_int, worker_config
 
 FRAMEWORKS = ("tf", "torch")
 LABELS = {"tf": "TensorFlow", "torch": "PyTorch"}
@@ -189,8 +190,6 @@ def torch_alignment(ablation: str | None) -> dict[str, Any]:
 def _classes(text: str) -> int | str:
     if text == "auto":
         return text
-    from bench.cli import positive_int
-
     return positive_int(text)
 
 
@@ -215,7 +214,6 @@ def _seconds(text: str) -> float:
 
 
 def register(sub) -> None:
-    from bench.cli import add_model_options, add_worker_options, positive_int
     from bench.manifest import DECODERS, ORDERS, PREPROCESSINGS
 
     p = sub.add_parser(
@@ -549,8 +547,6 @@ def prepare_init(config: TrainConfig, run_dir: Path, args: argparse.Namespace) -
 
 # ---- orchestration -------------------------------------------------------------------------------
 def _worker_config(args: argparse.Namespace, config: TrainConfig):
-    from bench.cli import worker_config
-
     wconfig = worker_config(args)
     wconfig.threads = config.threads
     # Per-step lines are the worker's; --quiet keeps its epoch summaries but drops step lines.

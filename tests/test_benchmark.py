@@ -470,12 +470,12 @@ def test_pytest_benchmark_compare_reads_our_stored_files(tmp_path, stored_median
 
 # ---- the bench package stays framework-free ------------------------------------------------------
 def test_bench_benchmark_and_gpu_check_import_no_framework_and_no_numpy(repo_root):
-    code = ("import sys, bench.benchmark, bench.gpu_check; "
+    code = ("import sys, bench.benchmark, torch_impl.gpu_check; "
             "print(sorted(m for m in ('numpy', 'torch', 'tensorflow', 'keras', 'pandas') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
     cli = subprocess.run([sys.executable, "-c", "import sys, bench.cli; bench.cli.build_parser(); "
-                          "print('bench.gpu_check' in sys.modules, 'torch' in sys.modules)"],
+                          "print('torch_impl.gpu_check' in sys.modules, 'torch' in sys.modules)"],
                          cwd=repo_root, capture_output=True, text=True, check=True)
     assert cli.stdout.strip() == "False False"
 
@@ -511,12 +511,12 @@ def torch_only_site(tmp_path_factory) -> Path:
 
 
 def test_gpu_check_smoke_runs_from_the_source_tree_with_torch_alone(tmp_path, repo_root, torch_only_site):
-    """``python3 bench/gpu_check.py --smoke`` from another folder, with no site processing (no .pth,
+    """``python3 torch_impl/gpu_check.py --smoke`` from another folder, with no site processing (no .pth,
     so no editable install) and only torch importable: it runs the rows, skips TF32 on the CPU,
     falls back to its torchvision copy, and writes $OUT/gpu_check.json."""
     env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(torch_only_site), "OUT": str(tmp_path),
            "OMP_NUM_THREADS": "1", "HOME": str(tmp_path)}
-    proc = subprocess.run([sys.executable, "-S", str(repo_root / "bench" / "gpu_check.py"), "--smoke", "--quiet"],
+    proc = subprocess.run([sys.executable, "-S", str(repo_root / "torch_impl" / "gpu_check.py"), "--smoke", "--quiet"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     payload = json.loads((tmp_path / "gpu_check.json").read_text())
@@ -534,7 +534,7 @@ def test_gpu_check_smoke_runs_from_the_source_tree_with_torch_alone(tmp_path, re
 
 
 def test_gpu_check_plans_the_anchor_settings_first_and_keeps_to_its_budget():
-    from bench import gpu_check
+    from torch_impl import gpu_check
 
     rows = gpu_check.make_rows(gpu_check.settings(smoke=False, batch=None))
     assert {(r["batch"], r["input_size"], r["layout"]) for r in rows} == {(256, 224, "nhwc")}

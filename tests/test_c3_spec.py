@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from bench.cli import add_model_options, model_args
+from bench.options import add_model_options, model_args
 from bench.errors import UserError
 from bench.spec import MODELS, RESNET50_STAGES, build_spec, c3_unit_layers
 from bench.weights import random_bundle, write_legacy_h5

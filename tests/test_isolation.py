@@ -16,13 +16,10 @@ from bench.errors import UserError, WorkerError
 from bench.runner import WorkerConfig, run_worker
 
 FRAMEWORK_MODULES = ("tensorflow", "keras", "torch", "torchvision")
-# Standalone scripts for machines with one framework only; never imported by the CLI.
-STANDALONE = {"bench.gpu_check"}
 
 
 def test_bench_imports_no_framework():
-    modules = [f"bench.{m.name}" for m in pkgutil.iter_modules(bench.__path__)
-               if f"bench.{m.name}" not in STANDALONE]
+    modules = [f"bench.{m.name}" for m in pkgutil.iter_modules(bench.__path__)]
     code = ("import importlib, sys\n"
             f"for m in {modules!r}: importlib.import_module(m)\n"
             "from bench.cli import build_parser; build_parser()\n"

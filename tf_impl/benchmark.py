@@ -258,7 +258,7 @@ class Backend:
 
     def cleanup(self, row: dict[str, Any]) -> None:
         """Nothing to free: a TF row runs in its own worker process (nothing in-process runs TF rows
-        one after another, as bench/gpu_check.py does with torch)."""
+        one after another, as torch_impl/gpu_check.py does with torch)."""
 
     def matmul_step(self, precision: str, n: int) -> Callable[[], tf.Tensor]:
         with tf.device(self.device):

@@ -1,7 +1,7 @@
 """Timed training and inference steps in PyTorch: our ResNet-50 and ``torchvision.models.resnet50``.
 
 The worker side of ``twinbench bench`` (task ``bench_row``), also run in-process by
-``bench/gpu_check.py``; mirror of ``tf_impl/benchmark.py``. The row and peak control flow, the
+``torch_impl/gpu_check.py``; mirror of ``tf_impl/benchmark.py``. The row and peak control flow, the
 loop, statistics and FLOPs are ``bench.benchmark``'s; this module supplies (as :class:`Backend`)
 the model, the step, the device sync, the precision switches and the memory counters. numpy-free
 on purpose (the GPU check machine may lack it).
@@ -311,7 +311,7 @@ class Backend:
         return is_oom(exc)
 
     def cleanup(self, row: dict[str, Any]) -> None:
-        """bench/gpu_check.py runs many rows in one process: once the row's model and step are
+        """torch_impl/gpu_check.py runs many rows in one process: once the row's model and step are
         dropped, free its compiled graphs and cached CUDA blocks too."""
         if row["compile"] == "jit":
             torch._dynamo.reset()

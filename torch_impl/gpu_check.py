@@ -1,13 +1,14 @@
 """GPU check: our torch ResNet-50 against torchvision's on a lent NVIDIA GPU (an H200), torch only.
 
-    python3 bench/gpu_check.py             # or: python3 -m bench.gpu_check, or: make gpu-check
-    python3 bench/gpu_check.py --smoke     # a tiny CPU run of the same code (what the tests run)
+    python3 torch_impl/gpu_check.py          # or: python3 -m torch_impl.gpu_check, or: make gpu-check
+    python3 torch_impl/gpu_check.py --smoke  # a tiny CPU run of the same code (what the tests run)
 
 For a machine with PyTorch alone: no TensorFlow, no network, twinbench not installed, maybe no
 numpy and no torchvision (then an architecture copy of torchvision's resnet50 stands in, and the
 rows say so). It runs from the source tree and imports only the standard library, ``bench``'s
-framework-free and numpy-free modules (``bench.benchmark``, ``bench.spec``) and ``torch_impl``.
-torch is imported inside the functions, never when ``bench`` is imported.
+framework-free and numpy-free modules (``bench.benchmark``, ``bench.options``, ``bench.spec``) and
+``torch_impl``. torch is imported inside the functions, never when this module is imported. It
+lives in ``torch_impl``, not in ``bench``, because it runs torch: the core imports no framework.
 
 What it measures, at batch 256 with channels_last (cuDNN's fast layout), each row with the
 rules of ``bench.benchmark`` (warm-up apart, synced clock reads, >= 5 windows, median and IQR,
@@ -35,7 +36,11 @@ from pathlib import Path
 from typing import Any
 
 if __package__ in (None, ""):  # run as a file: make the source tree importable, nothing installed
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    _HERE = Path(__file__).resolve().parent
+    # Python put this folder first on sys.path: its modules (benchmark, data, model, ...) would
+    # then shadow top-level names; import them as torch_impl.* from the source tree instead.
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+    sys.path.insert(0, str(_HERE.parent))
 
 from bench import benchmark as bb  # noqa: E402  (stdlib-only at import)
 

@@ -1,0 +1,67 @@
+"""Options shared by the commands: the worker options, the model options, ``positive_int``.
+
+A library, not a command: the command modules (``bench.train``, ``bench.parity``, ...) and the
+entry point ``bench.cli`` add these options to their parsers and read them back here, so no
+module below the entry point imports ``bench.cli``.
+
+Numpy-free at import, like ``bench.benchmark``, which imports it and is itself imported on a
+torch-only machine by ``torch_impl/gpu_check.py``: ``bench.runner`` (numpy) is imported only
+when a worker configuration is built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import TYPE_CHECKING
+
+from bench.spec import MODELS, POOLINGS, build_spec
+
+if TYPE_CHECKING:
+    from bench.runner import WorkerConfig
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, received {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, received {value}")
+    return value
+
+
+def add_worker_options(parser: argparse.ArgumentParser) -> None:
+    """Options every command that starts framework workers accepts."""
+    group = parser.add_argument_group("workers")
+    group.add_argument("--tf-python", default=os.environ.get("TWINBENCH_TF_PYTHON", sys.executable),
+                       help="Python that runs the TensorFlow worker (default: this one)")
+    group.add_argument("--torch-python", default=os.environ.get("TWINBENCH_TORCH_PYTHON", sys.executable),
+                       help="Python that runs the PyTorch worker (default: this one)")
+    group.add_argument("--threads", type=positive_int, default=None,
+                       help="intra-op threads for both frameworks (default: all cores)")
+    group.add_argument("--quiet", action="store_true", help="no per-step progress (for CI)")
+
+
+def worker_config(args: argparse.Namespace) -> WorkerConfig:
+    from bench.runner import WorkerConfig  # numpy: see the module docstring
+
+    return WorkerConfig(tf_python=args.tf_python, torch_python=args.torch_python,
+                        threads=args.threads, quiet=args.quiet)
+
+
+def add_model_options(parser: argparse.ArgumentParser, *, input_size: int = 224, pooling: str = "avg7",
+                      classes: int = 1000) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", default="resnet50", choices=sorted(MODELS), help="architecture (default resnet50)")
+    group.add_argument("--classes", type=positive_int, default=classes, help=f"head size (default {classes})")
+    group.add_argument("--input-size", type=positive_int, default=input_size, help=f"square input size (default {input_size})")
+    group.add_argument("--pooling", default=pooling, choices=POOLINGS,
+                       help="avg7: the seed's AveragePooling2D(7); global: any input size")
+
+
+def model_args(args: argparse.Namespace) -> dict:
+    """The model arguments a worker job carries (validated here, before any work starts)."""
+    build_spec(args.model, args.classes, args.input_size, args.pooling)
+    return {"model": args.model, "classes": args.classes, "input_size": args.input_size, "pooling": args.pooling}
