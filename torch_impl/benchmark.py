@@ -23,6 +23,7 @@ from torch import nn
 from bench import benchmark as bb
 from bench.errors import UserError
 from bench.spec import build_spec
+from torch_impl.step import optimizer_step
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 MATMUL_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -216,19 +217,8 @@ def make_step(model: nn.Module, row: dict[str, Any], device: torch.device,
 
     def train() -> torch.Tensor:
         x, y = batches()
-        optimizer.zero_grad(set_to_none=True)
-        with autocast(precision, device):
-            logits = forward(x)
-        # The seed's loss: sparse categorical cross-entropy of the softmax, i.e. of the logits.
-        loss = F.cross_entropy(logits.float(), y)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        return loss
+        # twinbench train's step (the seed's loss on the logits), on the compiled module under "jit"
+        return optimizer_step(forward, optimizer, x, y, autocast=lambda: autocast(precision, device), scaler=scaler)[0]
     return train
 
 
