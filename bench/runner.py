@@ -115,6 +115,16 @@ def run_worker(
     if job_dir is None:
         job_dir = Path(tempfile.mkdtemp(prefix=f"twinbench-{framework}-{task}-"))
     job_dir = Path(job_dir)
+    job_path = write_job(job_dir, framework, task, args, arrays, config)
+    label = FRAMEWORK_LABELS[framework]
+    tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+    returncode = wait_for_worker(framework, task, job_path, config, timeout, tail)
+    return read_result(job_dir, label, task, returncode, tail)
+
+
+def write_job(job_dir: Path, framework: str, task: str, args: dict[str, Any],
+              arrays: dict[str, np.ndarray] | None, config: WorkerConfig) -> Path:
+    """``job.json`` (and ``inputs.npz``) in ``job_dir``, with any earlier result removed."""
     job_dir.mkdir(parents=True, exist_ok=True)
     for stale in ("result.json", "arrays.npz"):
         (job_dir / stale).unlink(missing_ok=True)
@@ -124,10 +134,15 @@ def run_worker(
         job["inputs"] = "inputs.npz"
     job_path = job_dir / "job.json"
     atomic.write_json(job_path, job)
+    return job_path
 
+
+def wait_for_worker(framework: str, task: str, job_path: Path, config: WorkerConfig, timeout: float | None,
+                    tail: collections.deque[str]) -> int:
+    """Start ``python -m {framework}_impl.worker JOB``, echo its output (keeping the last lines in
+    ``tail``) and return its exit status; kill it past ``timeout``."""
     label = FRAMEWORK_LABELS[framework]
     cmd = [config.python(framework), "-m", f"{framework}_impl.worker", str(job_path)]
-    tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
     try:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 env=worker_env(config), text=True, errors="replace")
@@ -162,7 +177,12 @@ def run_worker(
             proc.wait()
         raise
     reader.join(timeout=5)
+    return returncode
 
+
+def read_result(job_dir: Path, label: str, task: str, returncode: int, tail: Iterable[str]) -> WorkerResult:
+    """The worker's ``result.json`` (and ``arrays.npz``), or the error it reported or died of."""
+    tail = list(tail)
     result_path = job_dir / "result.json"
     payload: dict[str, Any] | None = None
     if result_path.exists():

@@ -1,4 +1,4 @@
-"""bench.benchmark without a framework: statistics, the timing rules, FLOPs and MFU, the
+"""bench.benchmark and bench.measure without a framework: statistics, the timing rules, FLOPs and MFU, the
 pytest-benchmark storage format (read back by pytest-benchmark itself, and by
 ``pytest --benchmark-compare/--benchmark-compare-fail``), and failures recorded, never hidden."""
 
@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from bench import benchmark as bb
+from bench import measure as bm
 from bench.errors import UserError, WorkerError
 
 pytest_benchmark_stats = pytest.importorskip("pytest_benchmark.stats")
@@ -24,7 +25,7 @@ pytest_benchmark_stats = pytest.importorskip("pytest_benchmark.stats")
 @pytest.mark.parametrize("data", [[0.5], [3.0, 1.0], [5.0, 1.0, 2.0, 4.0, 3.0], [1.0, 9.0, 2.0, 2.5, 3.0, 7.0],
                                   [0.9, 1.1, 1.0, 1.2, 0.95, 3.0, 1.05]])
 def test_summarize_matches_pytest_benchmark_stats(data):
-    ours = bb.summarize(data)
+    ours = bm.summarize(data)
     theirs = pytest_benchmark_stats.Stats()
     for x in data:
         theirs.update(x)
@@ -36,7 +37,7 @@ def test_summarize_matches_pytest_benchmark_stats(data):
 def test_throughput_is_total_images_over_total_time_not_a_mean_of_rates():
     # Windows of 1 s and 3 s, 12 images each: 12 and 4 img/s. The mean of the rates (8) is wrong;
     # 24 images in 4 s is 6 img/s.
-    stats = bb.throughput_stats([1.0, 3.0], 12)
+    stats = bm.throughput_stats([1.0, 3.0], 12)
     assert stats["overall"] == pytest.approx(6.0)
     assert stats["windows"] == [12.0, 4.0]
 
@@ -65,7 +66,7 @@ class FakeDevice:
 
 def test_warmup_is_timed_apart_and_excluded_from_throughput():
     dev = FakeDevice(first_step_s=30.0, step_s=0.5)  # a 30 s compile, then 0.5 s steps
-    t = bb.time_steps(dev.step, dev.sync, warmup=3, repeats=5, steps=4, batch=8, clock=dev.clock)
+    t = bm.time_steps(dev.step, dev.sync, warmup=3, repeats=5, steps=4, batch=8, clock=dev.clock)
     assert t["first_step_s"] == pytest.approx(30.0)
     assert t["warmup_s"] == pytest.approx(31.0)
     assert t["window_s"] == [pytest.approx(2.0)] * 5
@@ -75,7 +76,7 @@ def test_warmup_is_timed_apart_and_excluded_from_throughput():
 
 def test_every_clock_read_follows_a_sync():
     dev = FakeDevice(first_step_s=1.0, step_s=1.0)
-    bb.time_steps(dev.step, dev.sync, warmup=2, repeats=5, steps=3, batch=1, clock=dev.clock)
+    bm.time_steps(dev.step, dev.sync, warmup=2, repeats=5, steps=3, batch=1, clock=dev.clock)
     reads = [i for i, e in enumerate(dev.events) if e == "clock"]
     assert len(reads) == 2 + 2 * 5 + 1
     assert all(dev.events[i - 1] == "sync" for i in reads)
@@ -89,12 +90,12 @@ def test_too_few_repeats_or_no_warmup_is_refused(kwargs, message):
     dev = FakeDevice(1.0, 1.0)
     args = {"warmup": 1, "repeats": 5, "steps": 1, **kwargs}
     with pytest.raises(UserError, match=message):
-        bb.time_steps(dev.step, dev.sync, batch=1, clock=dev.clock, **args)
+        bm.time_steps(dev.step, dev.sync, batch=1, clock=dev.clock, **args)
 
 
 def test_memory_is_a_separate_loop_after_the_reset():
     events = []
-    mem = bb.measure_memory(lambda: events.append("step"), lambda out: None, steps=2,
+    mem = bm.measure_memory(lambda: events.append("step"), lambda out: None, steps=2,
                             reset=lambda: events.append("reset") or True,
                             read=lambda: events.append("read") or {"peak_bytes": 5})
     assert events == ["reset", "step", "step", "read"]
@@ -103,14 +104,14 @@ def test_memory_is_a_separate_loop_after_the_reset():
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
 def test_peak_rss_reset_forgets_an_earlier_peak():
-    before = bb.read_peak_rss()["peak_bytes"]
+    before = bm.read_peak_rss()["peak_bytes"]
     block = bytearray(256 * 2**20)
     block[::4096] = b"\x01" * len(block[::4096])  # touch every page: RSS really grows
-    grown = bb.read_peak_rss()["peak_bytes"]
+    grown = bm.read_peak_rss()["peak_bytes"]
     del block
     assert grown >= before + 200 * 2**20
-    assert bb.reset_peak_rss() is True
-    assert bb.read_peak_rss()["peak_bytes"] < grown - 200 * 2**20
+    assert bm.reset_peak_rss() is True
+    assert bm.read_peak_rss()["peak_bytes"] < grown - 200 * 2**20
 
 
 # ---- the row and peak control flow both workers share -----------------------------------------------
@@ -124,7 +125,7 @@ class FakeModel:
 
 
 class FakeBackend:
-    """A framework for ``bb.measure_row`` / ``bb.measure_peak``: logs every hook it is asked for;
+    """A framework for ``bm.measure_row`` / ``bm.measure_peak``: logs every hook it is asked for;
     ``fail_in`` names the hook that raises ``error``."""
 
     framework, label = "torch", "cpu fake"
@@ -147,7 +148,7 @@ class FakeBackend:
         return self.skip
 
     def check_precision(self, precision):
-        return None if self.gpu or precision not in bb.GPU_ONLY_PRECISIONS else "needs a GPU"
+        return None if self.gpu or precision not in bm.GPU_ONLY_PRECISIONS else "needs a GPU"
 
     def use_tf32(self, enabled):
         self.events.append(("tf32", enabled))
@@ -205,13 +206,13 @@ def fake_row(**changes) -> dict:
            "input_size": 32, "pooling": "global", "classes": 10, "arch": "resnet50", "precision": "fp32",
            "layout": "nhwc", "compile": "eager", "warmup": 2, "repeats": 5, "steps": 3, "memory_steps": 2,
            "device": "cpu", **changes}
-    row["id"] = bb.row_id(row)
+    row["id"] = bm.row_id(row)
     return row
 
 
 def test_measure_row_builds_after_the_inputs_times_then_measures_memory_and_frees_the_model():
     backend = FakeBackend()
-    out = bb.measure_row(fake_row(), backend)
+    out = bm.measure_row(fake_row(), backend)
     names = [e[0] for e in backend.events if e[0] != "sync"]
     assert names == ["prepare", "synthetic_batch", "build_model", "make_step", *["step"] * (2 + 5 * 3), "reset",
                      "step", "step", "cleanup"]
@@ -225,7 +226,7 @@ def test_measure_row_builds_after_the_inputs_times_then_measures_memory_and_free
 
 def test_measure_row_times_the_first_pipeline_batch_between_syncs_and_records_the_batch_fed():
     backend = FakeBackend(batch_fed=3)
-    out = bb.measure_row(fake_row(input="pipeline", manifest="m.json"), backend)
+    out = bm.measure_row(fake_row(input="pipeline", manifest="m.json"), backend)
     first = backend.events.index(("batch",))
     assert backend.events[first - 1] == ("sync", None)
     after = backend.events[first + 1]
@@ -235,14 +236,14 @@ def test_measure_row_times_the_first_pipeline_batch_between_syncs_and_records_th
 
 def test_measure_row_skips_without_touching_the_device():
     backend = FakeBackend(skip="fp16 needs a GPU")
-    out = bb.measure_row(fake_row(precision="fp16"), backend)
+    out = bm.measure_row(fake_row(precision="fp16"), backend)
     assert out["status"] == "skipped" and out["error"] == "fp16 needs a GPU" and backend.events == []
 
 
 @pytest.mark.parametrize("fail_in", ["synthetic_batch", "build_model", "step"])
 def test_out_of_memory_anywhere_is_a_failed_row_and_the_backend_still_cleans_up(fail_in):
     backend = FakeBackend(fail_in=fail_in, error=RuntimeError("CUDA out of memory. Tried to allocate 9 GiB"))
-    out = bb.measure_row(fake_row(batch=4096), backend)
+    out = bm.measure_row(fake_row(batch=4096), backend)
     assert out["status"] == "failed" and out["oom"] is True and out["batch"] == 4096 and "batch_used" not in out
     assert out["error"].startswith("out of memory at batch 4096 on cpu fake (torch: CUDA out of memory.")
     assert out["device"] == "cpu fake" and backend.events[-1] == ("cleanup",)
@@ -252,7 +253,7 @@ def test_out_of_memory_anywhere_is_a_failed_row_and_the_backend_still_cleans_up(
 def test_an_error_that_is_not_out_of_memory_propagates_after_the_cleanup():
     backend = FakeBackend(fail_in="make_step", error=ValueError("bad shape"))
     with pytest.raises(ValueError, match="bad shape"):
-        bb.measure_row(fake_row(), backend)
+        bm.measure_row(fake_row(), backend)
     assert backend.events[-1] == ("cleanup",)
 
 
@@ -261,7 +262,7 @@ def test_an_error_that_is_not_out_of_memory_propagates_after_the_cleanup():
 def test_measure_peak_per_dtype_with_tf32_only_for_tf32_and_off_afterwards(gpu, size, expected_n, tf32):
     backend = FakeBackend(gpu=gpu)
     messages = []
-    peaks = bb.measure_peak(("fp32", "tf32", "bf16"), backend, size, messages.append)
+    peaks = bm.measure_peak(("fp32", "tf32", "bf16"), backend, size, messages.append)
     assert set(peaks) == ({"fp32", "tf32", "bf16"} if gpu else {"fp32", "bf16"})
     assert all(v > 0 for v in peaks.values()) and len(messages) == len(peaks)
     assert {e[2] for e in backend.events if e[0] == "matmul"} == {expected_n}
@@ -270,13 +271,13 @@ def test_measure_peak_per_dtype_with_tf32_only_for_tf32_and_off_afterwards(gpu, 
 
 def test_the_bench_row_task_measures_the_peak_before_the_model_only_when_asked():
     backend = FakeBackend()
-    out = bb.bench_task({"row": fake_row(), "peak": {"size": 32}}, backend, lambda message: None)
+    out = bm.bench_task({"row": fake_row(), "peak": {"size": 32}}, backend, lambda message: None)
     names = [e[0] for e in backend.events]
     assert names.index("matmul") < names.index("build_model")
     assert set(out["peak"]) == {"fp32", "bf16"} and out["row"]["status"] == "ok"
     assert out["env"] == {"framework": "torch", "device": "cpu fake"}
     again = FakeBackend()
-    assert bb.bench_task({"row": fake_row()}, again, lambda message: None)["peak"] is None
+    assert bm.bench_task({"row": fake_row()}, again, lambda message: None)["peak"] is None
     assert not any(e[0] == "matmul" for e in again.events)
 
 
@@ -284,13 +285,13 @@ def test_the_bench_row_task_measures_the_peak_before_the_model_only_when_asked()
 def test_reference_flops_follow_the_known_counts():
     # torchvision documents resnet50 at 4.09 GFLOPS (multiply-adds); ResNet v1 (keras.applications,
     # stride on the 1x1) costs less, and ours, with its unpadded 55x55 stem, less again.
-    tv = bb.reference_forward_flops("torchvision", 224, 1000)
-    keras = bb.reference_forward_flops("keras", 224, 1000)
-    ours = bb.forward_flops("torch", "ours", 224, 1000, "avg7")
+    tv = bm.reference_forward_flops("torchvision", 224, 1000)
+    keras = bm.reference_forward_flops("keras", 224, 1000)
+    ours = bm.forward_flops("torch", "ours", 224, 1000, "avg7")
     assert tv / 2 == pytest.approx(4.09e9, rel=0.003)
     assert ours < keras < tv
     assert keras / 2 == pytest.approx(3.86e9, rel=0.01)
-    assert bb.step_flops_per_image("tf", "reference", "train", 224, 1000, "global") == 3 * keras
+    assert bm.step_flops_per_image("tf", "reference", "train", 224, 1000, "global") == 3 * keras
 
 
 def test_mfu_divides_by_the_best_peak_of_the_matching_dtype():
@@ -298,12 +299,12 @@ def test_mfu_divides_by_the_best_peak_of_the_matching_dtype():
              "flops_per_image": 1e9},
             {"status": "failed", "framework": "tf", "precision": "fp32"}]
     peaks = {"torch": {"fp32": 100e9, "bf16": 200e9}, "tf": {"fp32": 150e9, "bf16": 400e9}}
-    bb.add_mfu(rows, peaks)
+    bm.add_mfu(rows, peaks)
     assert rows[0]["peak_dtype"] == "bf16"
     assert rows[0]["mfu"] == pytest.approx(10 * 1e9 / 400e9)  # the machine's peak: TF's bf16 matmul
     assert rows[0]["mfu_own_peak"] == pytest.approx(10 * 1e9 / 200e9)
     assert "mfu" not in rows[1]
-    assert bb.mfu(1.0, 1.0, None) is None
+    assert bm.mfu(1.0, 1.0, None) is None
 
 
 def test_mfu_above_one_warns_that_the_peak_was_measured_low():
@@ -311,7 +312,7 @@ def test_mfu_above_one_warns_that_the_peak_was_measured_low():
            "batch": 8, "input_size": 224, "precision": "fp32", "layout": "nhwc", "compile": "eager",
            "images_per_s": 10.0, "flops_per_image": 1e9}
     rows = [dict(row), dict(row, mode="infer", images_per_s=50.0)]
-    bb.add_mfu(rows, {"torch": {"fp32": 30e9}})  # infer: 50 GFLOP/s on a 30 GFLOP/s "peak"
+    bm.add_mfu(rows, {"torch": {"fp32": 30e9}})  # infer: 50 GFLOP/s on a 30 GFLOP/s "peak"
     (note,) = bb.mfu_notes(rows)
     assert note.startswith("MFU above 100% in 1 row(s) (worst 167%: torch ours infer") and "quiet" in note
     assert bb.mfu_notes(rows[:1]) == []
@@ -322,11 +323,11 @@ def test_ratios_compare_ours_with_the_reference_per_image_and_per_flop():
         r = {"framework": "torch", "model": model, "mode": "train", "input": input_kind, "batch": 8,
              "input_size": 224, "precision": "fp32", "layout": "nhwc", "compile": "eager", "status": "ok",
              "images_per_s": ips, "flops_per_image": flops}
-        r["id"] = bb.row_id(r)
+        r["id"] = bm.row_id(r)
         return r
 
     rows = [row("ours", 9.0, 22e9), row("reference", 10.0, 24e9), row("ours", 8.7, 22e9, "pipeline")]
-    by_kind = {q["kind"]: q for q in bb.ratios(rows)}
+    by_kind = {q["kind"]: q for q in bm.ratios(rows)}
     assert by_kind["ours/reference"]["throughput"] == pytest.approx(0.9)
     assert by_kind["ours/reference"]["per_flop"] == pytest.approx(0.9 * 22 / 24)
     assert by_kind["end-to-end/compute-only"]["throughput"] == pytest.approx(8.7 / 9.0)
@@ -362,8 +363,8 @@ def test_a_crashed_worker_is_a_failed_row_with_its_batch_and_the_rest_still_run(
             raise WorkerError("PyTorch worker (bench_row) was killed by SIGKILL (out of memory?); last output:\n...")
         row = args["row"]
         timing = {"first_step_s": 1.0, "warmup_s": 1.0, "warmup_steps": 1, "repeats": 5, "steps": 1, "batch": 8,
-                  "window_s": [0.5] * 5, "throughput": bb.throughput_stats([0.5] * 5, 8)}
-        result = bb.finish_row(row, timing, {"kind": "cpu", "peak_bytes": 1}, batch_used=8, device="cpu")
+                  "window_s": [0.5] * 5, "throughput": bm.throughput_stats([0.5] * 5, 8)}
+        result = bm.finish_row(row, timing, {"kind": "cpu", "peak_bytes": 1}, batch_used=8, device="cpu")
         return type("R", (), {"result": {"row": result, "peak": {"fp32": 1e9}, "env": {"threads": {}}}})()
 
     results, peaks, _ = bb.run_rows(rows, config=None, peak_size=64, runner=runner)
@@ -399,13 +400,13 @@ def _record(median_step_s: float) -> dict:
     row = {"framework": "tf", "model": "ours", "mode": "train", "input": "synthetic", "batch": 8,
            "input_size": 64, "pooling": "global", "classes": 1000, "precision": "fp32", "layout": "nhwc",
            "compile": "eager", "warmup": 1, "repeats": 5, "steps": 2, "memory_steps": 1, "device": "auto"}
-    row["id"] = bb.row_id(row)
+    row["id"] = bm.row_id(row)
     windows = [2 * median_step_s * f for f in (0.98, 1.0, 1.01, 0.99, 1.03)]
     timing = {"first_step_s": 3.0, "warmup_s": 3.0, "warmup_steps": 1, "repeats": 5, "steps": 2, "batch": 8,
-              "window_s": windows, "throughput": bb.throughput_stats(windows, 16)}
-    done = bb.finish_row(row, timing, {"kind": "cpu peak RSS (VmHWM)", "peak_bytes": 2**30}, batch_used=8,
+              "window_s": windows, "throughput": bm.throughput_stats(windows, 16)}
+    done = bm.finish_row(row, timing, {"kind": "cpu peak RSS (VmHWM)", "peak_bytes": 2**30}, batch_used=8,
                          device="cpu")
-    failed = bb.failed_row({**row, "model": "reference", "id": "x"}, "out of memory", oom=True)
+    failed = bm.failed_row({**row, "model": "reference", "id": "x"}, "out of memory", oom=True)
     return {"rows": [done, failed], "commit": {"id": "abc", "time": None, "dirty": False, "branch": "main"}}
 
 
@@ -470,7 +471,7 @@ def test_pytest_benchmark_compare_reads_our_stored_files(tmp_path, stored_median
 
 # ---- the bench package stays framework-free ------------------------------------------------------
 def test_bench_benchmark_and_gpu_check_import_no_framework_and_no_numpy(repo_root):
-    code = ("import sys, bench.benchmark, torch_impl.gpu_check; "
+    code = ("import sys, bench.benchmark, bench.measure, torch_impl.gpu_check; "
             "print(sorted(m for m in ('numpy', 'torch', 'tensorflow', 'keras', 'pandas') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

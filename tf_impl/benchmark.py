@@ -2,7 +2,7 @@
 ``keras.applications.ResNet50(weights=None)``.
 
 The worker side of ``twinbench bench`` (task ``bench_row``); mirror of ``torch_impl/benchmark.py``.
-The row and peak control flow, the loop, statistics and FLOPs are ``bench.benchmark``'s; this
+The row and peak control flow, the loop, statistics and FLOPs are ``bench.measure``'s; this
 module supplies (as :class:`Backend`) the model, the step, the device sync, the precision policy
 and the memory counters.
 
@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import tensorflow as tf
 
-from bench import benchmark as bb
+from bench import measure as bm
 from bench.errors import UserError
 from bench.spec import build_spec
 
@@ -44,7 +44,7 @@ def device_label(device: str) -> str:
     return f"cpu {platform.processor() or platform.machine()}"
 
 
-def make_sync(device: str) -> bb.Sync:
+def make_sync(device: str) -> bm.Sync:
     """TF's own device sync: ``tf.test.experimental.sync_devices`` (TF >= 2.13) waits for every
     device; without it, fetching the step's output to the host (``.numpy()``) waits for it."""
     sync_devices = getattr(getattr(tf.test, "experimental", None), "sync_devices", None)
@@ -64,7 +64,7 @@ def set_tf32(enabled: bool) -> None:
 
 
 def check_precision(precision: str, device: str) -> str | None:
-    if precision in bb.GPU_ONLY_PRECISIONS and not device.startswith("/GPU"):
+    if precision in bm.GPU_ONLY_PRECISIONS and not device.startswith("/GPU"):
         return f"{precision} needs a GPU (TF32 and fp16 tensor cores); this worker runs on the CPU"
     return None
 
@@ -196,7 +196,7 @@ def memory_counters(device: str) -> tuple[Callable[[], bool], Callable[[], dict[
             return {"kind": "TF GPU allocator peak (get_memory_info)", "peak_bytes": info["peak"],
                     "current_bytes": info["current"]}
         return reset, read
-    return bb.reset_peak_rss, bb.read_peak_rss
+    return bm.reset_peak_rss, bm.read_peak_rss
 
 
 def memory_in_use(device: str) -> int | None:
@@ -204,12 +204,12 @@ def memory_in_use(device: str) -> int | None:
     adds to: inputs, framework, anything earlier rows left behind)."""
     if device.startswith("/GPU"):
         return tf.config.experimental.get_memory_info(device.strip("/"))["current"]
-    return bb.read_peak_rss().get("current_bytes")
+    return bm.read_peak_rss().get("current_bytes")
 
 
 # ---- one row, the machine peak ------------------------------------------------------------------------
 class Backend:
-    """TF's hooks for ``bench.benchmark``'s shared row and peak loops, bound to one device."""
+    """TF's hooks for ``bench.measure``'s shared row and peak loops, bound to one device."""
 
     framework = "tf"
 
@@ -281,16 +281,16 @@ class Backend:
 
 
 def run_row(row: dict[str, Any], progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Measure one configuration (``bench.benchmark.measure_row``): warm-up, timed windows, then
+    """Measure one configuration (``bench.measure.measure_row``): warm-up, timed windows, then
     the memory loop."""
-    return bb.measure_row(row, Backend(device_for(row.get("device", "auto"))), progress)
+    return bm.measure_row(row, Backend(device_for(row.get("device", "auto"))), progress)
 
 
 def peak_flops(dtypes: tuple[str, ...], device: str, size: int = 0,
                progress: Callable[[str], None] | None = None) -> dict[str, float]:
-    """FLOP/s of a large square matmul per dtype (``bench.benchmark.measure_peak``): the ceiling
+    """FLOP/s of a large square matmul per dtype (``bench.measure.measure_peak``): the ceiling
     MFU divides by."""
-    return bb.measure_peak(dtypes, Backend(device), size, progress)
+    return bm.measure_peak(dtypes, Backend(device), size, progress)
 
 
 # ---- environment ------------------------------------------------------------------------------------
@@ -317,6 +317,6 @@ def _progress(message: str) -> None:
 
 
 def bench_row(args: dict[str, Any], inputs: dict, job_dir) -> tuple[dict[str, Any], None]:
-    """Worker task (``bench.benchmark.bench_task``): the matmul peak where asked, then one row."""
+    """Worker task (``bench.measure.bench_task``): the matmul peak where asked, then one row."""
     backend = Backend(device_for(args["row"].get("device", "auto")))
-    return bb.bench_task(args, backend, _progress), None
+    return bm.bench_task(args, backend, _progress), None

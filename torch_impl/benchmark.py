@@ -2,7 +2,7 @@
 
 The worker side of ``twinbench bench`` (task ``bench_row``), also run in-process by
 ``torch_impl/gpu_check.py``; mirror of ``tf_impl/benchmark.py``. The row and peak control flow, the
-loop, statistics and FLOPs are ``bench.benchmark``'s; this module supplies (as :class:`Backend`)
+loop, statistics and FLOPs are ``bench.measure``'s; this module supplies (as :class:`Backend`)
 the model, the step, the device sync, the precision switches and the memory counters. numpy-free
 on purpose (the GPU check machine may lack it).
 """
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench import benchmark as bb
+from bench import measure as bm
 from bench.errors import UserError
 from bench.spec import build_spec
 from torch_impl.step import optimizer_step
@@ -45,7 +45,7 @@ def device_label(device: torch.device) -> str:
     return f"cpu {platform.processor() or platform.machine()}"
 
 
-def make_sync(device: torch.device) -> bb.Sync:
+def make_sync(device: torch.device) -> bm.Sync:
     """torch's own device sync: CUDA kernels run asynchronously to the host; on the CPU
     ``torch.cpu.synchronize`` is the same call's CPU form (ops return when done)."""
     if device.type == "cuda":
@@ -68,7 +68,7 @@ def set_tf32(enabled: bool) -> None:
 
 def check_precision(precision: str, device: torch.device) -> str | None:
     """Why a precision cannot run here (None: it can)."""
-    if precision in bb.GPU_ONLY_PRECISIONS and device.type != "cuda":
+    if precision in bm.GPU_ONLY_PRECISIONS and device.type != "cuda":
         return f"{precision} needs a GPU (TF32 and fp16 tensor cores); this worker runs on the CPU"
     return None
 
@@ -236,7 +236,7 @@ def memory_counters(device: torch.device) -> tuple[Callable[[], bool], Callable[
                     "peak_bytes": torch.cuda.max_memory_allocated(device),
                     "reserved_peak_bytes": torch.cuda.max_memory_reserved(device)}
         return reset, read
-    return bb.reset_peak_rss, bb.read_peak_rss
+    return bm.reset_peak_rss, bm.read_peak_rss
 
 
 def memory_in_use(device: torch.device) -> int | None:
@@ -244,12 +244,12 @@ def memory_in_use(device: torch.device) -> int | None:
     peak adds to: inputs, framework, anything earlier rows left behind)."""
     if device.type == "cuda":
         return torch.cuda.memory_allocated(device)
-    return bb.read_peak_rss().get("current_bytes")
+    return bm.read_peak_rss().get("current_bytes")
 
 
 # ---- one row, the machine peak ------------------------------------------------------------------------
 class Backend:
-    """torch's hooks for ``bench.benchmark``'s shared row and peak loops, bound to one device."""
+    """torch's hooks for ``bench.measure``'s shared row and peak loops, bound to one device."""
 
     framework = "torch"
 
@@ -326,16 +326,16 @@ class Backend:
 
 
 def run_row(row: dict[str, Any], progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Measure one configuration (``bench.benchmark.measure_row``): warm-up, timed windows, then
+    """Measure one configuration (``bench.measure.measure_row``): warm-up, timed windows, then
     the memory loop."""
-    return bb.measure_row(row, Backend(device_for(row.get("device", "auto"))), progress)
+    return bm.measure_row(row, Backend(device_for(row.get("device", "auto"))), progress)
 
 
 def peak_flops(dtypes: tuple[str, ...], device: torch.device, size: int = 0,
                progress: Callable[[str], None] | None = None) -> dict[str, float]:
-    """FLOP/s of a large square matmul per dtype (``bench.benchmark.measure_peak``): the measured
+    """FLOP/s of a large square matmul per dtype (``bench.measure.measure_peak``): the measured
     ceiling that MFU divides by."""
-    return bb.measure_peak(dtypes, Backend(device), size, progress)
+    return bm.measure_peak(dtypes, Backend(device), size, progress)
 
 
 # ---- environment ------------------------------------------------------------------------------------
@@ -367,6 +367,6 @@ def _progress(message: str) -> None:
 
 
 def bench_row(args: dict[str, Any], inputs: dict, job_dir) -> tuple[dict[str, Any], None]:
-    """Worker task (``bench.benchmark.bench_task``): the matmul peak where asked, then one row."""
+    """Worker task (``bench.measure.bench_task``): the matmul peak where asked, then one row."""
     backend = Backend(device_for(args["row"].get("device", "auto")))
-    return bb.bench_task(args, backend, _progress), None
+    return bm.bench_task(args, backend, _progress), None

@@ -3,24 +3,10 @@
     python3 torch_impl/gpu_check.py          # or: python3 -m torch_impl.gpu_check, or: make gpu-check
     python3 torch_impl/gpu_check.py --smoke  # a tiny CPU run of the same code (what the tests run)
 
-For a machine with PyTorch alone: no TensorFlow, no network, twinbench not installed, maybe no
-numpy and no torchvision (then an architecture copy of torchvision's resnet50 stands in, and the
-rows say so). It runs from the source tree and imports only the standard library, ``bench``'s
-framework-free and numpy-free modules (``bench.benchmark``, ``bench.options``, ``bench.spec``) and
-``torch_impl``. torch is imported inside the functions, never when this module is imported. It
-lives in ``torch_impl``, not in ``bench``, because it runs torch: the core imports no framework.
-
-What it measures, at batch 256 with channels_last (cuDNN's fast layout), each row with the
-rules of ``bench.benchmark`` (warm-up apart, synced clock reads, >= 5 windows, median and IQR,
-allocator peak from a separate loop): training and inference of ours and torchvision's, in
-fp32 (TF32 off for matmuls AND cuDNN convolutions), TF32, bf16 autocast, eager, then
-``torch.compile``; the matmul peak per dtype for MFU. Rows run in priority order within a time
-budget (``--budget-s``, default 7 minutes, so the whole script ends within 8); a row that would
-not fit is recorded as skipped, never cut short. The JSON is rewritten after every row, to
-``$OUT/gpu_check.json`` when ``$OUT`` is set (else ``runs/gpu-check-<time>.json``).
-
-Anchor (NVIDIA DeepLearningExamples, ResNet-50 v1.5, 1x A100 80GB, batch 256, training):
-938 img/s TF32 and 2470 img/s AMP; the output prints this machine's ratio to each.
+Runs from the source tree on a machine with PyTorch alone (no TensorFlow, maybe no numpy or
+torchvision); imports only the standard library, ``bench.measure`` (stdlib-only at import) and,
+inside ``main``, ``torch_impl``. What it measures, its time budget and its anchor figures are in
+docs/benchmark.md; the JSON goes to ``$OUT/gpu_check.json`` when ``$OUT`` is set.
 """
 
 from __future__ import annotations
@@ -42,7 +28,7 @@ if __package__ in (None, ""):  # run as a file: make the source tree importable,
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
     sys.path.insert(0, str(_HERE.parent))
 
-from bench import benchmark as bb  # noqa: E402  (stdlib-only at import)
+from bench import measure as bm  # noqa: E402  (stdlib-only at import)
 
 FORMAT = "twinbench.gpu-check"
 VERSION = 1
@@ -65,9 +51,9 @@ SMOKE_PLAN = [("train", "fp32", "eager"), ("infer", "bf16", "eager"), ("train", 
 
 def settings(smoke: bool, batch: int | None) -> dict[str, Any]:
     if smoke:  # seconds on a CPU: the code paths, not the figures
-        return {"batch": batch or 2, "input_size": 32, "pooling": "global", "warmup": 1, "repeats": bb.MIN_REPEATS,
+        return {"batch": batch or 2, "input_size": 32, "pooling": "global", "warmup": 1, "repeats": bm.MIN_REPEATS,
                 "steps": 1, "memory_steps": 1, "peak_size": 256, "plan": SMOKE_PLAN}
-    return {"batch": batch or 256, "input_size": 224, "pooling": "avg7", "warmup": 10, "repeats": bb.MIN_REPEATS,
+    return {"batch": batch or 256, "input_size": 224, "pooling": "avg7", "warmup": 10, "repeats": bm.MIN_REPEATS,
             "steps": 10, "memory_steps": 3, "peak_size": 8192, "plan": FULL_PLAN}
 
 
@@ -80,7 +66,7 @@ def make_rows(cfg: dict[str, Any]) -> list[dict[str, Any]]:
                    "classes": 1000, "arch": "resnet50", "precision": precision, "layout": "nhwc", "compile": comp,
                    "warmup": cfg["warmup"], "repeats": cfg["repeats"], "steps": cfg["steps"],
                    "memory_steps": cfg["memory_steps"], "device": "auto"}
-            row["id"] = bb.row_id(row)
+            row["id"] = bm.row_id(row)
             rows.append(row)
     return rows
 
@@ -150,7 +136,7 @@ def summary_lines(payload: dict[str, Any]) -> list[str]:
                  f"{'first s':>7} {'MFU':>6} {'peak MB':>8}")
     for r in payload["rows"]:
         head = (f"{r['model']:<9} {r['mode']:<5} {r['precision']:<4} "
-                f"{bb.COMPILE_LABELS[('torch', r['compile'])]:<13} {r['batch']:>5}")
+                f"{bm.COMPILE_LABELS[('torch', r['compile'])]:<13} {r['batch']:>5}")
         if r.get("status") != "ok":
             lines.append(f"{head} {r.get('status', '?').upper()}: {r.get('error')}")
             continue
@@ -205,20 +191,20 @@ def main(argv: list[str] | None = None) -> int:
         left = args.budget_s - (time.monotonic() - started)
         need = estimate_s(row, done)
         if need > left:
-            done.append(bb.skipped_row(row, f"time budget: needs about {need:.0f} s, {max(left, 0):.0f} s left"))
-            log(f"[{i + 1}/{len(rows)}] {bb.describe(row)}: skipped (time budget)")
+            done.append(bm.skipped_row(row, f"time budget: needs about {need:.0f} s, {max(left, 0):.0f} s left"))
+            log(f"[{i + 1}/{len(rows)}] {bm.describe(row)}: skipped (time budget)")
         else:
-            log(f"[{i + 1}/{len(rows)}] {bb.describe(row)} (about {need:.0f} s; {left:.0f} s left)")
+            log(f"[{i + 1}/{len(rows)}] {bm.describe(row)} (about {need:.0f} s; {left:.0f} s left)")
             t0 = time.monotonic()
             try:
                 done.append(tb.run_row(row, progress=None if args.quiet else (lambda m: log("    " + m))))
             except Exception as exc:  # one broken row must not lose the others
-                done.append(bb.failed_row(row, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"))
+                done.append(bm.failed_row(row, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"))
             r = done[-1]
             log(f"    {r['images_per_s']:.1f} img/s in {time.monotonic() - t0:.0f} s" if r["status"] == "ok"
                 else f"    {r['status']}: {r['error']}")
-        bb.add_mfu(done, {"torch": payload["peaks"]})
-        payload.update(rows=done, ratios=bb.ratios(done), anchors=anchor_ratios(done),
+        bm.add_mfu(done, {"torch": payload["peaks"]})
+        payload.update(rows=done, ratios=bm.ratios(done), anchors=anchor_ratios(done),
                        wall_s=time.monotonic() - started)
         write_json(out_path, payload)
     print("\n".join(summary_lines(payload)))

@@ -11,7 +11,7 @@ import keras
 import pytest
 import tensorflow as tf
 
-from bench import benchmark as bb
+from bench import measure as bm
 from tests import bench_fixtures
 from tf_impl import benchmark as tb
 
@@ -48,7 +48,7 @@ def test_step_time(benchmark, steps, model, mode):
     clock read the fixture takes follows a sync. Warm-up rounds absorb the tf.function trace."""
     step, _, x = steps[(model, mode)]
     sync = tb.make_sync(CPU)
-    out = benchmark.pedantic(lambda: sync(step()) or mode, rounds=bb.MIN_REPEATS, iterations=1, warmup_rounds=1)
+    out = benchmark.pedantic(lambda: sync(step()) or mode, rounds=bm.MIN_REPEATS, iterations=1, warmup_rounds=1)
     benchmark.extra_info.update(batch=int(x.shape[0]), input_size=int(x.shape[1]), framework="tf")
     assert out == mode
 
@@ -71,7 +71,7 @@ def test_every_clock_read_follows_tfs_device_sync(steps, monkeypatch):
 
     monkeypatch.setattr(tf.test.experimental, "sync_devices", counting_sync)
     step, _, _ = steps[("ours", "infer")]
-    bb.time_steps(step, tb.make_sync(CPU), warmup=1, repeats=5, steps=1, batch=2, clock=clock)
+    bm.time_steps(step, tb.make_sync(CPU), warmup=1, repeats=5, steps=1, batch=2, clock=clock)
     assert calls["clock"] == 3 + 2 * 5 and calls["sync"] >= calls["clock"]
 
 
@@ -133,12 +133,12 @@ def _layer_flops(model: keras.Model) -> int:
 
 
 def test_keras_applications_flops_match_its_layers():
-    """bench.benchmark's analytic count of keras.applications' ResNet50 (v1, padded stem pool)
+    """bench.measure's analytic count of keras.applications' ResNet50 (v1, padded stem pool)
     and bench.spec's count of ours, against the layers of the built models."""
     ref = keras.applications.ResNet50(weights=None, input_shape=(64, 64, 3), classes=1000)
-    assert _layer_flops(ref) == bb.reference_forward_flops("keras", 64, 1000)
+    assert _layer_flops(ref) == bm.reference_forward_flops("keras", 64, 1000)
     ours, _ = tb.build_model(small_row(input_size=64, classes=1000))
-    assert _layer_flops(ours) == bb.forward_flops("tf", "ours", 64, 1000, "global")
+    assert _layer_flops(ours) == bm.forward_flops("tf", "ours", 64, 1000, "global")
 
 
 def test_peak_matmul_is_measured_per_dtype():

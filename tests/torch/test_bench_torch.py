@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench import benchmark as bb
+from bench import measure as bm
 from tests import bench_fixtures
 from torch_impl import benchmark as tb
 
@@ -54,7 +54,7 @@ def test_step_time(benchmark, steps, model, mode):
     """pytest-benchmark times one step per round; the target ends in torch's sync, so every
     clock read the fixture takes follows a sync."""
     step, sync, _, x = steps[(model, mode)]
-    out = benchmark.pedantic(lambda: sync(step()) or step.__name__, rounds=bb.MIN_REPEATS, iterations=1,
+    out = benchmark.pedantic(lambda: sync(step()) or step.__name__, rounds=bm.MIN_REPEATS, iterations=1,
                              warmup_rounds=1)
     benchmark.extra_info.update(batch=int(x.shape[0]), input_size=int(x.shape[-1]), framework="torch")
     assert out == mode
@@ -78,7 +78,7 @@ def test_every_clock_read_follows_torch_sync(steps, monkeypatch):
 
     monkeypatch.setattr(torch.cpu, "synchronize", counting_sync)
     step, _, _, _ = steps[("ours", "infer")]
-    bb.time_steps(step, tb.make_sync(CPU), warmup=1, repeats=5, steps=1, batch=2, clock=clock)
+    bm.time_steps(step, tb.make_sync(CPU), warmup=1, repeats=5, steps=1, batch=2, clock=clock)
     assert calls["clock"] == 3 + 2 * 5 and calls["sync"] >= calls["clock"]
 
 
@@ -87,7 +87,7 @@ def test_a_row_records_the_batch_it_fed_and_its_warmup_apart():
     out = tb.run_row(row)
     assert out["status"] == "ok" and out["batch_used"] == 2 == out["timing"]["batch"]
     assert out["timing"]["warmup_steps"] == 1 and len(out["timing"]["window_s"]) == 5
-    assert out["images_per_s"] == pytest.approx(bb.throughput_stats(out["timing"]["window_s"], 2)["median"])
+    assert out["images_per_s"] == pytest.approx(bm.throughput_stats(out["timing"]["window_s"], 2)["median"])
     assert out["memory"]["reset"] is True and out["memory"]["peak_bytes"] > 0
     assert out["threads"]["intra_op"] == torch.get_num_threads()
 
@@ -118,14 +118,14 @@ def test_a_training_step_updates_the_weights_and_bf16_autocast_takes_effect(step
 
 
 def test_torchvision_flops_match_torchs_flop_counter():
-    """bench.benchmark's analytic count of torchvision's resnet50 (v1.5: stride on the 3x3,
+    """bench.measure's analytic count of torchvision's resnet50 (v1.5: stride on the 3x3,
     padded stem pool) against torch.utils.flop_counter on the real module."""
     from torch.utils.flop_counter import FlopCounterMode
 
     net, _ = tb.build_model(small_row(model="reference", input_size=64, classes=1000))
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         net.eval()(torch.zeros(1, 3, 64, 64))
-    assert counter.get_total_flops() == bb.reference_forward_flops("torchvision", 64, 1000)
+    assert counter.get_total_flops() == bm.reference_forward_flops("torchvision", 64, 1000)
 
 
 def test_the_torchvision_copy_matches_torchvision():
