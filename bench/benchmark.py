@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from bench.errors import CheckFailed, UserError
 from bench.measure import (COMPILE_LABELS, COMPILES, FRAMEWORKS, LAYOUT_LABELS, LAYOUTS, MIN_REPEATS, MODELS, MODES,
-                           PRECISIONS, REFERENCE_MODELS, add_mfu, describe, failed_row, machine_peaks, ratios, row_id,
+                           PRECISIONS, REFERENCE_MODELS, add_mfu, describe, failed_row, machine_peaks, new_row, ratios,
                            summarize)
 from bench.options import add_worker_options, positive_int, worker_config
 from bench.spec import build_spec
@@ -91,20 +91,14 @@ def plan(settings: Settings) -> tuple[list[dict[str, Any]], list[str]]:
                                 for model in settings.models:
                                     if input_kind == "pipeline" and model != "ours":
                                         continue
-                                    row = {
-                                        "framework": fw, "model": model, "mode": mode, "input": input_kind,
-                                        "batch": batch, "input_size": settings.input_size,
-                                        "pooling": settings.pooling if model == "ours" else "global",
-                                        "classes": settings.classes, "arch": settings.arch,
-                                        "precision": precision, "layout": layout,
-                                        "compile": comp, "warmup": settings.warmup, "repeats": settings.repeats,
-                                        "steps": settings.steps, "memory_steps": settings.memory_steps,
-                                        "device": settings.device,
-                                    }
-                                    if input_kind == "pipeline":
-                                        row["manifest"] = settings.manifest
-                                    row["id"] = row_id(row)
-                                    rows.append(row)
+                                    rows.append(new_row(
+                                        framework=fw, model=model, mode=mode, input_kind=input_kind, batch=batch,
+                                        input_size=settings.input_size, pooling=settings.pooling,
+                                        classes=settings.classes, arch=settings.arch, precision=precision,
+                                        layout=layout, comp=comp, warmup=settings.warmup, repeats=settings.repeats,
+                                        steps=settings.steps, memory_steps=settings.memory_steps,
+                                        device=settings.device,
+                                        manifest=settings.manifest if input_kind == "pipeline" else None))
     return rows, notes
 
 

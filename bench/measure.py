@@ -248,6 +248,21 @@ def row_id(row: dict[str, Any]) -> str:
             f"{row['input_size']}px/{row['precision']}/{row['layout']}/{row['compile']}")
 
 
+def new_row(*, framework: str, model: str, mode: str, input_kind: str, batch: int, input_size: int, pooling: str,
+            classes: int, arch: str, precision: str, layout: str, comp: str, warmup: int, repeats: int, steps: int,
+            memory_steps: int, device: str, manifest: str | None = None) -> dict[str, Any]:
+    """One planned configuration, with its :func:`row_id`. ``pooling`` is our model's head: the
+    references always pool globally. ``manifest``: end-to-end rows only."""
+    row = {"framework": framework, "model": model, "mode": mode, "input": input_kind, "batch": batch,
+           "input_size": input_size, "pooling": pooling if model == "ours" else "global", "classes": classes,
+           "arch": arch, "precision": precision, "layout": layout, "compile": comp, "warmup": warmup,
+           "repeats": repeats, "steps": steps, "memory_steps": memory_steps, "device": device}
+    if manifest is not None:
+        row["manifest"] = manifest
+    row["id"] = row_id(row)
+    return row
+
+
 def skipped_row(row: dict[str, Any], reason: str) -> dict[str, Any]:
     return {**row, "status": "skipped", "error": reason}
 

@@ -61,13 +61,11 @@ def make_rows(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for mode, precision, comp in cfg["plan"]:
         for model in ("ours", "reference"):  # back to back: drift hits both sides of the ratio alike
-            row = {"framework": "torch", "model": model, "mode": mode, "input": "synthetic", "batch": cfg["batch"],
-                   "input_size": cfg["input_size"], "pooling": cfg["pooling"] if model == "ours" else "global",
-                   "classes": 1000, "arch": "resnet50", "precision": precision, "layout": "nhwc", "compile": comp,
-                   "warmup": cfg["warmup"], "repeats": cfg["repeats"], "steps": cfg["steps"],
-                   "memory_steps": cfg["memory_steps"], "device": "auto"}
-            row["id"] = bm.row_id(row)
-            rows.append(row)
+            rows.append(bm.new_row(
+                framework="torch", model=model, mode=mode, input_kind="synthetic", batch=cfg["batch"],
+                input_size=cfg["input_size"], pooling=cfg["pooling"], classes=1000, arch="resnet50",
+                precision=precision, layout="nhwc", comp=comp, warmup=cfg["warmup"], repeats=cfg["repeats"],
+                steps=cfg["steps"], memory_steps=cfg["memory_steps"], device="auto"))
     return rows
 
 
