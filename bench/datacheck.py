@@ -28,8 +28,7 @@ import numpy as np
 
 from bench import atomic
 from bench.errors import CheckFailed, UserError
-from bench.manifest import (DECODERS, ORDERS, PREPROCESSINGS, SPLITS, Manifest, PipelineOptions, add_manifest_options,
-                            manifest_from_args)
+from bench.dataset import DECODERS, ORDERS, PREPROCESSINGS, SPLITS, Manifest, PipelineOptions, load_manifest
 from bench.options import add_model_options, add_worker_options, model_args, positive_int, worker_config
 from bench.runner import WorkerConfig, run_worker
 
@@ -124,6 +123,21 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# ---- the manifest options ------------------------------------------------------------------------
+def add_manifest_options(parser: argparse.ArgumentParser) -> None:
+    """MANIFEST, --data-root and --verify, for the subcommands that read one."""
+    parser.add_argument("manifest", metavar="MANIFEST", help="a manifest written by 'twinbench manifest'")
+    parser.add_argument("--data-root", metavar="DIR", help="where the images are now, if they moved")
+    # "none" is for workers whose parent verified: a command always checks at least the sizes.
+    parser.add_argument("--verify", choices=("hash", "size"), default="hash",
+                        help="check the files against the manifest first: sha256 (default) or sizes only")
+
+
+def manifest_from_args(args: argparse.Namespace) -> Manifest:
+    return load_manifest(args.manifest, data_root=args.data_root, verify=args.verify,
+                         quiet=getattr(args, "quiet", True))
+
+
 # ---- the command -----------------------------------------------------------------------------------
 def register(sub) -> None:
     p = sub.add_parser("data", help="the demo dataset; the TF vs torch input-pipeline check")
@@ -136,7 +150,7 @@ def register(sub) -> None:
     d.set_defaults(func=cmd_demo)
 
     c = dsub.add_parser("check", help="run both input pipelines over a manifest and compare every image")
-    add_manifest_options(c, positional=True)
+    add_manifest_options(c)
     c.add_argument("--decoder", choices=(*DECODERS, "both"), default="both",
                    help="accurate (must match within 0.01), seed (TF's fast IDCT: gap reported), or both (default)")
     c.add_argument("--image-size", type=positive_int, default=224, help="resize to N x N (default 224)")
@@ -152,7 +166,7 @@ def register(sub) -> None:
                                      "pipeline (native order, decoding as it goes) and by the same kind of "
                                      "batches already in memory. The pipeline is not the bottleneck when "
                                      f"the ratio is at least {SPEED_TARGET}.")
-    add_manifest_options(sp, positional=True)
+    add_manifest_options(sp)
     sp.add_argument("--framework", choices=("tf", "torch", "both"), default="both")
     sp.add_argument("--batch-size", type=positive_int, default=8, help="batch size (default 8, the seed's)")
     sp.add_argument("--steps", type=positive_int, default=8, help="training steps per timed block (default 8)")

@@ -160,10 +160,6 @@ def test_b_the_core_imports_no_framework():
 KNOWN_C_OFFENDERS = {
     ("tf_impl.benchmark", "bench.benchmark"), ("torch_impl.benchmark", "bench.benchmark"),
     ("torch_impl.gpu_check", "bench.benchmark"),
-    ("tf_impl.benchmark", "bench.manifest"), ("torch_impl.benchmark", "bench.manifest"),
-    ("tf_impl.data", "bench.manifest"), ("torch_impl.data", "bench.manifest"),
-    ("tf_impl.probes", "bench.manifest"), ("torch_impl.probes", "bench.manifest"),
-    ("tf_impl.train", "bench.manifest"), ("torch_impl.train", "bench.manifest"),
     ("tf_impl.probes", "bench.parity"), ("torch_impl.probes", "bench.parity"),
     ("tf_impl.train", "bench.train"), ("torch_impl.train", "bench.train"),
 }

@@ -11,7 +11,7 @@ Order (``PipelineOptions.order``):
   seed)`` shuffles (path, label) pairs with a buffer of 8 batches, decodes, batches; the seed
   then adds ``.cache().shuffle(1000).prefetch(AUTOTUNE)``. After the first epoch the cached
   batches keep their composition and only their order changes.
-- ``manifest``, training split: each epoch follows ``bench.manifest.epoch_permutation``, exactly
+- ``manifest``, training split: each epoch follows ``bench.dataset.epoch_permutation``, exactly
   as the torch loader does; decoded every epoch (no cache: the torch side has none either).
 - validation split, either order: the manifest's order (Keras: ``shuffle=False``); cached in
   ``native`` order as the seed's ``val_ds.cache()``.
@@ -27,8 +27,8 @@ from typing import Any, Sequence
 import numpy as np
 import tensorflow as tf
 
-from bench.manifest import (CAFFE_MEAN_BGR, SPLITS, Manifest, PipelineOptions, epoch_permutation,
-                            load_manifest)
+from bench.dataset import (CAFFE_MEAN_BGR, SPLITS, Manifest, PipelineOptions, epoch_permutation,
+                           load_manifest)
 
 AUTOTUNE = tf.data.AUTOTUNE
 

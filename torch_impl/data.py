@@ -15,7 +15,7 @@ Where TF's decoders differ from PIL's ``convert("RGB")``, this module follows TF
 
 Order (``PipelineOptions.order``): ``native``, training split: ``DataLoader(shuffle=True)`` with a
 seeded generator (a new permutation each epoch); ``manifest``: :class:`EpochPermutationSampler`
-follows ``bench.manifest.epoch_permutation``, exactly as the TF pipeline does; validation: the
+follows ``bench.dataset.epoch_permutation``, exactly as the TF pipeline does; validation: the
 manifest's order. Images are decoded every epoch in the DataLoader's worker processes (the
 idiomatic torch pipeline; the TF side caches in ``native`` order as the seed does).
 """
@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from bench.manifest import (CAFFE_MEAN_BGR, SPLITS, Manifest, PipelineOptions, epoch_permutation,
-                            load_manifest)
+from bench.dataset import (CAFFE_MEAN_BGR, SPLITS, Manifest, PipelineOptions, epoch_permutation,
+                           load_manifest)
 
 
 # ---- one image -------------------------------------------------------------------------------------
