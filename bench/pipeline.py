@@ -528,7 +528,8 @@ def print_summary(run_dir: Path, report_path: str | None, session: Session, elap
     """The one-screen summary: the report's verdict table and where everything is."""
     import pandas as pd
 
-    from bench.report import Builder, Context, choose_model
+    from bench.report_records import Context, choose_model
+    from bench.report_sections import Builder
     from bench.runset import load_runs
 
     print(f"twinbench run {session.run_id}: {session.status} in {_clock(elapsed)}")
