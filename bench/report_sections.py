@@ -199,7 +199,7 @@ class MeasurementSections(SectionBuilder):
         })
 
     def residuals(self) -> Section:
-        from bench import figures
+        from bench import figures, figures_diagrams
         from bench.spec import build_spec
 
         s = Section("Residual structure")
@@ -214,7 +214,7 @@ class MeasurementSections(SectionBuilder):
             small = build_spec(ctx.model, 1000, size, "global")
             s.p(f"At the training size here ({size} px): {small.forward_flops() / 1e9:.2f} GFLOPs forward per image "
                 f"({small.forward_flops() / spec.forward_flops():.3f} of 224 px).")
-        s.figure(self.save("blocks.png", figures.block_diagrams(spec)),
+        s.figure(self.save("blocks.png", figures_diagrams.block_diagrams(spec)),
                  "The block kinds, drawn from bench.spec: main path F(x) on the left, shortcut on the right.")
         record = ctx.latest("residuals")
         if record is None:
@@ -249,7 +249,7 @@ class MeasurementSections(SectionBuilder):
         return s
 
     def models(self) -> Section | None:
-        from bench import figures
+        from bench import figures, figures_diagrams
         from bench.spec import build_spec
 
         models = self.ctx.models
@@ -287,7 +287,7 @@ class MeasurementSections(SectionBuilder):
                  "Parameters and forward FLOPs per block, each model (224 px).")
         for model in models:
             if model != self.ctx.model:
-                s.figure(self.save(f"blocks_{model}.png", figures.block_diagrams(build_spec(model, 1000))),
+                s.figure(self.save(f"blocks_{model}.png", figures_diagrams.block_diagrams(build_spec(model, 1000))),
                          f"The block kinds of {model}, drawn from bench.spec.")
         return s
 
