@@ -4,17 +4,8 @@
     twinbench data check MANIFEST [--decoder accurate|seed|both] [--image-size 224] [--json OUT]
     twinbench data speed MANIFEST [--framework tf|torch|both] [--steps 8] [--rounds 2] [--json OUT]
 
-``data check`` runs both input pipelines in their workers over every file of the manifest and
-reports, per split, the max absolute difference between the TF and the torch tensor of each
-image, and whether the labels agree. The TF worker writes its decoded images to .npy files in a
-temporary folder (N x size x size x 3 float32 per decoder: 340 MB for the seed's 565 images at
-224 px); the torch worker decodes the same files and compares image by image. With the
-``accurate`` decoder every image must be within ``ACCURATE_TOLERANCE`` (exit 1 otherwise); with
-``seed`` (TF's fast IDCT, which the torch side cannot reproduce) the gap is measured and reported.
-
-``data speed`` times training steps fed by each framework's real pipeline against steps fed by
-batches already in memory, in alternating blocks; the pipeline is not the bottleneck when the
-ratio is at least ``SPEED_TARGET``.
+``check`` compares the TF and the torch tensor of every image of the manifest; ``speed`` times
+training fed by the real pipeline against batches in memory. How: docs/records.md.
 """
 
 from __future__ import annotations
