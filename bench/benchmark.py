@@ -514,7 +514,7 @@ def cmd_bench(args) -> int:
             print(f"note: {note}")
         return 0
     if settings.manifest:
-        from bench.manifest import load_manifest
+        from bench.dataset import load_manifest
 
         load_manifest(settings.manifest)  # sizes and hashes, once; the workers check sizes only
     config = worker_config(args)

@@ -4,17 +4,8 @@
     twinbench data check MANIFEST [--decoder accurate|seed|both] [--image-size 224] [--json OUT]
     twinbench data speed MANIFEST [--framework tf|torch|both] [--steps 8] [--rounds 2] [--json OUT]
 
-``data check`` runs both input pipelines in their workers over every file of the manifest and
-reports, per split, the max absolute difference between the TF and the torch tensor of each
-image, and whether the labels agree. The TF worker writes its decoded images to .npy files in a
-temporary folder (N x size x size x 3 float32 per decoder: 340 MB for the seed's 565 images at
-224 px); the torch worker decodes the same files and compares image by image. With the
-``accurate`` decoder every image must be within ``ACCURATE_TOLERANCE`` (exit 1 otherwise); with
-``seed`` (TF's fast IDCT, which the torch side cannot reproduce) the gap is measured and reported.
-
-``data speed`` times training steps fed by each framework's real pipeline against steps fed by
-batches already in memory, in alternating blocks; the pipeline is not the bottleneck when the
-ratio is at least ``SPEED_TARGET``.
+``check`` compares the TF and the torch tensor of every image of the manifest; ``speed`` times
+training fed by the real pipeline against batches in memory. How: docs/records.md.
 """
 
 from __future__ import annotations
@@ -28,8 +19,7 @@ import numpy as np
 
 from bench import atomic
 from bench.errors import CheckFailed, UserError
-from bench.manifest import (DECODERS, ORDERS, PREPROCESSINGS, SPLITS, Manifest, PipelineOptions, add_manifest_options,
-                            manifest_from_args)
+from bench.dataset import DECODERS, ORDERS, PREPROCESSINGS, SPLITS, Manifest, PipelineOptions, load_manifest
 from bench.options import add_model_options, add_worker_options, model_args, positive_int, worker_config
 from bench.runner import WorkerConfig, run_worker
 
@@ -124,6 +114,21 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# ---- the manifest options ------------------------------------------------------------------------
+def add_manifest_options(parser: argparse.ArgumentParser) -> None:
+    """MANIFEST, --data-root and --verify, for the subcommands that read one."""
+    parser.add_argument("manifest", metavar="MANIFEST", help="a manifest written by 'twinbench manifest'")
+    parser.add_argument("--data-root", metavar="DIR", help="where the images are now, if they moved")
+    # "none" is for workers whose parent verified: a command always checks at least the sizes.
+    parser.add_argument("--verify", choices=("hash", "size"), default="hash",
+                        help="check the files against the manifest first: sha256 (default) or sizes only")
+
+
+def manifest_from_args(args: argparse.Namespace) -> Manifest:
+    return load_manifest(args.manifest, data_root=args.data_root, verify=args.verify,
+                         quiet=getattr(args, "quiet", True))
+
+
 # ---- the command -----------------------------------------------------------------------------------
 def register(sub) -> None:
     p = sub.add_parser("data", help="the demo dataset; the TF vs torch input-pipeline check")
@@ -136,7 +141,7 @@ def register(sub) -> None:
     d.set_defaults(func=cmd_demo)
 
     c = dsub.add_parser("check", help="run both input pipelines over a manifest and compare every image")
-    add_manifest_options(c, positional=True)
+    add_manifest_options(c)
     c.add_argument("--decoder", choices=(*DECODERS, "both"), default="both",
                    help="accurate (must match within 0.01), seed (TF's fast IDCT: gap reported), or both (default)")
     c.add_argument("--image-size", type=positive_int, default=224, help="resize to N x N (default 224)")
@@ -152,7 +157,7 @@ def register(sub) -> None:
                                      "pipeline (native order, decoding as it goes) and by the same kind of "
                                      "batches already in memory. The pipeline is not the bottleneck when "
                                      f"the ratio is at least {SPEED_TARGET}.")
-    add_manifest_options(sp, positional=True)
+    add_manifest_options(sp)
     sp.add_argument("--framework", choices=("tf", "torch", "both"), default="both")
     sp.add_argument("--batch-size", type=positive_int, default=8, help="batch size (default 8, the seed's)")
     sp.add_argument("--steps", type=positive_int, default=8, help="training steps per timed block (default 8)")

@@ -427,7 +427,7 @@ def _manifest_inputs(config: ParityConfig, workers: WorkerConfig, spec: ModelSpe
     applied) and, for the trajectory, the first ``steps`` batches of the training split in the
     manifest's epoch-0 order (``bench.manifest.epoch_permutation``, as training with
     ``order=manifest`` sees them)."""
-    from bench.manifest import epoch_permutation, load_manifest
+    from bench.dataset import epoch_permutation, load_manifest
 
     manifest = load_manifest(config.manifest, verify="hash")  # the workers then skip verifying
     n_val, n_train = len(manifest.entries("validation")), len(manifest.entries("training"))

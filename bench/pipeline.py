@@ -257,7 +257,7 @@ class Pipeline:
 
     # 2
     def write_manifest(self) -> str:
-        from bench.manifest import build_manifest, load_manifest
+        from bench.dataset import build_manifest, load_manifest
 
         manifest = build_manifest(self.data_dir, quiet=self.args.quiet)
         manifest.save(self.manifest_path)
@@ -269,7 +269,7 @@ class Pipeline:
     # 3
     def datacheck(self) -> str:
         from bench.datacheck import ACCURATE_TOLERANCE, run_data_check
-        from bench.manifest import PipelineOptions
+        from bench.dataset import PipelineOptions
 
         options = PipelineOptions(image_size=self.input_size)
         report = run_data_check(self.manifest, options, self.profile.datacheck_decoders, config=self.workers)
@@ -335,7 +335,7 @@ class Pipeline:
     # 7
     def residuals(self) -> str:
         from bench import residuals
-        from bench.manifest import PipelineOptions
+        from bench.dataset import PipelineOptions
         from bench.results import load_record
 
         if self.train_dir is None:
@@ -528,7 +528,8 @@ def print_summary(run_dir: Path, report_path: str | None, session: Session, elap
     """The one-screen summary: the report's verdict table and where everything is."""
     import pandas as pd
 
-    from bench.report import Builder, Context, choose_model
+    from bench.report_records import Context, choose_model
+    from bench.report_sections import Builder
     from bench.runset import load_runs
 
     print(f"twinbench run {session.run_id}: {session.status} in {_clock(elapsed)}")

@@ -96,7 +96,7 @@ def start_set(plan: SetPlan, config, sources: dict[str, str], frameworks: list[s
 
 
 def resume_set(set_dir: Path, args: argparse.Namespace) -> int:
-    from bench.manifest import load_manifest
+    from bench.dataset import load_manifest
     from bench.train import CONFIG_NAME, RunLock, TrainConfig
 
     saved = json.loads((set_dir / CONFIG_NAME).read_text())

@@ -31,7 +31,7 @@ def validation_images(args: dict[str, Any], inputs: dict[str, np.ndarray], load_
     ``torch_impl.data.load_images`` (``args['pipeline']``: bench.manifest.PipelineOptions fields)."""
     if "x" in inputs:
         return inputs["x"]
-    from bench.manifest import PipelineOptions, load_manifest
+    from bench.dataset import PipelineOptions, load_manifest
 
     manifest = load_manifest(args["manifest"], data_root=args.get("data_root"), verify="none")
     x, _ = load_images(manifest, "validation", args["indices"], PipelineOptions.from_dict(args["pipeline"]))

@@ -166,7 +166,7 @@ def validate_config(config: TrainConfig) -> None:
     if config.batch_size < config.devices:
         raise UserError(f"batch size {config.batch_size} is smaller than --devices {config.devices}: each device "
                         f"needs at least one image of the global batch")
-    from bench.manifest import PipelineOptions
+    from bench.dataset import PipelineOptions
 
     PipelineOptions(**config.pipeline_options())  # decoder, preprocessing, order
     if isinstance(config.classes, int):
@@ -214,7 +214,7 @@ def _seconds(text: str) -> float:
 
 
 def register(sub) -> None:
-    from bench.manifest import DECODERS, ORDERS, PREPROCESSINGS
+    from bench.dataset import DECODERS, ORDERS, PREPROCESSINGS
 
     p = sub.add_parser(
         "train", help="train both frameworks on one split, fairly, and record everything",
@@ -361,7 +361,7 @@ def start_run(config: TrainConfig, sources: dict[str, str], frameworks: list[str
     _say(f"config: {describe_config(config)}", args)
     try:
         if init_bundle is not None:
-            from bench.manifest import sha256_file
+            from bench.dataset import sha256_file
 
             shutil.copyfile(init_bundle, run_dir / "init.npz")
             record.init = {"kind": "bundle", "init": config.init, "weights": None, "path": "init.npz",
@@ -438,7 +438,7 @@ def describe_config(c: TrainConfig) -> str:
 
 
 def _load_manifest(args: argparse.Namespace):
-    from bench.manifest import build_manifest, load_manifest
+    from bench.dataset import build_manifest, load_manifest
 
     if args.manifest:
         return load_manifest(args.manifest, data_root=args.data_root, verify=args.verify, quiet=args.quiet)
@@ -487,7 +487,7 @@ class RunLock:
 # ---- starting weights ----------------------------------------------------------------------------
 def prepare_init(config: TrainConfig, run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Write ``init.npz``, the one bundle both sides start from; return the record's ``init``."""
-    from bench.manifest import sha256_file
+    from bench.dataset import sha256_file
     from bench.runner import run_worker
     from bench.spec import spec_from_args
     from bench.weights import WeightBundle, random_bundle, read_legacy_h5, weight_format
@@ -779,7 +779,7 @@ def peak_rss() -> dict[str, Any]:
     getrusage's ru_maxrss (the fallback) is not: Linux carries the parent's peak across fork
     and exec, so a worker started by a large parent would report the parent's memory.
     """
-    from bench.benchmark import read_peak_rss
+    from bench.measure import read_peak_rss
 
     child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return {"peak_bytes": int(read_peak_rss()["peak_bytes"]), "children_peak_bytes": int(child_kb) * 1024}
@@ -848,7 +848,7 @@ def run_training(trainer: Trainer, job: dict[str, Any], *, started: float | None
     checkpoints, NaN/Inf stop and resume. Returns the FrameworkRun for the record.
 
     ``started``: ``time.monotonic()`` when the worker began building the trainer (setup time)."""
-    from bench.manifest import load_manifest
+    from bench.dataset import load_manifest
 
     started = time.monotonic() if started is None else started
     config = TrainConfig(**job["config"])
@@ -868,7 +868,7 @@ def run_training(trainer: Trainer, job: dict[str, Any], *, started: float | None
     elif history:
         raise UserError(f"{fw_dir / STATE_NAME}: history without a checkpoint; remove {fw_dir} to restart it")
     setup_s = time.monotonic() - started
-    from bench.benchmark import read_peak_rss
+    from bench.measure import read_peak_rss
 
     rss_before = read_peak_rss().get("current_bytes")
     steps = trainer.steps_per_epoch()

@@ -10,7 +10,7 @@ import pytest
 
 from bench.cli import main
 from bench.datacheck import ACCURATE_TOLERANCE, summarize
-from bench.manifest import SPLITS, PipelineOptions, build_manifest, load_manifest
+from bench.dataset import SPLITS, PipelineOptions, build_manifest, load_manifest
 from tests.data_fixtures import make_format_zoo
 
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from bench import demo
 from bench.cli import main
-from bench.manifest import build_manifest
+from bench.dataset import build_manifest
 
 
 @pytest.fixture(scope="module")

@@ -359,7 +359,7 @@ def test_manifest_batch_and_pipeline_ablations(tmp_path):
     """Real (demo) JPEGs at 64 px: both pipelines give bit-identical batches; TF's fast IDCT and
     torchvision's antialiased resize each fail the input row, and only it."""
     from bench import demo
-    from bench.manifest import build_manifest
+    from bench.dataset import build_manifest
     from bench.runner import WorkerConfig
     data = demo.write_demo(tmp_path / "demo", seed=0, counts={"Bananaquit": 6, "Black Skimmer": 6,
                                                               "Black Throated Bushtiti": 6, "Cockatoo": 6})

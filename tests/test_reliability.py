@@ -75,7 +75,7 @@ def legacy_h5(path: Path, layers: dict[str, list[np.ndarray]]) -> None:
 
 def build_workspace(root: Path) -> Path:
     from bench import results
-    from bench.manifest import build_manifest
+    from bench.dataset import build_manifest
 
     make_class_folder(root / "data", {"cats": 6, "dogs": 6})
     build_manifest(root / "data").save(root / "m.json")

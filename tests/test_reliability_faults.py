@@ -36,7 +36,7 @@ def wrapper_python(path: Path, line: str) -> str:
 @pytest.fixture()
 def tiny(tmp_path: Path) -> Path:
     """tmp_path/data (2 classes x 6 JPEGs) and its manifest tmp_path/m.json."""
-    from bench.manifest import build_manifest
+    from bench.dataset import build_manifest
 
     make_class_folder(tmp_path / "data", {"cats": 6, "dogs": 6})
     build_manifest(tmp_path / "data").save(tmp_path / "m.json")

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bench.report import build_report, markdown_table
+from bench.report import build_report
+from bench.report_doc import markdown_table
 from bench.runset import find, group_runs, metrics
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "records"
@@ -167,7 +168,7 @@ def test_a_parity_trajectory_gets_its_figure(tmp_path):
 
 
 def test_ratio_note_says_where_the_target_is_judged():
-    from bench.report import ratio_note
+    from bench.report_summary import ratio_note
 
     assert ratio_note(0.97, {"input_size": 224}) == "target >= 0.97; this run 224 px, same batch and precision"
     small = ratio_note(0.97, {"input_size": 64})

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.manifest import build_manifest
+from bench.dataset import build_manifest
 from bench.residuals import measure, summarise, unit_summaries, validation_images
 from bench.runner import WorkerConfig
 from bench.spec import build_spec

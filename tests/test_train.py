@@ -30,7 +30,7 @@ TINY = ["--profile", "quick", "--input-size", "32", "--batch-size", "4", "--init
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     """A manifest of 2 classes x 12 JPEGs (48 px): 20 training, 4 validation images."""
-    from bench.manifest import build_manifest
+    from bench.dataset import build_manifest
 
     root = tmp_path_factory.mktemp("tiny")
     rng = np.random.default_rng(0)
@@ -143,7 +143,7 @@ class NumpyTrainer:
     is_main = True
 
     def __init__(self, manifest_path: Path, nan_at=None, crash_at=None):
-        from bench.manifest import load_manifest
+        from bench.dataset import load_manifest
 
         manifest = load_manifest(manifest_path, verify="none")
         self.n_train = len(manifest.entries("training"))
@@ -273,7 +273,7 @@ def test_both_frameworks_train_on_one_split_and_record_everything(tiny, tmp_path
     assert record.status == "complete" and record.kind == "train"
     assert record.config["classes"] == 2 and record.config_sources["classes"].startswith("auto")
     assert record.config["threads"] == os.cpu_count()
-    from bench.manifest import load_manifest
+    from bench.dataset import load_manifest
 
     manifest = load_manifest(tiny, verify="none")
     assert record.manifest["fingerprint"] == manifest.fingerprint
@@ -388,7 +388,7 @@ def duplicate_halves_manifest(root: Path) -> Path:
     manifest``) is [a, b, c, d, a, b, c, d]: both halves are the same images. Then the per-device
     batch-norm statistics equal the whole batch's and the mean of the half-batch gradients is the
     whole batch's gradient, so 1 and 2 devices must take the same steps (up to rounding)."""
-    from bench.manifest import build_manifest, epoch_permutation, index_directory, keras_split
+    from bench.dataset import build_manifest, epoch_permutation, index_directory, keras_split
 
     rng = np.random.default_rng(1)
     for label, name in enumerate(["circle", "square"]):

@@ -123,7 +123,7 @@ def pipeline_batches(row: dict[str, Any], device: str) -> Callable[[], tuple[tf.
     options at the row's size and batch: the seed's cache and shuffle), repeated endlessly: what
     end-to-end throughput includes. An epoch's last, partial batch is fetched (its time counts)
     but not fed, so every step trains on exactly the recorded batch (and nothing retraces)."""
-    from bench.manifest import PipelineOptions, load_manifest
+    from bench.dataset import PipelineOptions, load_manifest
     from tf_impl import data as tfd
 
     manifest = load_manifest(row["manifest"], verify="size")  # the parent verified the hashes

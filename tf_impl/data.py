@@ -1,20 +1,9 @@
 """tf.data input pipeline that reads only the manifest. Mirror: ``torch_impl/data.py``.
 
-Per image, as Keras' ``image_dataset_from_directory`` (``_load_image_tf``): read the file, decode
-to 3-channel RGB (``channels=3``, first frame of a GIF), ``tf.image.resize`` bilinear without
-antialiasing to float32, then the optional caffe preprocessing. The ``accurate`` decoder swaps
-``decode_image``'s fast IDCT for ``decode_jpeg(dct_method="INTEGER_ACCURATE")`` on JPEG content
-(the integer IDCT that PIL uses: bit-identical pixels on both sides); ``seed`` keeps Keras' call.
-
-Order (``PipelineOptions.order``):
-- ``native``, training split: the seed's pipeline. ``image_dataset_from_directory(shuffle=True,
-  seed)`` shuffles (path, label) pairs with a buffer of 8 batches, decodes, batches; the seed
-  then adds ``.cache().shuffle(1000).prefetch(AUTOTUNE)``. After the first epoch the cached
-  batches keep their composition and only their order changes.
-- ``manifest``, training split: each epoch follows ``bench.manifest.epoch_permutation``, exactly
-  as the torch loader does; decoded every epoch (no cache: the torch side has none either).
-- validation split, either order: the manifest's order (Keras: ``shuffle=False``); cached in
-  ``native`` order as the seed's ``val_ds.cache()``.
+Per image as Keras' ``image_dataset_from_directory``; the ``accurate`` decoder uses the integer
+IDCT (bit-identical to PIL on the torch side); ``PipelineOptions.order`` ``native`` is the seed's
+shuffling and caching, ``manifest`` follows ``bench.dataset.epoch_permutation``. Details:
+docs/records.md.
 """
 
 from __future__ import annotations
@@ -27,8 +16,8 @@ from typing import Any, Sequence
 import numpy as np
 import tensorflow as tf
 
-from bench.manifest import (CAFFE_MEAN_BGR, SPLITS, Manifest, PipelineOptions, epoch_permutation,
-                            load_manifest)
+from bench.dataset import (CAFFE_MEAN_BGR, SPLITS, Manifest, PipelineOptions, epoch_permutation,
+                           load_manifest)
 
 AUTOTUNE = tf.data.AUTOTUNE
 

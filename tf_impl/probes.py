@@ -316,7 +316,7 @@ def trajectory(twin: Twin, inputs: dict[str, np.ndarray], args: dict, *, quiet: 
 def load_inputs(args: dict, inputs: dict[str, np.ndarray], job_dir: Path):
     """The parity batch (``args['indices']`` of the validation split) through ``tf_impl.data``,
     for the ``input`` row; ``options`` may pick the seed's fast-IDCT decoder (``decoder: seed``)."""
-    from bench.manifest import PipelineOptions, load_manifest
+    from bench.dataset import PipelineOptions, load_manifest
     from tf_impl import data
 
     manifest = load_manifest(args["manifest"], verify="none")  # the parent verified it

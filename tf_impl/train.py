@@ -61,7 +61,7 @@ class Trainer:
     def __init__(self, job: dict[str, Any]):
         import keras
 
-        from bench.manifest import PipelineOptions, load_manifest
+        from bench.dataset import PipelineOptions, load_manifest
         from bench.spec import spec_from_args
         from bench.weights import WeightBundle
         from tf_impl import model as tfm

@@ -169,7 +169,7 @@ def pipeline_batches(row: dict[str, Any], device: torch.device) -> Callable[[], 
     options at the row's size and batch), endlessly, copied to the device inside the step: what
     end-to-end throughput includes. An epoch's last, partial batch is fetched (its time counts)
     but not fed, so every step trains on exactly the recorded batch."""
-    from bench.manifest import PipelineOptions, load_manifest
+    from bench.dataset import PipelineOptions, load_manifest
     from torch_impl import data as td
 
     manifest = load_manifest(row["manifest"], verify="size")  # the parent verified the hashes

@@ -1,23 +1,9 @@
 """PyTorch input pipeline (Dataset + DataLoader) that reads only the manifest. Mirror: ``tf_impl/data.py``.
 
-Per image, to the same numbers as the TF pipeline: read the file, decode to 3-channel RGB with
-PIL the way ``tf.io.decode_image(channels=3, expand_animations=False)`` does (PIL's JPEG decode
-is libjpeg's integer-accurate IDCT, bit-identical to TF's ``INTEGER_ACCURATE``; TF's fast IDCT,
-the ``seed`` decoder, cannot be reproduced here and is not attempted), then
-``F.interpolate(bilinear, align_corners=False, antialias=False)`` (TF's half-pixel bilinear;
-torchvision's ``Resize`` antialiases by default: a different function), then the optional
-caffe preprocessing.
-
-Where TF's decoders differ from PIL's ``convert("RGB")``, this module follows TF (measured):
-- 16-bit grayscale PNG: TF keeps the high byte (``v >> 8``); PIL would clip at 255;
-- GIF: TF paints the transparent colour index black in the first frame; PIL uses its palette colour;
-- 8-bit BMP: TF reads the pixel values as gray levels and ignores the palette.
-
-Order (``PipelineOptions.order``): ``native``, training split: ``DataLoader(shuffle=True)`` with a
-seeded generator (a new permutation each epoch); ``manifest``: :class:`EpochPermutationSampler`
-follows ``bench.manifest.epoch_permutation``, exactly as the TF pipeline does; validation: the
-manifest's order. Images are decoded every epoch in the DataLoader's worker processes (the
-idiomatic torch pipeline; the TF side caches in ``native`` order as the seed does).
+Per image to the same numbers as the TF pipeline: PIL decoding that follows TF's decoders,
+``F.interpolate`` bilinear without antialiasing (TF's resize); ``PipelineOptions.order``
+``native`` is ``DataLoader(shuffle=True)``, ``manifest`` follows
+``bench.dataset.epoch_permutation``. Details, and where TF's decoders differ from PIL's: docs/records.md.
 """
 
 from __future__ import annotations
@@ -35,8 +21,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from bench.manifest import (CAFFE_MEAN_BGR, SPLITS, Manifest, PipelineOptions, epoch_permutation,
-                            load_manifest)
+from bench.dataset import (CAFFE_MEAN_BGR, SPLITS, Manifest, PipelineOptions, epoch_permutation,
+                           load_manifest)
 
 
 # ---- one image -------------------------------------------------------------------------------------

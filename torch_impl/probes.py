@@ -359,7 +359,7 @@ def load_inputs(args: dict, inputs: dict[str, np.ndarray], job_dir: Path):
     ``options`` may carry ``antialias: true`` (the ``resize-antialias`` ablation): the same
     decode, then ``F.interpolate(..., antialias=True)`` as torchvision's ``Resize`` does.
     """
-    from bench.manifest import PipelineOptions, load_manifest
+    from bench.dataset import PipelineOptions, load_manifest
     from torch_impl import data
 
     manifest = load_manifest(args["manifest"], verify="none")  # the parent verified it

@@ -46,7 +46,7 @@ class Trainer:
     framework = "torch"
 
     def __init__(self, job: dict[str, Any], *, rank: int = 0, world: int = 1, local_rank: int = 0):
-        from bench.manifest import PipelineOptions, load_manifest
+        from bench.dataset import PipelineOptions, load_manifest
         from bench.spec import spec_from_args
         from bench.weights import WeightBundle
         from torch_impl import model as tm

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import keras
 
-from bench.manifest import build_manifest, index_directory
+from bench.dataset import build_manifest, index_directory
 from tests.data_fixtures import make_awkward_tree
 
 SEEDS = (123, 0, 7, 2**31 + 5)

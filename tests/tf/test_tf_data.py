@@ -8,7 +8,7 @@ import keras
 import tensorflow as tf
 from PIL import Image
 
-from bench.manifest import PipelineOptions, build_manifest, epoch_permutation
+from bench.dataset import PipelineOptions, build_manifest, epoch_permutation
 from tests.data_fixtures import make_format_zoo
 from tf_impl import data as tfd
 

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from bench import parity
-from bench.manifest import build_manifest
+from bench.dataset import build_manifest
 from bench.spec import build_spec
 from bench.train import TrainConfig
 from tests.data_fixtures import make_class_folder

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bench.manifest import PipelineOptions, build_manifest, epoch_permutation
+from bench.dataset import PipelineOptions, build_manifest, epoch_permutation
 from tests.data_fixtures import make_format_zoo
 from torch_impl import data as td
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from bench import parity
-from bench.manifest import build_manifest
+from bench.dataset import build_manifest
 from bench.spec import build_spec
 from bench.train import TrainConfig
 from tests.data_fixtures import make_class_folder
