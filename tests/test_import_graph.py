@@ -163,7 +163,6 @@ KNOWN_C_OFFENDERS = {
     ("tf_impl.probes", "bench.manifest"), ("torch_impl.probes", "bench.manifest"),
     ("tf_impl.train", "bench.manifest"), ("torch_impl.train", "bench.manifest"),
     ("tf_impl.probes", "bench.parity"), ("torch_impl.probes", "bench.parity"),
-    ("tf_impl.train", "bench.train"), ("torch_impl.train", "bench.train"),
 }
 
 
