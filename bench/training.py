@@ -25,6 +25,7 @@ import numpy as np
 
 from bench import atomic
 from bench.errors import UserError
+from bench.measure import read_peak_rss
 
 PRECISIONS = ("fp32", "mixed_bf16", "mixed_fp16")
 INITS = ("keras", "torch", "random", "independent")
@@ -275,8 +276,6 @@ def peak_rss() -> dict[str, Any]:
     getrusage's ru_maxrss (the fallback) is not: Linux carries the parent's peak across fork
     and exec, so a worker started by a large parent would report the parent's memory.
     """
-    from bench.benchmark import read_peak_rss
-
     child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return {"peak_bytes": int(read_peak_rss()["peak_bytes"]), "children_peak_bytes": int(child_kb) * 1024}
 
@@ -417,8 +416,6 @@ def _start(trainer: Trainer, job: dict[str, Any], started: float) -> _Loop:
     elif history:
         raise UserError(f"{fw_dir / STATE_NAME}: history without a checkpoint; remove {fw_dir} to restart it")
     setup_s = time.monotonic() - started
-    from bench.benchmark import read_peak_rss
-
     rss_before = read_peak_rss().get("current_bytes")
     steps = trainer.steps_per_epoch()
     tracer = _WeightTracer(trainer, config, job.get("trace"), fw_dir, fresh=not history)
