@@ -42,7 +42,7 @@ from bench import __version__, atomic
 from bench.errors import CheckFailed, TwinbenchError, UserError, WorkerError, one_line
 from bench.options import add_worker_options, positive_int, worker_config
 from bench.runset import RESIDUALS_FORMAT, RESIDUALS_VERSION, SESSION_FORMAT, SESSION_NAME, SESSION_VERSION
-from bench.train import QuickProfile
+from bench.training import QuickProfile
 
 STEPS = ("data", "manifest", "datacheck", "parity", "train", "bench", "residuals", "report")
 SKIPPABLE = ("datacheck", "parity", "train", "bench", "residuals")

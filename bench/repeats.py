@@ -4,20 +4,8 @@
     twinbench train --profile quick --repeats 5 --margin 3 # equivalence within 3 points
     twinbench train --resume runs/train-20261202-120000-ab12   # finish a killed set
 
-Run i (0-based) of every framework uses seed ``seed + i`` and ONE starting bundle made for that
-seed, so TF and torch form a pair per seed and the statistics work on the paired differences
-(``bench.stats``). Set directory::
-
-    train-YYYYmmdd-HHMMSS-xxxx/
-      config.json     the resolved config, the repeats, the margin, the chaos control
-      repeat-0/ ...   one ordinary training run each (run.json with "repeat": {set, index, of, seed})
-      chaos/          the chaos control's extra torch run from repeat 0's bundle + 1 ulp (kind "chaos")
-      chaos.json      its analysis (bench.chaos)
-      repeats.json    the set: every repeat's status and record, and the statistics
-
-Resume (``--resume SET``) finishes a repeat whose worker was killed from its last checkpoint and
-starts the repeats that never started; a finished repeat is skipped. The statistics read each
-repeat's record once, by index, so a repeat is never counted twice.
+Run i of every framework uses seed ``seed + i`` and one starting bundle for that seed (a pair per
+seed). The set directory and resume: docs/profiles.md (repeated runs).
 """
 
 from __future__ import annotations
@@ -97,7 +85,8 @@ def start_set(plan: SetPlan, config, sources: dict[str, str], frameworks: list[s
 
 def resume_set(set_dir: Path, args: argparse.Namespace) -> int:
     from bench.dataset import load_manifest
-    from bench.train import CONFIG_NAME, RunLock, TrainConfig
+    from bench.train import CONFIG_NAME, RunLock
+    from bench.training import TrainConfig
 
     saved = json.loads((set_dir / CONFIG_NAME).read_text())
     config = TrainConfig(**saved["config"])

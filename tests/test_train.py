@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw
 
 from bench import results
 from bench import train as bt
+from bench import training
 from bench.cli import build_parser, main
 from bench.errors import UserError
 
@@ -65,7 +66,7 @@ def test_profiles_and_overrides_resolve_with_their_sources():
     assert (config.learning_rate, config.beta_1, config.beta_2, config.epsilon) == (1e-3, 0.9, 0.999, 1e-7)
     assert config.preprocessing == "none" and config.init == "keras"
     config, sources = bt.resolve_config(parse("--profile", "quick", "--epochs", "7", "--lr", "0.01"))
-    quick = bt.QuickProfile()
+    quick = training.QuickProfile()
     assert (config.input_size, config.pooling, config.classes, config.epochs) == (quick.input_size, "global", "auto", 7)
     assert config.learning_rate == 0.01 and config.batch_size == quick.batch_size
     assert sources["epochs"] == "command line" and sources["input_size"] == "profile quick"
@@ -88,7 +89,7 @@ def test_bad_settings_fail_before_any_work(tiny, tmp_path, capsys, argv, message
 def test_resume_refuses_changed_settings_and_unknown_directories(tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path)]) == 2
     assert "not a twinbench training run" in capsys.readouterr().err
-    config = dataclasses.asdict(bt.TrainConfig(classes=2))
+    config = dataclasses.asdict(training.TrainConfig(classes=2))
     (tmp_path / bt.CONFIG_NAME).write_text(json.dumps({"config": config, "sources": {}, "frameworks": ["torch"]}))
     assert main(["train", "--resume", str(tmp_path), "--batch-size", "16"]) == 2
     assert "--batch-size cannot change on --resume" in capsys.readouterr().err
@@ -111,7 +112,7 @@ def test_evaluation_report_counts_and_the_1000_way_head():
     for i, cls in enumerate([0, 1, 1, 0, 999]):
         probs[i, cls] = 0.9
     labels = np.array([0, 1, 0, 0, 1])
-    report = bt.evaluation_report(probs, labels, ["a", "b"], [f"p{i}" for i in range(5)], classes=1000)
+    report = training.evaluation_report(probs, labels, ["a", "b"], [f"p{i}" for i in range(5)], classes=1000)
     # Rows: true a, b; columns: predicted a, b, and "another of the 1000 classes".
     assert report["confusion_matrix"] == [[2, 1, 0], [0, 1, 1]]
     assert report["per_class_accuracy"] == {"a": pytest.approx(2 / 3), "b": 0.5}
@@ -120,14 +121,14 @@ def test_evaluation_report_counts_and_the_1000_way_head():
 
 
 def test_progress_lines_like_keras_fit(capsys):
-    progress = bt.Progress("tf", quiet=False, interval=0.0)
+    progress = training.Progress("tf", quiet=False, interval=0.0)
     progress.epoch_start(1, 3)
     progress.step(2, 4, [9.0, 1.0], 0.5, 0.25)
     err = capsys.readouterr().err.splitlines()
     assert err[0] == "[tf] Epoch 1/3"
     # ETA from the median step after the first (which carries tracing): 2 steps x 1 s.
     assert err[1].startswith("[tf] 2/4 [") and "ETA: 2s - loss: 0.5000 - accuracy: 0.2500" in err[1]
-    quiet = bt.Progress("tf", quiet=True, interval=0.0)
+    quiet = training.Progress("tf", quiet=True, interval=0.0)
     quiet.epoch_start(1, 3)
     quiet.step(1, 4, [1.0], 0.5, 0.25)
     assert capsys.readouterr().err == ""
@@ -196,7 +197,7 @@ class NumpyTrainer:
         self.w = np.load(stem.parent / f"{stem.name}.npy")
 
     def memory(self):
-        return {"measure": "cpu_peak_rss", "peak_bytes": bt.peak_rss()["peak_bytes"], "label": "test"}
+        return {"measure": "cpu_peak_rss", "peak_bytes": training.peak_rss()["peak_bytes"], "label": "test"}
 
     def barrier(self):
         pass
@@ -207,14 +208,14 @@ class NumpyTrainer:
 
 def _job(tiny, fw_dir: Path, epochs: int = 3, resume: bool = False, keep: int = 1) -> dict:
     fw_dir.mkdir(parents=True, exist_ok=True)
-    config = dataclasses.asdict(bt.TrainConfig(classes=2, epochs=epochs, keep_checkpoints=keep))
+    config = dataclasses.asdict(training.TrainConfig(classes=2, epochs=epochs, keep_checkpoints=keep))
     return {"config": config, "manifest": str(tiny), "fw_dir": str(fw_dir), "resume": resume,
             "quiet": True, "progress_interval": 0}
 
 
 def test_loop_records_epochs_timing_and_final_metrics(tiny, tmp_path):
     trainer = NumpyTrainer(tiny)
-    out = bt.run_training(trainer, _job(tiny, tmp_path / "fw", keep=2))
+    out = training.run_training(trainer, _job(tiny, tmp_path / "fw", keep=2))
     assert out["status"] == "complete" and out["epochs_completed"] == 3
     assert [e["epoch"] for e in out["history"]] == [1, 2, 3]
     for entry in out["history"]:
@@ -237,25 +238,25 @@ def test_loop_records_epochs_timing_and_final_metrics(tiny, tmp_path):
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny, tmp_path):
     trainer = NumpyTrainer(tiny, nan_at=(2, 3))
-    out = bt.run_training(trainer, _job(tiny, tmp_path / "fw"))
+    out = training.run_training(trainer, _job(tiny, tmp_path / "fw"))
     assert out["status"] == "stopped"
     assert out["message"].startswith("loss became nan at epoch 2, step 3/5; training stopped")
     assert "epoch 1 (ckpt-epoch-001)" in out["message"]
     assert [e["epoch"] for e in out["history"]] == [1]
     assert out["checkpoint"] == "fw/ckpt-epoch-001.npz" and (tmp_path / "fw" / "ckpt-epoch-001.npy").exists()
     assert not (tmp_path / "fw" / "ckpt-epoch-002.npy").exists()
-    state = bt.read_state(tmp_path / "fw")
+    state = training.read_state(tmp_path / "fw")
     assert state["status"] == "stopped" and len(state["history"]) == 1
     # The final figures are the last good checkpoint's, not the poisoned model's.
     assert out["final"]["val_accuracy"] == out["history"][0]["val_accuracy"]
 
 
 def test_resume_after_a_kill_gives_the_straight_history(tiny, tmp_path):
-    straight = bt.run_training(NumpyTrainer(tiny), _job(tiny, tmp_path / "a"))
+    straight = training.run_training(NumpyTrainer(tiny), _job(tiny, tmp_path / "a"))
     with pytest.raises(KeyboardInterrupt):
-        bt.run_training(NumpyTrainer(tiny, crash_at=(2, 3)), _job(tiny, tmp_path / "b"))
-    assert len(bt.read_state(tmp_path / "b")["history"]) == 1
-    resumed = bt.run_training(NumpyTrainer(tiny), _job(tiny, tmp_path / "b", resume=True))
+        training.run_training(NumpyTrainer(tiny, crash_at=(2, 3)), _job(tiny, tmp_path / "b"))
+    assert len(training.read_state(tmp_path / "b")["history"]) == 1
+    resumed = training.run_training(NumpyTrainer(tiny), _job(tiny, tmp_path / "b", resume=True))
     keys = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "step_loss")
     assert [{k: e[k] for k in keys} for e in resumed["history"]] == [{k: e[k] for k in keys} for e in straight["history"]]
     assert [e["resumed"] for e in resumed["history"]] == [False, True, False]
@@ -524,7 +525,7 @@ def test_peak_rss_is_the_workers_own_not_its_parents():
         pytest.skip("needs /proc")
     ballast = bytearray(600 * 2**20)
     ballast[::4096] = b"x" * len(ballast[::4096])  # touch every page: resident
-    code = "from bench.train import peak_rss; print(peak_rss()['peak_bytes'])"
+    code = "from bench.training import peak_rss; print(peak_rss()['peak_bytes'])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parent.parent)
     assert int(out.stdout) < 300 * 2**20, int(out.stdout) / 2**20
@@ -601,7 +602,7 @@ def test_repeats_resume_adds_and_reruns_without_counting_twice(tiny, tmp_path):
 
 
 def test_seed_profile_is_the_seed_and_quick_measures_learning():
-    seed = bt.TrainConfig()
+    seed = training.TrainConfig()
     # ../shared/seed/: ResNet50(), 224 px, batch 8, 50 epochs, compile(optimizer="adam"), 1000-way head,
     # raw pixels, the moving statistics at evaluation, fit's own shuffling
     assert (seed.model, seed.input_size, seed.batch_size, seed.epochs, seed.classes, seed.pooling) == (
@@ -609,5 +610,5 @@ def test_seed_profile_is_the_seed_and_quick_measures_learning():
     assert (seed.optimizer, seed.learning_rate, seed.beta_1, seed.beta_2, seed.epsilon) == ("adam", 1e-3, 0.9, 0.999, 1e-7)
     assert (seed.preprocessing, seed.order, seed.evaluation, seed.precision) == ("none", "native", "moving", "fp32")
     assert seed.torch_ablation is None
-    quick = bt.QuickProfile()
+    quick = training.QuickProfile()
     assert quick.evaluation == "precise-bn" and quick.order == "manifest" and quick.classes == "auto"

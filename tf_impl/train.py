@@ -1,18 +1,8 @@
 """TensorFlow side of ``twinbench train``: the seed's Keras training, driven step by step.
 
-The model is compiled exactly as the seed compiles it (``compile(optimizer=Adam(),
-loss="sparse_categorical_crossentropy", metrics=["accuracy"])``) and each step runs Keras' own
-``Model.train_step`` (the function ``fit`` runs: forward, Keras' loss on the softmax output,
-loss scaling under mixed_float16, ``apply_gradients``, metric updates). Only the loop around it
-is ours, for three reasons ``fit`` does not allow: the wait for the next batch is timed apart
-from the step (``fit`` fetches inside its tf.function), each step is timed synced (the
-metrics are read back as numbers), and checkpoint/resume/NaN handling is the same code as on
-the torch side (``bench.train.run_training``). The step is one ``tf.function`` with a batch
-dimension of None, so the last, smaller batch of an epoch is not traced again (tracing
-ResNet-50's train step takes ~20 s on 2 cores).
-
-Validation computes per-image losses from the logits (fc1000's kernel applied to the pooled
-features): the loss Keras computes on the softmax output, which recovers those same logits.
+The model is compiled as the seed compiles it and each step runs Keras' own ``Model.train_step``
+in one ``tf.function``; the loop around it is ``bench.training.run_training``, shared with the
+torch side. Why not ``fit``: docs/profiles.md (the TensorFlow worker).
 
 Mirror: ``torch_impl/train.py``.
 """
@@ -29,7 +19,7 @@ import tensorflow as tf
 
 from bench import atomic
 from bench.errors import UserError
-from bench.train import TrainConfig, peak_rss, run_training, write_pid
+from bench.training import TrainConfig, peak_rss, run_training, write_pid
 
 POLICIES = {"fp32": "float32", "mixed_bf16": "mixed_bfloat16", "mixed_fp16": "mixed_float16"}
 
@@ -276,7 +266,7 @@ class Trainer:
 
 
 def train(args: dict[str, Any], inputs: dict[str, np.ndarray], job_dir: Path):
-    """Worker task "train": ``bench.train.run_training`` with a Keras :class:`Trainer`."""
+    """Worker task "train": ``bench.training.run_training`` with a Keras :class:`Trainer`."""
     started = time.monotonic()
     write_pid(Path(args["fw_dir"]))
     return run_training(Trainer(args), args, started=started), None

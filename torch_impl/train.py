@@ -1,20 +1,10 @@
 """PyTorch side of ``twinbench train``: the seed's training, ported faithfully.
 
-Each step is what Keras' ``fit`` does for the seed's compile: forward in train mode, loss =
-cross-entropy of ``log_softmax(logits)`` averaged over the batch (the exact loss Keras computes
-from the softmax output, which recovers these logits), backward, and Keras' Adam
-(``torch_impl.optim.KerasAdam``: epsilon-hat form, Keras defaults). Mixed precision: autocast
-(bf16, or fp16 with a GradScaler on GPU), the loss in float32 as Keras keeps the softmax output
-in float32. Accuracy: argmax of the logits equals the label (Keras' sparse categorical accuracy).
+Each step is what Keras' ``fit`` does for the seed's compile (``torch_impl.step``, Keras' Adam);
+``--devices N`` runs DistributedDataParallel over N ``torchrun`` processes. The loss, mixed
+precision and the data-parallel split: docs/profiles.md (the PyTorch worker).
 
-``--devices N``: DistributedDataParallel over N processes started by ``torchrun`` (gloo on CPU,
-NCCL on GPU). Every rank reads the same global batch (same order as one device) and keeps its
-slice (``numpy.array_split``: the split tf.distribute makes), so N devices see what one sees;
-gradients are averaged by DDP as MirroredStrategy averages them. Rank 0 validates, prints and
-writes the checkpoints. Batch norm uses each rank's own batch statistics, as Keras' does under
-MirroredStrategy (neither side synchronises BN by default).
-
-Mirror: ``tf_impl/train.py``. The loop itself is ``bench.train.run_training``.
+Mirror: ``tf_impl/train.py``. The loop itself is ``bench.training.run_training``.
 """
 
 from __future__ import annotations
@@ -34,7 +24,7 @@ import torch.nn.functional as F
 
 from bench import atomic
 from bench.errors import UserError
-from bench.train import TrainConfig, peak_rss, run_training, write_pid
+from bench.training import TrainConfig, peak_rss, run_training, write_pid
 from torch_impl.step import optimizer_step
 
 AUTOCAST = {"fp32": None, "mixed_bf16": torch.bfloat16, "mixed_fp16": torch.float16}
@@ -74,7 +64,7 @@ class Trainer:
 
         self.spec = spec_from_args(config.spec_args())
         self.tw = tw
-        # job["alignment"]: a parity ablation planted on purpose (bench.train.torch_alignment)
+        # job["alignment"]: a parity ablation planted on purpose (bench.training.torch_alignment)
         self.model = tm.build(self.spec, tm.Alignment(**(job.get("alignment") or {}))).to(self.device)
         if job.get("init"):
             tw.from_bundle(self.model, self.spec, WeightBundle.load(job["init"]), source=job["init"])
@@ -255,7 +245,7 @@ class Trainer:
 
 
 def train(args: dict[str, Any], inputs: dict[str, np.ndarray], job_dir: Path):
-    """Worker task "train": ``bench.train.run_training`` with a torch :class:`Trainer`
+    """Worker task "train": ``bench.training.run_training`` with a torch :class:`Trainer`
     (or ``torchrun`` with one per device for ``--devices N``)."""
     started = time.monotonic()
     fw_dir = Path(args["fw_dir"])

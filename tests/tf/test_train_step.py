@@ -19,7 +19,7 @@ import tensorflow as tf
 from bench import parity
 from bench.dataset import build_manifest
 from bench.spec import build_spec
-from bench.train import TrainConfig
+from bench.training import TrainConfig
 from tests.data_fixtures import make_class_folder
 from tf_impl import model as tfm
 from tf_impl import probes

@@ -11,7 +11,7 @@ import torch
 from bench import parity
 from bench.dataset import build_manifest
 from bench.spec import build_spec
-from bench.train import TrainConfig
+from bench.training import TrainConfig
 from tests.data_fixtures import make_class_folder
 from torch_impl import model as tm
 from torch_impl import probes
