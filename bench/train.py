@@ -51,6 +51,7 @@ import numpy as np
 from bench import __version__, atomic
 from bench.errors import CheckFailed, TwinbenchError, UserError, WorkerError, one_line
 from bench.options import add_model_options, add_worker_options, positive_int, worker_config
+from bench.schedule import SCHEDULES, learning_rate_at
 
 FRAMEWORKS = ("tf", "torch")
 LABELS = {"tf": "TensorFlow", "torch": "PyTorch"}
@@ -81,6 +82,7 @@ class TrainConfig:
     epochs: int = 50  # epochs = 50
     optimizer: str = "adam"  # compile(optimizer="adam"); torch side: torch_impl.optim.KerasAdam
     learning_rate: float = 1e-3  # Keras Adam default
+    lr_schedule: str = "constant"  # compile(optimizer="adam"): a constant rate
     beta_1: float = 0.9  # Keras Adam default
     beta_2: float = 0.999  # Keras Adam default
     epsilon: float = 1e-7  # Keras Adam default, Keras' "epsilon hat" form on both sides
@@ -152,7 +154,7 @@ def validate_config(config: TrainConfig) -> None:
     if config.torch_ablation is not None:
         torch_alignment(config.torch_ablation)  # a UserError for a name that is not a model ablation
     for name, choices in (("precision", PRECISIONS), ("init", INITS), ("optimizer", OPTIMIZERS),
-                          ("evaluation", EVALUATIONS)):
+                          ("evaluation", EVALUATIONS), ("lr_schedule", SCHEDULES)):
         if getattr(config, name) not in choices:
             raise UserError(f"unknown {name} {getattr(config, name)!r}: choose one of {', '.join(choices)}")
     for name in ("learning_rate", "epsilon"):
@@ -248,6 +250,9 @@ def register(sub) -> None:
     group.add_argument("--batch-size", type=positive_int, default=None, help="global batch size")
     group.add_argument("--optimizer", choices=OPTIMIZERS, default=None, help="adam (Keras' Adam on both sides) or sgd")
     group.add_argument("--learning-rate", "--lr", dest="learning_rate", type=_positive_float, default=None)
+    group.add_argument("--lr-schedule", choices=SCHEDULES, default=None,
+                       help="constant (the seed) or cosine (decays to 0 over the run; set before every step "
+                            "on both sides)")
     group.add_argument("--precision", choices=PRECISIONS, default=None,
                        help="fp32; mixed_bf16 (Keras mixed_bfloat16 / torch autocast bf16); mixed_fp16 (GPU)")
     group.add_argument("--decoder", choices=DECODERS, default=None)
@@ -431,7 +436,8 @@ def _say(text: str, args: argparse.Namespace) -> None:
 
 def describe_config(c: TrainConfig) -> str:
     return (f"{c.model} {c.input_size}px {c.pooling} pooling, {c.classes} classes, batch {c.batch_size}, "
-            f"{c.epochs} epochs, {c.optimizer} lr {c.learning_rate:g}, {c.precision}, order {c.order}, "
+            f"{c.epochs} epochs, {c.optimizer} lr {c.learning_rate:g}"
+            f"{'' if c.lr_schedule == 'constant' else ' ' + c.lr_schedule}, {c.precision}, order {c.order}, "
             f"decoder {c.decoder}, preprocessing {c.preprocessing}, init {c.init}"
             f"{' + ' + c.weights if c.weights else ''}, seed {c.seed}, {c.threads} threads, {c.devices} device(s), "
             f"evaluation {c.evaluation}{', torch ablation ' + c.torch_ablation if c.torch_ablation else ''}")
@@ -670,6 +676,9 @@ class Trainer(Protocol):
     def train_batches(self, epoch: int) -> Iterable[Any]:
         """The epoch's global batches (``epoch`` 0-based, as the data pipelines count)."""
 
+    def set_learning_rate(self, rate: float) -> None:
+        """The optimizer's learning rate for the next step (bench.schedule)."""
+
     def train_step(self, batch: Any) -> tuple[float, int, int]:
         """One optimizer step: (mean loss, correct predictions, images) over the global batch,
         as Python numbers (so the clock read after it is synced)."""
@@ -897,6 +906,10 @@ def run_training(trainer: Trainer, job: dict[str, Any], *, started: float | None
             except StopIteration:
                 sums.data_wait += time.perf_counter() - t0
                 break
+            if config.lr_schedule != "constant":
+                trainer.set_learning_rate(learning_rate_at(config.lr_schedule, config.learning_rate,
+                                                           (epoch - 1) * steps + len(sums.step_times),
+                                                           config.epochs * steps))
             t1 = time.perf_counter()
             loss, correct, n = trainer.train_step(batch)
             t2 = time.perf_counter()
