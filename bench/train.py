@@ -26,6 +26,7 @@ from typing import Any
 from bench import __version__, atomic
 from bench.errors import CheckFailed, TwinbenchError, UserError, WorkerError, one_line
 from bench.options import add_model_options, add_worker_options, positive_int, worker_config
+from bench.schedule import SCHEDULES
 from bench.training import (EVALUATIONS, INITS, OPTIMIZERS, PRECISIONS, PROFILES, QuickProfile, TrainConfig,
                             read_state, torch_alignment, validate_config)
 
@@ -101,6 +102,9 @@ def register(sub) -> None:
     group.add_argument("--batch-size", type=positive_int, default=None, help="global batch size")
     group.add_argument("--optimizer", choices=OPTIMIZERS, default=None, help="adam (Keras' Adam on both sides) or sgd")
     group.add_argument("--learning-rate", "--lr", dest="learning_rate", type=_positive_float, default=None)
+    group.add_argument("--lr-schedule", choices=SCHEDULES, default=None,
+                       help="constant (the seed) or cosine (decays to 0 over the run; set before every step "
+                            "on both sides)")
     group.add_argument("--precision", choices=PRECISIONS, default=None,
                        help="fp32; mixed_bf16 (Keras mixed_bfloat16 / torch autocast bf16); mixed_fp16 (GPU)")
     group.add_argument("--decoder", choices=DECODERS, default=None)
@@ -284,7 +288,8 @@ def _say(text: str, args: argparse.Namespace) -> None:
 
 def describe_config(c: TrainConfig) -> str:
     return (f"{c.model} {c.input_size}px {c.pooling} pooling, {c.classes} classes, batch {c.batch_size}, "
-            f"{c.epochs} epochs, {c.optimizer} lr {c.learning_rate:g}, {c.precision}, order {c.order}, "
+            f"{c.epochs} epochs, {c.optimizer} lr {c.learning_rate:g}"
+            f"{'' if c.lr_schedule == 'constant' else ' ' + c.lr_schedule}, {c.precision}, order {c.order}, "
             f"decoder {c.decoder}, preprocessing {c.preprocessing}, init {c.init}"
             f"{' + ' + c.weights if c.weights else ''}, seed {c.seed}, {c.threads} threads, {c.devices} device(s), "
             f"evaluation {c.evaluation}{', torch ablation ' + c.torch_ablation if c.torch_ablation else ''}")

@@ -26,6 +26,7 @@ import numpy as np
 from bench import atomic
 from bench.errors import UserError
 from bench.measure import read_peak_rss
+from bench.schedule import SCHEDULES, learning_rate_at
 
 PRECISIONS = ("fp32", "mixed_bf16", "mixed_fp16")
 INITS = ("keras", "torch", "random", "independent")
@@ -52,6 +53,7 @@ class TrainConfig:
     epochs: int = 50  # epochs = 50
     optimizer: str = "adam"  # compile(optimizer="adam"); torch side: torch_impl.optim.KerasAdam
     learning_rate: float = 1e-3  # Keras Adam default
+    lr_schedule: str = "constant"  # compile(optimizer="adam"): a constant rate
     beta_1: float = 0.9  # Keras Adam default
     beta_2: float = 0.999  # Keras Adam default
     epsilon: float = 1e-7  # Keras Adam default, Keras' "epsilon hat" form on both sides
@@ -120,7 +122,7 @@ def validate_config(config: TrainConfig) -> None:
     if config.torch_ablation is not None:
         torch_alignment(config.torch_ablation)  # a UserError for a name that is not a model ablation
     for name, choices in (("precision", PRECISIONS), ("init", INITS), ("optimizer", OPTIMIZERS),
-                          ("evaluation", EVALUATIONS)):
+                          ("evaluation", EVALUATIONS), ("lr_schedule", SCHEDULES)):
         if getattr(config, name) not in choices:
             raise UserError(f"unknown {name} {getattr(config, name)!r}: choose one of {', '.join(choices)}")
     for name in ("learning_rate", "epsilon"):
@@ -166,6 +168,9 @@ class Trainer(Protocol):
 
     def train_batches(self, epoch: int) -> Iterable[Any]:
         """The epoch's global batches (``epoch`` 0-based, as the data pipelines count)."""
+
+    def set_learning_rate(self, rate: float) -> None:
+        """The optimizer's learning rate for the next step (bench.schedule)."""
 
     def train_step(self, batch: Any) -> tuple[float, int, int]:
         """One optimizer step: (mean loss, correct predictions, images) over the global batch,
@@ -443,6 +448,10 @@ def _train_epoch(loop: _Loop, epoch: int) -> _EpochSums:
         except StopIteration:
             sums.data_wait += time.perf_counter() - t0
             break
+        if loop.config.lr_schedule != "constant":
+            trainer.set_learning_rate(learning_rate_at(loop.config.lr_schedule, loop.config.learning_rate,
+                                                       (epoch - 1) * loop.steps + len(sums.step_times),
+                                                       loop.config.epochs * loop.steps))
         t1 = time.perf_counter()
         loss, correct, n = trainer.train_step(batch)
         t2 = time.perf_counter()

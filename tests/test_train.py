@@ -608,6 +608,7 @@ def test_seed_profile_is_the_seed_and_quick_measures_learning():
     assert (seed.model, seed.input_size, seed.batch_size, seed.epochs, seed.classes, seed.pooling) == (
         "resnet50", 224, 8, 50, 1000, "avg7")
     assert (seed.optimizer, seed.learning_rate, seed.beta_1, seed.beta_2, seed.epsilon) == ("adam", 1e-3, 0.9, 0.999, 1e-7)
+    assert seed.lr_schedule == "constant"  # compile(optimizer="adam"): no schedule
     assert (seed.preprocessing, seed.order, seed.evaluation, seed.precision) == ("none", "native", "moving", "fp32")
     assert seed.torch_ablation is None
     quick = training.QuickProfile()

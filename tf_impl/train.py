@@ -146,6 +146,10 @@ class Trainer:
         # so these are sample means over the whole global batch.
         return self.model.get_metrics_result()
 
+    def set_learning_rate(self, rate: float) -> None:
+        # A float32 variable read inside the traced step: assigning it retraces nothing.
+        self.model.optimizer.learning_rate.assign(rate)
+
     def train_step(self, batch) -> tuple[float, int, int]:
         logs = self._step(batch)
         n = sum(int(t.shape[0]) for t in self.strategy.experimental_local_results(batch[1]))

@@ -97,6 +97,10 @@ class Trainer:
         return make_loader(self.manifest, "training", self.options, epoch=epoch)
 
     # ---- steps -----------------------------------------------------------------------------------
+    def set_learning_rate(self, rate: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = rate
+
     def train_step(self, batch) -> tuple[float, int, int]:
         x, y = batch
         total = int(y.shape[0])
