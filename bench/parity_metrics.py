@@ -179,6 +179,23 @@ def parts_metrics(parts: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]
     return out
 
 
+def compare(ref: np.ndarray, other: np.ndarray) -> dict[str, Any]:
+    """Error metrics of ``other`` against ``ref``: shape, dtype, non-finite masks, max abs / rel,
+    normwise relative error and cosine."""
+    return compare_group({"": (ref, other)})
+
+
+def compare_group(pairs: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """Metrics over several arrays at once: max_rel = max|a-b| over all / max|ref| over all."""
+    return group({name: array_stats(r, o) for name, (r, o) in pairs.items()})
+
+
+def compare_parts(parts: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]) -> dict[str, Any]:
+    """:func:`parts_metrics` of array pairs: ``parts`` maps kind -> {array name: (ref, other)}."""
+    return parts_metrics({kind: {n: array_stats(r, o) for n, (r, o) in pairs.items()}
+                          for kind, pairs in parts.items()})
+
+
 def _sound(metrics: dict[str, Any]) -> bool:
     return bool(metrics["shape_ok"] and metrics["dtype_ok"] and metrics["nonfinite_ok"])
 

@@ -153,8 +153,8 @@ def test_b_the_core_imports_no_framework():
     assert not bad, f"bench/ must import none of {', '.join(FRAMEWORKS)}; found:\n{_listing(bad)}"
 
 
-# Rule (c) today: the framework packages import four command modules (bench.benchmark, bench.manifest,
-# bench.parity, bench.train) for their worker-side code.
+# Rule (c) today: the framework packages import three command modules (bench.benchmark, bench.manifest,
+# bench.train) for their worker-side code.
 # Moving that code into libraries is the larger restructuring of issue 15; until then the list
 # may only shrink (the next test) and the strict rule is expected to fail (the one after).
 KNOWN_C_OFFENDERS = {
@@ -164,7 +164,6 @@ KNOWN_C_OFFENDERS = {
     ("tf_impl.data", "bench.manifest"), ("torch_impl.data", "bench.manifest"),
     ("tf_impl.probes", "bench.manifest"), ("torch_impl.probes", "bench.manifest"),
     ("tf_impl.train", "bench.manifest"), ("torch_impl.train", "bench.manifest"),
-    ("tf_impl.probes", "bench.parity"), ("torch_impl.probes", "bench.parity"),
     ("tf_impl.train", "bench.train"), ("torch_impl.train", "bench.train"),
 }
 
@@ -176,10 +175,10 @@ def test_c_no_new_framework_import_of_a_command_module():
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "rule (c) not met yet: bench.benchmark, bench.manifest, bench.parity and bench.train define register(sub) "
+    "rule (c) not met yet: bench.benchmark, bench.manifest and bench.train define register(sub) "
     "and are imported by tf_impl.benchmark, torch_impl.benchmark, torch_impl.gpu_check (bench.benchmark); "
     "tf_impl.benchmark, torch_impl.benchmark, tf_impl.data, torch_impl.data, tf_impl.probes, torch_impl.probes, "
-    "tf_impl.train, torch_impl.train (bench.manifest); tf_impl.probes, torch_impl.probes (bench.parity); "
+    "tf_impl.train, torch_impl.train (bench.manifest); "
     "tf_impl.train, torch_impl.train (bench.train)"))
 def test_c_the_framework_packages_import_no_command_module():
     bad = _rule_c_offenders()

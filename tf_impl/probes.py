@@ -31,7 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bench import parity
+from bench import parity_spec as ps
 from bench import parity_metrics as pm
 from bench.spec import spec_from_args
 from tf_impl import model as tfm
@@ -74,7 +74,7 @@ def probe(args: dict, inputs: dict[str, np.ndarray], job_dir: Path):
     keras.config.set_floatx(dtype)  # losses and the learning rate compute in floatx (see above)
     keras.utils.set_random_seed(int(args.get("seed", 0)))
     spec = spec_from_args(args)
-    checks = set(args.get("checks", parity.DEFAULT_CHECKS))
+    checks = set(args.get("checks", ps.DEFAULT_CHECKS))
     bundle = tfw.load_file(args["weights"], spec)
     twin = Twin(spec, bundle, dtype)
     result: dict = {"framework": "tf"}
@@ -263,7 +263,7 @@ def _float32_of(key: str, spec, arrays: dict[str, np.ndarray]) -> np.ndarray | N
     if kind == "gradiso":
         return arrays.get(f"grad/{name}")
     if kind == "dxiso":
-        before = parity.previous_point(spec, name)
+        before = ps.previous_point(spec, name)
         return arrays.get(f"dtrain/{before}") if before else None
     return arrays.get(key)
 
@@ -299,7 +299,7 @@ def trajectory(twin: Twin, inputs: dict[str, np.ndarray], args: dict, *, quiet: 
     model = twin.model
     model.compile(optimizer=optim.build(args.get("optimizer")),
                   loss=keras.losses.SparseCategoricalCrossentropy(), jit_compile=False)
-    index = parity.trajectory_sample(twin.spec)
+    index = ps.trajectory_sample(twin.spec)
     xs, ys = inputs["traj_x"], inputs["traj_y"].astype(np.int64)
     losses, samples = [], []
     start = time.perf_counter()

@@ -16,7 +16,7 @@
   bundle's weights and the REFERENCE gradients ``ref/grad/<key>`` (so the optimizer is compared
   alone, not the gradients again)
 - ``traj/loss`` (K,), ``traj/sample`` (K, S): K training steps, the loss of each step (before its
-  update) and the sampled weights after it (``bench.parity.trajectory_sample``)
+  update) and the sampled weights after it (``bench.parity_spec.trajectory_sample``)
 
 The TF side is the reference and needs no isolation (TF's block fed TF's own input is TF's chained
 output). ``calibrate`` exists on this side only: it writes the bundle both sides then load.
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench import parity
+from bench import parity_spec as ps
 from bench import parity_metrics as pm
 from bench.spec import ModelSpec, spec_from_args
 from bench.weights import WeightBundle
@@ -165,7 +165,7 @@ def probe(args: dict, inputs: dict[str, np.ndarray], job_dir: Path):
     with ``args['own_errors']``, also this side's own float32 error (:func:`own_errors`); with
     ``args['chaos_weights']``, the trajectory again from that (one-ulp perturbed) bundle."""
     spec = spec_from_args(args)
-    checks = set(args.get("checks", parity.DEFAULT_CHECKS))
+    checks = set(args.get("checks", ps.DEFAULT_CHECKS))
     align = tm.Alignment(**args.get("align", {}))
     bundle = tw.load_file(args["weights"], spec)
     twin = Twin(spec, bundle, args.get("dtype", "float32"), align)
@@ -279,7 +279,7 @@ def trajectory(twin: Twin, inputs: dict[str, np.ndarray], args: dict, *, quiet: 
     twin.reset()
     model.train()
     opt = optim.build(args.get("optimizer"), [t for _, _, t in twin.trainable()])
-    index = parity.trajectory_sample(twin.spec)
+    index = ps.trajectory_sample(twin.spec)
     by_key = {k: (layer, getattr(m, a)) for k, layer, m, a in twin.weights}
     xs, ys = inputs["traj_x"], inputs["traj_y"].astype(np.int64)
     losses, samples = [], []
