@@ -1,20 +1,11 @@
 """Parity metrics (framework-free): per-array statistics, cells and the two judges.
 
-A parity cell compares arrays of the reference (TF) and the other side (torch). Each array pair is
-first reduced to :func:`array_stats`, sufficient statistics that both the parent and a framework
-worker can compute (a worker measures its own float32-vs-float64 error without shipping float64
-arrays): the largest absolute difference and where it sits, ``max|ref|``, ``||a - b||^2``,
-``||ref||^2``, ``||other||^2`` and ``<ref, other>``. From them, per cell:
-
-- ``max_rel``   max|a - b| / max|ref| over the cell's arrays of one kind (the worst kind);
-- ``norm_rel``  the normwise relative error ``||a - b|| / ||ref||`` per tensor (the worst tensor);
-- ``cosine``    ``<a, b> / (||a|| ||b||)`` per tensor (the smallest).
-
-Two judges (:func:`judge_fixed`, :func:`judge_calibrated`). The calibrated one passes a cell when,
-for every unit of the cell (a kind for ``max_rel``, a tensor for ``norm_rel``), the
-cross-framework error is at most ``K`` times the larger of the two frameworks' own errors (each
-framework's float32 against its own float64 on the same weights and inputs), and never
-demands less than ``FLOOR``. Why ``K = 2`` and that floor: docs/parity.md.
+Each array pair is reduced to :func:`array_stats`, sufficient statistics a worker can compute too
+(its own float32-vs-float64 error without shipping float64 arrays). From them, per cell:
+``max_rel`` (max|a - b| / max|ref| per kind of array), ``norm_rel`` (||a - b|| / ||ref|| per
+tensor) and ``cosine``. :func:`judge_fixed` compares with a tolerance; :func:`judge_calibrated`
+passes a unit when the cross-framework error is at most ``K`` times the larger of the two
+frameworks' own errors, never below ``FLOOR``. The metrics, K = 2 and the floor: docs/parity.md.
 """
 
 from __future__ import annotations

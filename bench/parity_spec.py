@@ -188,6 +188,16 @@ def key(*parts: str) -> str:
     return "/".join(parts)
 
 
+def keyed(kind: str, arrays: dict[str, Any]) -> dict[str, Any]:
+    """``{name: array}`` -> ``{kind/name: array}``."""
+    return {key(kind, name): a for name, a in arrays.items()}
+
+
+def unkeyed(prefix: str, arrays: dict[str, Any]) -> dict[str, Any]:
+    """The arrays under ``prefix`` (``key(REF, FWD, "")``), keyed by the rest of their key."""
+    return {k[len(prefix):]: a for k, a in arrays.items() if k.startswith(prefix)}
+
+
 def moment_key(step: str, moment: str, name: str) -> str:
     """An optimizer moment after the step: ``adam_m/<key>``, ``adam_v/<key>``."""
     return key(f"{step}_{moment}", name)
