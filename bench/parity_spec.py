@@ -1,6 +1,6 @@
 """What a parity run is, shared by its parent and its workers (framework-free): the checks and
 columns, the fixed tolerances, the ablations, :class:`ParityConfig`, the array keys the workers
-return and the parent reads, and the trajectory's weight sample.
+return and the parent reads, the trajectory's weight sample and a probe's :class:`Phases`.
 
 ``bench.parity`` (the command) runs the workers; ``tf_impl.probes`` and ``torch_impl.probes``
 compute the arrays; ``bench.parity_table`` compares them. Tolerances, measurements and the judge's
@@ -10,6 +10,7 @@ reasoning: docs/parity.md.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -255,3 +256,23 @@ def sample_offsets(spec: ModelSpec) -> dict[str, slice]:
         offsets[name] = slice(start, start + len(idx))
         start += len(idx)
     return offsets
+
+
+# ---- a worker's phases -----------------------------------------------------------------------------
+class Phases:
+    """A probe's phases: ``phases(name)`` starts one (and says so unless ``quiet``);
+    :meth:`seconds` ends the last and gives each one's duration."""
+
+    def __init__(self, framework: str, quiet: bool):
+        self.framework, self.quiet = framework, quiet
+        self.starts: dict[str, float] = {}
+
+    def __call__(self, name: str) -> None:
+        self.starts[name] = time.perf_counter()
+        if not self.quiet:
+            print(f"[{self.framework}] parity: {name}", flush=True)
+
+    def seconds(self) -> dict[str, float]:
+        self.starts["end"] = time.perf_counter()
+        names = list(self.starts)
+        return {names[i]: round(self.starts[names[i + 1]] - self.starts[names[i]], 3) for i in range(len(names) - 1)}

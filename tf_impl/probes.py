@@ -66,13 +66,8 @@ def probe(args: dict, inputs: dict[str, np.ndarray], job_dir: Path):
     bundle = tfw.load_file(args["weights"], spec)
     twin = Twin(spec, bundle, dtype)
     result: dict = {"framework": "tf"}
-    timing: dict[str, float] = {}
     quiet = bool(args.get("quiet"))
-
-    def phase(name: str) -> None:
-        timing[name] = time.perf_counter()
-        if not quiet:
-            print(f"[tf] parity: {name}", flush=True)
+    phase = ps.Phases("tf", quiet)
 
     arrays = passes(twin, inputs, checks, args, phase, result)
     if "trajectory" in checks:
@@ -89,9 +84,7 @@ def probe(args: dict, inputs: dict[str, np.ndarray], job_dir: Path):
         result["own"] = own_errors(spec, bundle, inputs, arrays, checks, args, phase)
         keras.config.set_floatx(dtype)
 
-    timing["end"] = time.perf_counter()
-    names = list(timing)
-    result["seconds"] = {names[i]: round(timing[names[i + 1]] - timing[names[i]], 3) for i in range(len(names) - 1)}
+    result["seconds"] = phase.seconds()
     result["threads"] = tf.config.threading.get_intra_op_parallelism_threads()
     return result, arrays
 

@@ -146,14 +146,9 @@ def probe(args: dict, inputs: dict[str, np.ndarray], job_dir: Path):
     bundle = tw.load_file(args["weights"], spec)
     twin = Twin(spec, bundle, args.get("dtype", "float32"), align)
     torch.manual_seed(int(args.get("seed", 0)))
-    timing: dict[str, float] = {}
     quiet = bool(args.get("quiet"))
+    phase = ps.Phases("torch", quiet)
     result: dict[str, Any] = {"framework": "torch"}
-
-    def phase(name: str) -> None:
-        timing[name] = time.perf_counter()
-        if not quiet:
-            print(f"[torch] parity: {name}", flush=True)
 
     arrays = passes(twin, inputs, checks, args, phase)
     if "trajectory" in checks:
@@ -169,9 +164,7 @@ def probe(args: dict, inputs: dict[str, np.ndarray], job_dir: Path):
         phase("own-build")
         result["own"] = own_errors(spec, bundle, align, inputs, arrays, checks, args, phase)
 
-    timing["end"] = time.perf_counter()
-    names = list(timing)
-    result["seconds"] = {names[i]: round(timing[names[i + 1]] - timing[names[i]], 3) for i in range(len(names) - 1)}
+    result["seconds"] = phase.seconds()
     result["threads"] = torch.get_num_threads()
     return result, arrays
 
