@@ -1,20 +1,11 @@
 """Parity metrics (framework-free): per-array statistics, cells and the two judges.
 
-A parity cell compares arrays of the reference (TF) and the other side (torch). Each array pair is
-first reduced to :func:`array_stats`, sufficient statistics that both the parent and a framework
-worker can compute (a worker measures its own float32-vs-float64 error without shipping float64
-arrays): the largest absolute difference and where it sits, ``max|ref|``, ``||a - b||^2``,
-``||ref||^2``, ``||other||^2`` and ``<ref, other>``. From them, per cell:
-
-- ``max_rel``   max|a - b| / max|ref| over the cell's arrays of one kind (the worst kind);
-- ``norm_rel``  the normwise relative error ``||a - b|| / ||ref||`` per tensor (the worst tensor);
-- ``cosine``    ``<a, b> / (||a|| ||b||)`` per tensor (the smallest).
-
-Two judges (:func:`judge_fixed`, :func:`judge_calibrated`). The calibrated one passes a cell when,
-for every unit of the cell (a kind for ``max_rel``, a tensor for ``norm_rel``), the
-cross-framework error is at most ``K`` times the larger of the two frameworks' own errors (each
-framework's float32 against its own float64 on the same weights and inputs), and never
-demands less than ``FLOOR``. Why ``K = 2`` and that floor: docs/parity.md.
+Each array pair is reduced to :func:`array_stats`, sufficient statistics a worker can compute too
+(its own float32-vs-float64 error without shipping float64 arrays). From them, per cell:
+``max_rel`` (max|a - b| / max|ref| per kind of array), ``norm_rel`` (||a - b|| / ||ref|| per
+tensor) and ``cosine``. :func:`judge_fixed` compares with a tolerance; :func:`judge_calibrated`
+passes a unit when the cross-framework error is at most ``K`` times the larger of the two
+frameworks' own errors, never below ``FLOOR``. The metrics, K = 2 and the floor: docs/parity.md.
 """
 
 from __future__ import annotations
@@ -177,6 +168,23 @@ def parts_metrics(parts: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]
         out["parts"] = {k: finite(r["max_rel"]) for k, r in results.items()}
         out["worst_part"] = kind
     return out
+
+
+def compare(ref: np.ndarray, other: np.ndarray) -> dict[str, Any]:
+    """Error metrics of ``other`` against ``ref``: shape, dtype, non-finite masks, max abs / rel,
+    normwise relative error and cosine."""
+    return compare_group({"": (ref, other)})
+
+
+def compare_group(pairs: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """Metrics over several arrays at once: max_rel = max|a-b| over all / max|ref| over all."""
+    return group({name: array_stats(r, o) for name, (r, o) in pairs.items()})
+
+
+def compare_parts(parts: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]) -> dict[str, Any]:
+    """:func:`parts_metrics` of array pairs: ``parts`` maps kind -> {array name: (ref, other)}."""
+    return parts_metrics({kind: {n: array_stats(r, o) for n, (r, o) in pairs.items()}
+                          for kind, pairs in parts.items()})
 
 
 def _sound(metrics: dict[str, Any]) -> bool:

@@ -1,8 +1,8 @@
 """The parity table (framework-free): which arrays each (probe point, check) cell compares, the
 cells judged (``bench.parity_metrics``), the first failure, the trajectory curve, text output.
 
-``bench.parity`` runs the workers and calls these; the names workers need (``trajectory_sample``,
-``previous_point``) are re-exported there.
+``bench.parity`` runs the workers and calls these; the array keys and the trajectory sample are
+``bench.parity_spec``'s.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 
 from bench import parity_metrics as pm
+from bench import parity_spec as ps
 from bench.spec import ModelSpec
 
-TRAJECTORY_SAMPLE = 2048  # weights sampled per tensor per trajectory step (all of smaller ones)
 # The metric that decides a calibrated cell. Gradients and the trajectory by the normwise error per
 # tensor: their max_rel is one element's (a ReLU or max-pool derivative flipped by the last bit).
 CALIBRATED_METRIC = {"grad-iso": "norm_rel", "grad": "norm_rel", "traj": "norm_rel"}
@@ -41,49 +41,18 @@ def weights_by_owner(spec: ModelSpec) -> dict[str, list[str]]:
     return out
 
 
-def trajectory_sample(spec: ModelSpec, per_tensor: int = TRAJECTORY_SAMPLE) -> dict[str, np.ndarray]:
-    """Bundle key -> flat indices (Keras layout) sampled at every trajectory step: all elements of
-    small tensors, ``per_tensor`` evenly spaced ones of larger kernels. Both workers use it."""
-    out = {}
-    for key, shape in spec.weight_shapes().items():
-        size = math.prod(shape)
-        out[key] = np.arange(size) if size <= per_tensor else np.linspace(0, size - 1, per_tensor).astype(np.int64)
-    return out
-
-
-def sample_offsets(spec: ModelSpec) -> dict[str, slice]:
-    """Bundle key -> its slice in the concatenated trajectory sample."""
-    offsets, start = {}, 0
-    for key, idx in trajectory_sample(spec).items():
-        offsets[key] = slice(start, start + len(idx))
-        start += len(idx)
-    return offsets
-
-
-def previous_point(spec: ModelSpec, point: str) -> str | None:
-    """The probe point whose output feeds ``point`` in the isolated backward (None for stem)."""
-    if point == "logits":
-        return "pool"
-    points = ["stem"] + [b.id for b in spec.blocks]
-    return points[points.index(point) - 1] if point in points[1:] else None
-
-
-def is_stat(key: str) -> bool:
-    return key.endswith(("/moving_mean", "/moving_variance"))
-
-
 def trajectory_arrays(spec: ModelSpec, arrays: dict[str, np.ndarray], prefix: str = "") -> dict[str, np.ndarray]:
     """``trajK/<key>``: each sampled tensor after the last step (views), and ``traj/loss``."""
-    sample = arrays[f"{prefix}traj/sample"][-1]
-    out = {f"trajK/{k}": sample[s] for k, s in sample_offsets(spec).items()}
-    out["traj/loss"] = arrays[f"{prefix}traj/loss"]
+    sample = arrays[prefix + ps.TRAJ_SAMPLE][-1]
+    out = {ps.key(ps.TRAJ_K, k): sample[s] for k, s in ps.sample_offsets(spec).items()}
+    out[ps.TRAJ_LOSS] = arrays[prefix + ps.TRAJ_LOSS]
     return out
 
 
 def trajectory_own(spec: ModelSpec, arrays: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
     """A side's chaos baseline: its trajectory from the bundle against its trajectory from the
     bundle perturbed by one ulp (``chaos/traj/...``), per sampled tensor and for the loss."""
-    base, chaos = trajectory_arrays(spec, arrays), trajectory_arrays(spec, arrays, "chaos/")
+    base, chaos = trajectory_arrays(spec, arrays), trajectory_arrays(spec, arrays, ps.key(ps.CHAOS, ""))
     return {k: pm.array_stats(base[k], chaos[k]) for k in base}
 
 
@@ -92,46 +61,49 @@ def cell_layout(spec: ModelSpec, other: dict[str, np.ndarray], columns: list[str
                 with_input: bool) -> dict[tuple[str, str], dict[str, dict[str, tuple[str, str]]]]:
     """(row, column) -> {kind: {array name: (reference key, other key)}} for every cell the other
     side returned arrays for."""
+    key, same = ps.key, (lambda k: (k, k))
+
+    def vs_ref(other_key: str) -> tuple[str, str]:
+        return ps.reference_key(spec, other_key), other_key
+
     out: dict[tuple[str, str], dict[str, dict[str, tuple[str, str]]]] = {}
     if with_input and "input" in columns:
-        out[("input", "input")] = {"": {"": ("input/x", "input/x")}}
-    for column, prefix in (("forward", "fwd/"), ("isolated", "iso/"), ("train", "train/"), ("train-iso", "triso/")):
+        out[("input", "input")] = {"": {"": same(ps.INPUT_X)}}
+    for column, kind in (("forward", ps.FWD), ("isolated", ps.ISO), ("train", ps.TRAIN), ("train-iso", ps.TRISO)):
         if column not in columns:
             continue
-        ref_prefix = "train/" if prefix in ("train/", "triso/") else "fwd/"
         for point in spec.probe_points:
-            if f"{prefix}{point}" in other:
-                out[(point, column)] = {"": {"": (f"{ref_prefix}{point}", f"{prefix}{point}")}}
-    if "train" in columns and "train/loss" in other:
-        out[("loss", "train")] = {"": {"": ("train/loss", "train/loss")}}
+            if key(kind, point) in other:
+                out[(point, column)] = {"": {"": vs_ref(key(kind, point))}}
+    if "train" in columns and ps.TRAIN_LOSS in other:
+        out[("loss", "train")] = {"": {"": same(ps.TRAIN_LOSS)}}
+    traj = "traj" in columns and ps.TRAJ_SAMPLE in other
     for point, keys in weights_by_owner(spec).items():
-        stats = [k for k in keys if is_stat(k)]
-        params = [k for k in keys if not is_stat(k)]
-        if "bn" in columns and stats and f"bn/{stats[0]}" in other:
-            out[(point, "bn")] = {stat: {k: (f"bn/{k}", f"bn/{k}") for k in stats if k.endswith("/" + stat)}
-                                  for stat in ("moving_mean", "moving_variance")}
-        if "grad" in columns and params and f"grad/{params[0]}" in other:
-            out[(point, "grad")] = {"": {k: (f"grad/{k}", f"grad/{k}") for k in params}}
-        if "grad-iso" in columns and params and all(f"gradiso/{k}" in other for k in params):
-            parts = {"params": {k: (f"grad/{k}", f"gradiso/{k}") for k in params}}
-            before = previous_point(spec, point)
-            if before and f"dxiso/{point}" in other:
-                parts["input"] = {f"d{before}": (f"dtrain/{before}", f"dxiso/{point}")}
+        stats = [k for k in keys if ps.is_stat(k)]
+        params = [k for k in keys if not ps.is_stat(k)]
+        if "bn" in columns and stats and key(ps.BN, stats[0]) in other:
+            out[(point, "bn")] = {stat: {k: same(key(ps.BN, k)) for k in stats if k.endswith("/" + stat)}
+                                  for stat in ps.BN_STATS}
+        if "grad" in columns and params and key(ps.GRAD, params[0]) in other:
+            out[(point, "grad")] = {"": {k: same(key(ps.GRAD, k)) for k in params}}
+        if "grad-iso" in columns and params and all(key(ps.GRADISO, k) in other for k in params):
+            parts = {"params": {k: vs_ref(key(ps.GRADISO, k)) for k in params}}
+            before = ps.previous_point(spec, point)
+            if before and key(ps.DXISO, point) in other:
+                parts["input"] = {f"d{before}": vs_ref(key(ps.DXISO, point))}
             out[(point, "grad-iso")] = parts
-        for column in ("adam", "sgd"):
-            if column in columns and params and f"{column}/{params[0]}" in other:
-                parts = {"params": {k: (f"{column}/{k}", f"{column}/{k}") for k in params}}
+        for column in (ps.ADAM, ps.SGD):
+            if column in columns and params and key(column, params[0]) in other:
+                parts = {"params": {k: same(key(column, k)) for k in params}}
                 for moment in ("m", "v"):
-                    if f"{column}_{moment}/{params[0]}" in other:
-                        parts[moment] = {k: (f"{column}_{moment}/{k}", f"{column}_{moment}/{k}") for k in params}
+                    if ps.moment_key(column, moment, params[0]) in other:
+                        parts[moment] = {k: same(ps.moment_key(column, moment, k)) for k in params}
                 out[(point, column)] = parts
-        if "traj" in columns and "traj/sample" in other:
-            out[(point, "traj")] = {
-                "weights": {k: (f"trajK/{k}", f"trajK/{k}") for k in keys if not is_stat(k)},
-                "moving_mean": {k: (f"trajK/{k}", f"trajK/{k}") for k in keys if k.endswith("/moving_mean")},
-                "moving_variance": {k: (f"trajK/{k}", f"trajK/{k}") for k in keys if k.endswith("/moving_variance")}}
-    if "traj" in columns and "traj/sample" in other:
-        out[("loss", "traj")] = {"": {"": ("traj/loss", "traj/loss")}}
+        if traj:
+            out[(point, "traj")] = {"weights": {k: same(key(ps.TRAJ_K, k)) for k in params}, **{
+                stat: {k: same(key(ps.TRAJ_K, k)) for k in stats if k.endswith("/" + stat)} for stat in ps.BN_STATS}}
+    if traj:
+        out[("loss", "traj")] = {"": {"": same(ps.TRAJ_LOSS)}}
     return out
 
 
@@ -147,8 +119,8 @@ def build_table(spec: ModelSpec, ref: dict[str, np.ndarray], other: dict[str, np
     table: dict[str, dict[str, Any]] = {row: {c: None for c in columns} for row in rows}
     ref, other = dict(ref), dict(other)
     if inputs is not None:
-        ref["input/x"], other["input/x"] = inputs
-    if "traj/sample" in other and "traj/sample" in ref:
+        ref[ps.INPUT_X], other[ps.INPUT_X] = inputs
+    if ps.TRAJ_SAMPLE in other and ps.TRAJ_SAMPLE in ref:
         ref.update(trajectory_arrays(spec, ref))
         other.update(trajectory_arrays(spec, other))
     for (row, column), parts in cell_layout(spec, other, columns, inputs is not None).items():
@@ -174,9 +146,9 @@ def trajectory_curve(spec: ModelSpec, ref: dict[str, np.ndarray], other: dict[st
     """Per step: both losses, the loss's relative error, and the relative error of the sampled
     trainable weights and of the BN statistics (max|a-b| / max|ref| over all of them); with the
     chaos runs, the same for each side against itself from the one-ulp perturbed bundle."""
-    offsets = sample_offsets(spec)
-    weights = np.concatenate([np.arange(s.start, s.stop) for k, s in offsets.items() if not is_stat(k)])
-    stats = np.concatenate([np.arange(s.start, s.stop) for k, s in offsets.items() if is_stat(k)] or [np.arange(0)])
+    offsets = ps.sample_offsets(spec)
+    weights = np.concatenate([np.arange(s.start, s.stop) for k, s in offsets.items() if not ps.is_stat(k)])
+    stats = np.concatenate([np.arange(s.start, s.stop) for k, s in offsets.items() if ps.is_stat(k)] or [np.arange(0)])
 
     def rel(a: np.ndarray, b: np.ndarray, idx: np.ndarray) -> list[float]:
         a, b = a.astype(np.float64), b.astype(np.float64)
@@ -189,16 +161,17 @@ def trajectory_curve(spec: ModelSpec, ref: dict[str, np.ndarray], other: dict[st
         la, lb = la.astype(np.float64), lb.astype(np.float64)
         return (np.abs(la - lb) / np.maximum(np.abs(la), 1e-300)).tolist()
 
-    la, lb = ref["traj/loss"].astype(np.float64), other["traj/loss"].astype(np.float64)
+    la, lb = ref[ps.TRAJ_LOSS].astype(np.float64), other[ps.TRAJ_LOSS].astype(np.float64)
     curve = {"steps": len(la), "loss_tf": la.tolist(), "loss_torch": lb.tolist(), "loss_rel": loss_rel(la, lb),
-             "param_rel": rel(ref["traj/sample"], other["traj/sample"], weights),
-             "bn_rel": rel(ref["traj/sample"], other["traj/sample"], stats), "onset": onset}
+             "param_rel": rel(ref[ps.TRAJ_SAMPLE], other[ps.TRAJ_SAMPLE], weights),
+             "bn_rel": rel(ref[ps.TRAJ_SAMPLE], other[ps.TRAJ_SAMPLE], stats), "onset": onset}
     curve["agree_steps"] = next((i for i in range(len(la)) if max(curve["loss_rel"][i], curve["param_rel"][i]) > onset),
                                 len(la))
+    chaos_loss, chaos_sample = ps.key(ps.CHAOS, ps.TRAJ_LOSS), ps.key(ps.CHAOS, ps.TRAJ_SAMPLE)
     for side, arrays in (("tf", ref), ("torch", other)):
-        if "chaos/traj/sample" in arrays:
-            curve[f"chaos_{side}"] = {"loss_rel": loss_rel(arrays["traj/loss"], arrays["chaos/traj/loss"]),
-                                      "param_rel": rel(arrays["traj/sample"], arrays["chaos/traj/sample"], weights)}
+        if chaos_sample in arrays:
+            curve[f"chaos_{side}"] = {"loss_rel": loss_rel(arrays[ps.TRAJ_LOSS], arrays[chaos_loss]),
+                                      "param_rel": rel(arrays[ps.TRAJ_SAMPLE], arrays[chaos_sample], weights)}
     return curve
 
 

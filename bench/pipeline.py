@@ -282,9 +282,8 @@ class Pipeline:
 
     # 4
     def parity(self) -> str:
-        from bench.parity import ParityConfig, run_ablation_table
-
-        from bench.parity import ABLATIONS
+        from bench.parity import run_ablation_table
+        from bench.parity_spec import ABLATIONS, ParityConfig
 
         config = ParityConfig(model=self.model, **PARITY_MODEL_ARGS, manifest=str(self.manifest_path))
         names = tuple(ABLATIONS) if self.profile.ablations is None else self.profile.ablations

@@ -148,7 +148,7 @@ def torch_alignment(ablation: str | None) -> dict[str, Any]:
     purpose: what the statistics and the chaos control must notice); {} for the aligned model."""
     if ablation is None:
         return {}
-    from bench.parity import ABLATIONS
+    from bench.parity_spec import ABLATIONS
 
     names = [n for n, a in ABLATIONS.items() if a.align]
     if ablation not in names:

@@ -153,14 +153,10 @@ def test_b_the_core_imports_no_framework():
     assert not bad, f"bench/ must import none of {', '.join(FRAMEWORKS)}; found:\n{_listing(bad)}"
 
 
-# Rule (c) today: the framework packages import one command module (bench.parity) for their
-# worker-side code (bench.benchmark -> bench.measure, bench.manifest -> bench.dataset and
-# bench.train -> bench.training moved).
-# Moving that code into libraries is the larger restructuring of issue 15; until then the list
-# may only shrink (the next test) and the strict rule is expected to fail (the one after).
-KNOWN_C_OFFENDERS = {
-    ("tf_impl.probes", "bench.parity"), ("torch_impl.probes", "bench.parity"),
-}
+# Rule (c) holds: the framework packages import libraries only (bench.benchmark -> bench.measure,
+# bench.manifest -> bench.dataset, bench.train -> bench.training, bench.parity -> bench.parity_spec
+# moved). The list of known exceptions stays empty: the next test fails on any new one.
+KNOWN_C_OFFENDERS: set[tuple[str, str]] = set()
 
 
 def test_c_no_new_framework_import_of_a_command_module():
@@ -169,9 +165,6 @@ def test_c_no_new_framework_import_of_a_command_module():
                      f"new since the list in this test:\n{_listing(new)}")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "rule (c) not met yet: bench.parity defines register(sub) and is imported by tf_impl.probes and "
-    "torch_impl.probes"))
 def test_c_the_framework_packages_import_no_command_module():
     bad = _rule_c_offenders()
     assert not bad, ("tf_impl/ and torch_impl/ must not import a bench module that registers a command; "

@@ -3,7 +3,7 @@ default check, and each ablation failing the check it should at the block it sho
 
 The worker runs use a 64 px input with global pooling, batch 2, float32, seed 0: one TF
 reference, the aligned torch side, then each ablation alone (run_ablation_table). The first
-failures asserted here were measured at this size (bench.parity.ABLATIONS records the 224 px
+failures asserted here were measured at this size (bench.ps.ABLATIONS records the 224 px
 ones; only bn-variance's block moves with the size: its n/(n-1) grows as maps shrink).
 """
 
@@ -19,6 +19,7 @@ import pytest
 
 from bench import parity
 from bench import parity_metrics as pm
+from bench import parity_spec as ps
 from bench import parity_table
 from bench.errors import UserError
 from bench.spec import build_spec
@@ -31,7 +32,7 @@ def test_compare_reports_max_errors_and_where():
     ref = np.array([[1.0, -4.0], [2.0, 0.5]], dtype=np.float32)
     other = ref.copy()
     other[1, 0] = 2.5
-    m = parity.compare(ref, other)
+    m = pm.compare(ref, other)
     assert m["shape_ok"] and m["dtype_ok"] and m["nonfinite_ok"]
     assert m["max_abs"] == pytest.approx(0.5)
     assert m["max_rel"] == pytest.approx(0.5 / 4.0)  # max|a-b| / max|ref|, not elementwise
@@ -46,24 +47,24 @@ def test_compare_reports_max_errors_and_where():
     (np.array([[-np.inf, 0], [0, 0]], np.float32), "-inf positions differ"),
 ])
 def test_compare_fails_on_shape_dtype_and_nonfinite_masks(other, reason):
-    cell = parity.judge(parity.compare(np.zeros((2, 2), np.float32), other), tol=1.0)
+    cell = pm.judge_fixed(pm.compare(np.zeros((2, 2), np.float32), other), tol=1.0)
     assert not cell["ok"] and cell["reason"] == reason
 
 
 def test_equal_nonfinite_masks_pass_and_zero_reference_is_handled():
     a = np.array([np.nan, np.inf, -np.inf, 1.0])
-    assert parity.judge(parity.compare(a, a.copy()), tol=0.0)["ok"]
-    assert parity.compare(np.zeros(3), np.zeros(3))["max_rel"] == 0.0
-    assert parity.compare(np.zeros(3), np.ones(3))["max_rel"] == math.inf
+    assert pm.judge_fixed(pm.compare(a, a.copy()), tol=0.0)["ok"]
+    assert pm.compare(np.zeros(3), np.zeros(3))["max_rel"] == 0.0
+    assert pm.compare(np.zeros(3), np.ones(3))["max_rel"] == math.inf
 
 
 def test_group_and_parts_keep_small_kinds_visible():
     big = (np.full(4, 100.0), np.full(4, 100.0))
     small = (np.full(4, 1e-3), np.full(4, 1.1e-3))
-    group = parity.compare_group({"big": big, "small": small})
+    group = pm.compare_group({"big": big, "small": small})
     assert group["max_rel"] == pytest.approx(1e-4 / 100)  # one denominator for the group
     assert group["where"]["array"] == "small"
-    parts = parity.compare_parts({"params": {"big": big}, "m": {"small": small}})
+    parts = pm.compare_parts({"params": {"big": big}, "m": {"small": small}})
     assert parts["max_rel"] == pytest.approx(0.1) and parts["worst_part"] == "m"  # each kind its own
     assert parts["parts"] == {"params": 0.0, "m": pytest.approx(0.1)}
 
@@ -76,20 +77,20 @@ def test_first_failure_is_check_major_then_network_order():
         "stem": {"forward": cell(True), "grad": cell(False)},
         "2a": {"forward": cell(True), "grad": cell(False)},
         "3a": {"forward": cell(False), "grad": cell(False)}}}
-    fails = parity.failures(table, ["forward", "grad"])
+    fails = parity_table.failures(table, ["forward", "grad"])
     assert (fails[0]["check"], fails[0]["block"]) == ("forward", "3a")  # a gradient error flows back to stem
-    assert parity.first_divergent(table, ["forward", "grad"]) == {"forward": "3a", "grad": "stem"}
+    assert parity_table.first_divergent(table, ["forward", "grad"]) == {"forward": "3a", "grad": "stem"}
 
 
 def test_owners_and_trajectory_sample_cover_every_weight():
     spec = build_spec("resnet50", 10, 64, "global")
-    owned = parity.weights_by_owner(spec)
+    owned = parity_table.weights_by_owner(spec)
     assert list(owned)[:2] == ["stem", "2a"] and list(owned)[-1] == "logits"
     assert sorted(k for keys in owned.values() for k in keys) == sorted(spec.weight_shapes())
-    sample = parity.trajectory_sample(spec, per_tensor=64)
+    sample = ps.trajectory_sample(spec, per_tensor=64)
     assert len(sample["conv1/kernel"]) == 64 and sample["conv1/kernel"][-1] == 7 * 7 * 3 * 64 - 1
     assert len(sample["bn_conv1/gamma"]) == 64  # small tensors whole
-    offsets = parity.sample_offsets(spec)
+    offsets = ps.sample_offsets(spec)
     assert offsets["conv1/bias"].start == offsets["conv1/kernel"].stop
 
 
@@ -146,7 +147,7 @@ def test_calibrated_judge_passes_rounding_and_fails_a_small_bug(metric):
     own_torch = {"": {"t": pm.array_stats(x * (1 + 1e-6), bug)}}  # the bug's own float64 has it too
     cell = pm.judge_calibrated(cross, own_tf, own_torch, metric)
     assert not cell["ok"] and cell["ratio"] > 5 and "x own" in cell["reason"]
-    assert cell["value"] < parity.TOLERANCES["float32"]["isolated"]
+    assert cell["value"] < ps.TOLERANCES["float32"]["isolated"]
 
 
 def test_calibrated_judge_floor_and_per_tensor_units():
@@ -192,12 +193,12 @@ def test_build_table_calibrates_all_but_the_input_row():
     own = {"tf": {"fwd/stem": pm.array_stats(exact, ref["fwd/stem"])},
            "torch": {"fwd/stem": pm.array_stats(exact, other["fwd/stem"])}}
     inputs = (np.zeros((2, 64, 64, 3), np.float32), np.zeros((2, 64, 64, 3), np.float32))
-    table = parity_table.build_table(spec, ref, other, ["input", "forward"], parity.TOLERANCES["float32"],
+    table = parity_table.build_table(spec, ref, other, ["input", "forward"], ps.TOLERANCES["float32"],
                                      inputs, own)["table"]
     assert table["stem"]["forward"]["judge"] == "calibrated" and table["stem"]["forward"]["ok"]
     assert table["stem"]["forward"]["fixed_tol"] == 1e-3
     assert table["input"]["input"]["judge"] == "fixed" and table["input"]["input"]["tol"] == 1e-4
-    fixed = parity_table.build_table(spec, ref, other, ["forward"], parity.TOLERANCES["float32"])["table"]
+    fixed = parity_table.build_table(spec, ref, other, ["forward"], ps.TOLERANCES["float32"])["table"]
     assert fixed["stem"]["forward"]["judge"] == "fixed" and fixed["stem"]["forward"]["limit"] == 1e-3
 
 
@@ -215,31 +216,31 @@ def test_one_ulp_moves_every_float_by_exactly_one_ulp():
 
 def test_config_errors_are_one_line_user_errors(tmp_path):
     with pytest.raises(UserError, match="--checks speed: choose from forward, train, grad, step, trajectory"):
-        parity.ParityConfig(checks=("speed",)).validate()
+        ps.ParityConfig(checks=("speed",)).validate()
     with pytest.raises(UserError, match="--ablate decoder compares the data pipelines: it needs --manifest"):
-        parity.ParityConfig(ablations=("decoder",)).validate()
+        ps.ParityConfig(ablations=("decoder",)).validate()
     with pytest.raises(UserError, match="no such weight file"):
-        parity.ParityConfig(weights=str(tmp_path / "nope.npz")).validate()
+        ps.ParityConfig(weights=str(tmp_path / "nope.npz")).validate()
     with pytest.raises(UserError, match="at least 2 images"):
-        parity.ParityConfig(batch=1).validate()
+        ps.ParityConfig(batch=1).validate()
 
 
 # ---- the real workers -------------------------------------------------------------------------------
-NON_PIPELINE = tuple(n for n in parity.ABLATIONS if not parity.ABLATIONS[n].pipeline and n != "maxpool-pad")
+NON_PIPELINE = tuple(n for n in ps.ABLATIONS if not ps.ABLATIONS[n].pipeline and n != "maxpool-pad")
 
 
 @pytest.fixture(scope="module")
 def table(tmp_path_factory):
     """One TF reference; the aligned torch side with every default check; each ablation alone
     (maxpool-pad runs through the CLI test below)."""
-    config = parity.ParityConfig(**SMALL, work_dir=str(tmp_path_factory.mktemp("parity")))
+    config = ps.ParityConfig(**SMALL, work_dir=str(tmp_path_factory.mktemp("parity")))
     from bench.runner import WorkerConfig
     return parity.run_ablation_table(config, WorkerConfig(quiet=True), NON_PIPELINE, stop_at_expected=True)
 
 
 def test_default_parity_passes_every_check(table):
     base = table["results"]["baseline"]
-    assert base["verdict"] == "pass", parity.format_table(base)
+    assert base["verdict"] == "pass", parity_table.format_table(base)
     assert base["columns"] == ["isolated", "forward", "train-iso", "train", "bn", "grad-iso", "grad", "adam", "sgd"]
     rows = base["rows"]
     assert rows[0] == "stem" and rows[-4:] == ["pool", "logits", "probs", "loss"] and len(rows) == 21
@@ -262,7 +263,7 @@ def test_default_parity_passes_every_check(table):
     cells = [c for r in rows for c in base["table"][r].values() if c]
     assert all(c["judge"] == "calibrated" for c in cells)
     assert all(c["own_tf"] > 0 and c["own_torch"] > 0 for c in cells if c["value"] > 0)
-    assert max(c["ratio"] for c in cells) <= parity.pm.K * parity.pm.SLACK
+    assert max(c["ratio"] for c in cells) <= pm.K * pm.SLACK
     # Gradients by the normwise error per tensor; their limits far below the fixed 0.5.
     grad_iso = [base["table"][r]["grad-iso"] for r in rows if base["table"][r]["grad-iso"]]
     assert all(c["metric"] == "norm_rel" for c in grad_iso)
@@ -318,7 +319,7 @@ def test_cli_exit_1_names_first_block_and_check(tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("twinbench: error: parity failed: first divergent block stem, check isolated: shape")
     result = json.loads(out.read_text())
-    assert result["verdict"] == "fail" and result["ablation"] == {"maxpool-pad": parity.ABLATIONS["maxpool-pad"].description}
+    assert result["verdict"] == "fail" and result["ablation"] == {"maxpool-pad": ps.ABLATIONS["maxpool-pad"].description}
     assert result["table"]["2a"]["isolated"]["ok"] and not result["table"]["2a"]["forward"]["shape_ok"]
     assert result["judge"]["mode"] == "fixed" and result["table"]["2a"]["isolated"]["limit"] == 1e-5
     assert "FAIL: first divergent block stem, check isolated" in proc.stdout
@@ -327,11 +328,11 @@ def test_cli_exit_1_names_first_block_and_check(tmp_path):
 # ---- slow: float64, the trajectory, real images ---------------------------------------------------------
 @pytest.mark.slow
 def test_float64_parity_is_tight_everywhere(tmp_path):
-    config = parity.ParityConfig(**{**SMALL, "dtype": "float64"}, work_dir=str(tmp_path))
+    config = ps.ParityConfig(**{**SMALL, "dtype": "float64"}, work_dir=str(tmp_path))
     from bench.runner import WorkerConfig
     result = parity.run_parity(config, WorkerConfig(quiet=True))
-    assert result["verdict"] == "pass", parity.format_table(result)
-    worst = parity.summarize(result)["worst"]
+    assert result["verdict"] == "pass", parity_table.format_table(result)
+    worst = parity_table.summarize(result)["worst"]
     # float64 pins every check, gradients included (float32 gradients cannot: ReLU flips).
     assert worst["grad"] < 1e-10 and worst["grad-iso"] < 1e-11 and worst["adam"] < 1e-14
 
@@ -339,11 +340,11 @@ def test_float64_parity_is_tight_everywhere(tmp_path):
 @pytest.mark.slow
 def test_trajectory_curve_and_bn_momentum_divergence(tmp_path):
     from bench.runner import WorkerConfig
-    config = parity.ParityConfig(**{**SMALL, "dtype": "float64"}, checks=("trajectory",), steps=3,
+    config = ps.ParityConfig(**{**SMALL, "dtype": "float64"}, checks=("trajectory",), steps=3,
                                  work_dir=str(tmp_path))
     table = parity.run_ablation_table(config, WorkerConfig(quiet=True), ("bn-momentum",))
     base = table["results"]["baseline"]
-    assert base["verdict"] == "pass", parity.format_table(base)
+    assert base["verdict"] == "pass", parity_table.format_table(base)
     curve = base["trajectory"]
     assert curve["steps"] == 3 and len(curve["param_rel"]) == 3 and curve["agree_steps"] == 3
     assert max(curve["loss_rel"]) < 1e-10 and max(curve["bn_rel"]) < 1e-12
@@ -364,7 +365,7 @@ def test_manifest_batch_and_pipeline_ablations(tmp_path):
     data = demo.write_demo(tmp_path / "demo", seed=0, counts={"Bananaquit": 6, "Black Skimmer": 6,
                                                               "Black Throated Bushtiti": 6, "Cockatoo": 6})
     build_manifest(data).save(tmp_path / "manifest.json")
-    config = parity.ParityConfig(**SMALL, checks=("forward",), manifest=str(tmp_path / "manifest.json"),
+    config = ps.ParityConfig(**SMALL, checks=("forward",), manifest=str(tmp_path / "manifest.json"),
                                  work_dir=str(tmp_path / "work"))
     table = parity.run_ablation_table(config, WorkerConfig(quiet=True), ("decoder", "resize-antialias"))
     base = table["results"]["baseline"]
@@ -381,9 +382,9 @@ def test_manifest_batch_and_pipeline_ablations(tmp_path):
 @pytest.mark.slow
 def test_float32_trajectory_is_judged_against_its_chaos_baseline(tmp_path):
     from bench.runner import WorkerConfig
-    config = parity.ParityConfig(**SMALL, checks=("trajectory",), steps=3, work_dir=str(tmp_path))
+    config = ps.ParityConfig(**SMALL, checks=("trajectory",), steps=3, work_dir=str(tmp_path))
     result = parity.run_parity(config, WorkerConfig(quiet=True))
-    assert result["verdict"] == "pass", parity.format_table(result)
+    assert result["verdict"] == "pass", parity_table.format_table(result)
     cells = [result["table"][r]["traj"] for r in result["rows"] if result["table"][r]["traj"]]
     assert all(c["judge"] == "calibrated" and c["metric"] == "norm_rel" for c in cells)
     assert all(c["own_tf"] > 0 and c["own_torch"] > 0 for c in cells)  # one ulp moved every trajectory
@@ -399,11 +400,11 @@ def test_resnet50_c3_passes_every_check_and_its_ablations_fail(tmp_path):
     from bench.runner import WorkerConfig
     # 10 steps: over 3, the one-ulp chaos baseline has not caught up with per-step rounding yet
     # (measured here: fc1000's trajectory 2.05 x its own at step 3; docs/parity.md).
-    config = parity.ParityConfig(**SMALL, model="resnet50_c3", checks=tuple(parity.CHECK_GROUPS), steps=10,
+    config = ps.ParityConfig(**SMALL, model="resnet50_c3", checks=tuple(ps.CHECK_GROUPS), steps=10,
                                  work_dir=str(tmp_path))
     table = parity.run_ablation_table(config, WorkerConfig(quiet=True), ("bn-eps", "bn-var-detached", "adam-eps"))
     base = table["results"]["baseline"]
-    assert base["verdict"] == "pass", parity.format_table(base)
+    assert base["verdict"] == "pass", parity_table.format_table(base)
     assert "traj" in base["columns"] and base["judge"]["mode"] == "calibrated"
     first = table["ablations"]["bn-var-detached"]["first_failure"]
     assert (first["check"], first["block"]) == ("grad-iso", "stem")

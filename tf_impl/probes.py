@@ -1,25 +1,10 @@
 """Parity probes, TensorFlow side: the reference (worker tasks; mirror of ``torch_impl.probes``).
 
-``probe`` returns the arrays ``bench.parity`` compares, in Keras layout, under the same names as
-the torch side (``fwd/<point>``, ``train/<point>``, ``train/loss``, ``bn/<layer>/<stat>``,
-``grad/<key>``, ``dtrain/<point>`` (dL/d the point's output, training mode), ``adam/<key>``, ``adam_m/<key>``, ``adam_v/<key>``, ``sgd/<key>``, ``traj/loss``,
-``traj/sample``). The TF side needs no isolated pass: each of its blocks fed its own chained
-input gives its chained output, which is the reference the torch side's isolated blocks are fed.
-
-How the reference is computed, and why:
-
-- floatx is set to the model dtype first. Keras losses compute in floatx (``Loss(dtype=None)``)
-  and the learning rate is a floatx variable: in a float64 model with floatx float32 the loss
-  would cast the softmax to float32 and lose ``_keras_logits`` (measured; see below).
-- The training step is Keras' own ``train_step`` written out: a ``tf.function`` running
-  ``model(x, training=True)`` under a GradientTape, ``SparseCategoricalCrossentropy`` on the
-  softmax output, ``tape.gradient``. Keras' TF backend finds the logits on the softmax output
-  (``_keras_logits``) and computes the loss from them: the result reports ``loss`` and
-  ``loss_from_logits`` (``tf.nn.sparse_softmax_cross_entropy_with_logits`` on the pre-softmax
-  values) so the parity report shows they agree.
-- The trajectory runs ``model.compile(optimizer, loss)`` + ``train_on_batch``: the path the seed's
-  ``fit`` takes (no XLA: Keras' "auto" turns it off on CPU, and we pin it off on GPU too, since
-  XLA's fusions change rounding and are not part of the model).
+``probe`` returns the arrays ``bench.parity`` compares, in Keras layout, keyed as
+``bench.parity_spec`` builds them (the same names as the torch side). The TF side needs no
+isolated pass: its block fed its own chained input gives its chained output, the reference the
+torch side's isolated blocks are fed. How the reference is computed (floatx, Keras' train_step
+written out, compile + train_on_batch for the trajectory) and why: docs/parity.md.
 """
 
 from __future__ import annotations
@@ -31,7 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bench import parity
+from bench import parity_spec as ps
 from bench import parity_metrics as pm
 from bench.spec import spec_from_args
 from tf_impl import model as tfm
@@ -60,6 +45,9 @@ class Twin:
     def reset(self) -> None:
         tfw.from_bundle(self.model, self.spec, self.bundle)
 
+    def bn_stats(self) -> dict[str, np.ndarray]:
+        return {k: np.asarray(v) for k, v in self.variables.items() if ps.is_stat(k)}
+
     def outputs(self, outs) -> dict[str, tf.Tensor]:
         out = dict(zip(self.layer_points, outs))
         out["logits"] = tfm.logits(self.model, self.spec, out["pool"])
@@ -71,20 +59,15 @@ def probe(args: dict, inputs: dict[str, np.ndarray], job_dir: Path):
     with ``args['own_errors']``, also TF's own float32 error (see :func:`own_errors`); with
     ``args['chaos_weights']``, the trajectory again from that (one-ulp perturbed) bundle."""
     dtype = args.get("dtype", "float32")
-    keras.config.set_floatx(dtype)  # losses and the learning rate compute in floatx (see above)
+    keras.config.set_floatx(dtype)  # losses and the learning rate compute in floatx (docs/parity.md)
     keras.utils.set_random_seed(int(args.get("seed", 0)))
     spec = spec_from_args(args)
-    checks = set(args.get("checks", parity.DEFAULT_CHECKS))
+    checks = set(args.get("checks", ps.DEFAULT_CHECKS))
     bundle = tfw.load_file(args["weights"], spec)
     twin = Twin(spec, bundle, dtype)
     result: dict = {"framework": "tf"}
-    timing: dict[str, float] = {}
     quiet = bool(args.get("quiet"))
-
-    def phase(name: str) -> None:
-        timing[name] = time.perf_counter()
-        if not quiet:
-            print(f"[tf] parity: {name}", flush=True)
+    phase = ps.Phases("tf", quiet)
 
     arrays = passes(twin, inputs, checks, args, phase, result)
     if "trajectory" in checks:
@@ -94,16 +77,14 @@ def probe(args: dict, inputs: dict[str, np.ndarray], job_dir: Path):
             phase("trajectory-chaos")
             twin.bundle = tfw.load_file(args["chaos_weights"], spec)
             chaos = trajectory(twin, inputs, args, quiet=quiet)
-            arrays.update({f"chaos/{k}": v for k, v in chaos.items()})
+            arrays.update(ps.keyed(ps.CHAOS, chaos))
             twin.bundle = bundle
     if args.get("own_errors") and checks - {"trajectory"}:
         phase("own-build")
         result["own"] = own_errors(spec, bundle, inputs, arrays, checks, args, phase)
         keras.config.set_floatx(dtype)
 
-    timing["end"] = time.perf_counter()
-    names = list(timing)
-    result["seconds"] = {names[i]: round(timing[names[i + 1]] - timing[names[i]], 3) for i in range(len(names) - 1)}
+    result["seconds"] = phase.seconds()
     result["threads"] = tf.config.threading.get_intra_op_parallelism_threads()
     return result, arrays
 
@@ -115,13 +96,13 @@ def passes(twin: Twin, inputs: dict[str, np.ndarray], checks: set[str], args: di
     training step as a tf.function (Keras' own train_step path); the float64 own-error pass runs
     it eagerly (same ops, no second trace: measured 6 s faster here)."""
     dtype = twin.dtype
-    x = tf.constant(inputs["x"], dtype=dtype)
-    y = tf.constant(inputs["y"].astype(np.int64))
+    x = tf.constant(inputs[ps.X], dtype=dtype)
+    y = tf.constant(inputs[ps.Y].astype(np.int64))
     arrays: dict[str, np.ndarray] = {}
     if "forward" in checks:
         phase("forward")
         outs = twin.outputs(twin.probe_model(x, training=False))
-        arrays.update({f"fwd/{p}": np.asarray(t) for p, t in outs.items()})
+        arrays.update(ps.keyed(ps.FWD, {p: np.asarray(t) for p, t in outs.items()}))
 
     grads = None
     if checks & {"train", "grad", "step"}:
@@ -149,12 +130,11 @@ def passes(twin: Twin, inputs: dict[str, np.ndarray], checks: set[str], args: di
             return named, loss, exact, both[:len(variables)], upstream
 
         outs, loss, exact, grads, upstream = (tf.function(train_forward) if traced else train_forward)(x, y)
-        arrays.update({f"train/{p}": np.asarray(t) for p, t in outs.items()})
-        arrays.update({f"dtrain/{p}": np.asarray(g) for p, g in upstream.items()})
-        arrays["train/loss"] = np.asarray(loss)
-        arrays.update({f"bn/{k}": np.asarray(v) for k, v in twin.variables.items()
-                       if k.endswith(("/moving_mean", "/moving_variance"))})
-        arrays.update({f"grad/{k}": np.asarray(g) for k, g in zip(twin.trainable_keys, grads)})
+        arrays.update(ps.keyed(ps.TRAIN, {p: np.asarray(t) for p, t in outs.items()}))
+        arrays.update(ps.keyed(ps.DTRAIN, {p: np.asarray(g) for p, g in upstream.items()}))
+        arrays[ps.TRAIN_LOSS] = np.asarray(loss)
+        arrays.update(ps.keyed(ps.BN, twin.bn_stats()))
+        arrays.update(ps.keyed(ps.GRAD, {k: np.asarray(g) for k, g in zip(twin.trainable_keys, grads)}))
         if result is not None:
             result["loss"] = float(loss)
             result["loss_from_logits"] = float(exact)
@@ -164,17 +144,17 @@ def passes(twin: Twin, inputs: dict[str, np.ndarray], checks: set[str], args: di
     if "step" in checks:
         phase("step")
         grads = step_grads if step_grads is not None else grads
-        for label, config in (("adam", args.get("optimizer")), ("sgd", args.get("sgd", {"name": "sgd"}))):
+        for label, config in ((ps.ADAM, args.get("optimizer")), (ps.SGD, args.get("sgd", {"name": "sgd"}))):
             twin.reset()
             variables = [twin.variables[k] for k in twin.trainable_keys]
             opt = optim.build(config)
             opt.apply_gradients(zip(grads, variables))
-            arrays.update({f"{label}/{k}": np.asarray(v) for k, v in zip(twin.trainable_keys, variables)})
+            arrays.update(ps.keyed(label, {k: np.asarray(v) for k, v in zip(twin.trainable_keys, variables)}))
             moments = optim.moments(opt, variables)
             if moments is not None:
                 for k, (m, v) in zip(twin.trainable_keys, moments):
-                    arrays[f"{label}_m/{k}"] = m
-                    arrays[f"{label}_v/{k}"] = v
+                    arrays[ps.moment_key(label, "m", k)] = m
+                    arrays[ps.moment_key(label, "v", k)] = v
     return arrays
 
 
@@ -203,69 +183,52 @@ def isolated(twin: Twin, inputs: dict[str, np.ndarray], arrays: dict[str, np.nda
     parts = stages(twin)
     keys_of = {layer.name: [f"{layer.name}/{w}" for w in layer.weight_names] for layer in twin.spec.layers()}
 
-    def fed(prefix: str, before: str | None) -> tf.Tensor:
-        return tf.constant(inputs["x"] if before is None else arrays[f"{prefix}{before}"], dtype=dtype)
+    def fed(kind: str, before: str | None) -> tf.Tensor:
+        return tf.constant(inputs[ps.X] if before is None else arrays[ps.key(kind, before)], dtype=dtype)
 
-    def head(features, prefix: str, out_prefix: str) -> None:
-        out[f"{out_prefix}logits"] = np.asarray(tfm.logits(twin.model, twin.spec, features))
-        out[f"{out_prefix}probs"] = np.asarray(tf.nn.softmax(tf.constant(arrays[f"{prefix}logits"], dtype=dtype)))
+    def probs(kind: str) -> np.ndarray:  # the softmax of the reference's logits
+        return np.asarray(tf.nn.softmax(tf.constant(arrays[ps.key(kind, "logits")], dtype=dtype)))
 
     if "forward" in checks:
         twin.reset()
         for point, before, stage in parts:
-            out[f"iso/{point}"] = np.asarray(stage(fed("fwd/", before), training=False))
-        head(fed("fwd/", "pool"), "fwd/", "iso/")
+            out[ps.key(ps.ISO, point)] = np.asarray(stage(fed(ps.FWD, before), training=False))
+        out[ps.key(ps.ISO, "logits")] = np.asarray(tfm.logits(twin.model, twin.spec, fed(ps.FWD, "pool")))
+        out[ps.key(ps.ISO, "probs")] = probs(ps.FWD)
     if checks & {"train", "grad"}:
         twin.reset()
         backward = "grad" in checks
         for point, before, stage in parts:
-            inp = fed("train/", before)
+            inp = fed(ps.TRAIN, before)
             with tf.GradientTape() as tape:
                 tape.watch(inp)
                 y = stage(inp, training=True)
-            out[f"triso/{point}"] = np.asarray(y)
+            out[ps.key(ps.TRISO, point)] = np.asarray(y)
             if not backward or point == "pool":
                 continue
             names = [layer.name for layer in stage.layers if layer.weights]
             variables = [(key, twin.variables[key]) for name in names for key in keys_of.get(name, [])
                          if twin.variables[key].trainable]
             grads = tape.gradient(y, [v for _, v in variables] + [inp],
-                                  output_gradients=tf.constant(arrays[f"dtrain/{point}"], dtype=dtype))
-            out.update({f"gradiso/{key}": np.asarray(g) for (key, _), g in zip(variables, grads)})
+                                  output_gradients=tf.constant(arrays[ps.key(ps.DTRAIN, point)], dtype=dtype))
+            out.update(ps.keyed(ps.GRADISO, {key: np.asarray(g) for (key, _), g in zip(variables, grads)}))
             if before is not None:
-                out[f"dxiso/{point}"] = np.asarray(grads[-1])
-        features = fed("train/", "pool")
+                out[ps.key(ps.DXISO, point)] = np.asarray(grads[-1])
+        features = fed(ps.TRAIN, "pool")
         with tf.GradientTape() as tape:
             tape.watch(features)
             logits = tfm.logits(twin.model, twin.spec, features)
-        out["triso/logits"] = np.asarray(logits)
-        out["triso/probs"] = np.asarray(tf.nn.softmax(tf.constant(arrays["train/logits"], dtype=dtype)))
+        out[ps.key(ps.TRISO, "logits")] = np.asarray(logits)
+        out[ps.key(ps.TRISO, "probs")] = probs(ps.TRAIN)
         if backward:
             dense = twin.spec.head_layers()[0].name
             variables = [(key, twin.variables[key]) for key in keys_of[dense]]
             grads = tape.gradient(logits, [v for _, v in variables] + [features],
-                                  output_gradients=tf.constant(arrays["dtrain/logits"], dtype=dtype))
-            out.update({f"gradiso/{key}": np.asarray(g) for (key, _), g in zip(variables, grads)})
-            out["dxiso/logits"] = np.asarray(grads[-1])
-        out.update({f"bn/{k}": np.asarray(v) for k, v in twin.variables.items()
-                    if k.endswith(("/moving_mean", "/moving_variance"))})
+                                  output_gradients=tf.constant(arrays[ps.key(ps.DTRAIN, "logits")], dtype=dtype))
+            out.update(ps.keyed(ps.GRADISO, {key: np.asarray(g) for (key, _), g in zip(variables, grads)}))
+            out[ps.key(ps.DXISO, "logits")] = np.asarray(grads[-1])
+        out.update(ps.keyed(ps.BN, twin.bn_stats()))
     return out
-
-
-# The float32 array each own-error key is measured on: TF's block fed its own input IS its
-# isolated output, so the isolated keys compare with the chained float32 arrays.
-def _float32_of(key: str, spec, arrays: dict[str, np.ndarray]) -> np.ndarray | None:
-    kind, name = key.split("/", 1)
-    if kind == "iso":
-        return arrays.get(f"fwd/{name}")
-    if kind == "triso":
-        return arrays.get(f"train/{name}")
-    if kind == "gradiso":
-        return arrays.get(f"grad/{name}")
-    if kind == "dxiso":
-        before = parity.previous_point(spec, name)
-        return arrays.get(f"dtrain/{before}") if before else None
-    return arrays.get(key)
 
 
 def own_errors(spec, bundle, inputs: dict[str, np.ndarray], arrays: dict[str, np.ndarray], checks: set[str],
@@ -278,16 +241,18 @@ def own_errors(spec, bundle, inputs: dict[str, np.ndarray], arrays: dict[str, np
     twin = Twin(spec, bundle, "float64")
     grads32 = None
     if "step" in checks:
-        grads32 = [tf.constant(arrays[f"grad/{k}"], dtype="float64") for k in twin.trainable_keys]
+        grads32 = [tf.constant(arrays[ps.key(ps.GRAD, k)], dtype="float64") for k in twin.trainable_keys]
     exact = passes(twin, inputs, checks, args, lambda name: phase(f"own-float64-{name}"), step_grads=grads32,
                    traced=False)
-    exact = {k: v for k, v in exact.items() if not k.startswith(("dtrain/", "bn/"))}  # bn: the isolated update
+    exact = {k: v for k, v in exact.items() if not k.startswith((ps.key(ps.DTRAIN, ""), ps.key(ps.BN, "")))}  # bn: the isolated update
     phase("own-float64-isolated")
     exact.update(isolated(twin, inputs, arrays, checks))
     phase("own-stats")
     own = {}
     for key, value in exact.items():
-        float32 = _float32_of(key, spec, arrays)
+        # TF's block fed its own input IS its isolated output: an isolated key is measured on the
+        # chained float32 array the torch side's is compared with.
+        float32 = arrays.get(ps.reference_key(spec, key) or "")
         if float32 is not None:
             own[key] = pm.array_stats(value, float32)
     return own
@@ -299,8 +264,8 @@ def trajectory(twin: Twin, inputs: dict[str, np.ndarray], args: dict, *, quiet: 
     model = twin.model
     model.compile(optimizer=optim.build(args.get("optimizer")),
                   loss=keras.losses.SparseCategoricalCrossentropy(), jit_compile=False)
-    index = parity.trajectory_sample(twin.spec)
-    xs, ys = inputs["traj_x"], inputs["traj_y"].astype(np.int64)
+    index = ps.trajectory_sample(twin.spec)
+    xs, ys = inputs[ps.TRAJ_X], inputs[ps.TRAJ_Y].astype(np.int64)
     losses, samples = [], []
     start = time.perf_counter()
     for step in range(len(xs)):
@@ -310,7 +275,7 @@ def trajectory(twin: Twin, inputs: dict[str, np.ndarray], args: dict, *, quiet: 
         if not quiet:
             eta = (time.perf_counter() - start) / (step + 1) * (len(xs) - step - 1)
             print(f"[tf] trajectory step {step + 1}/{len(xs)} loss {losses[-1]:.6f} eta {eta:.0f}s", flush=True)
-    return {"traj/loss": np.asarray(losses, dtype=twin.dtype), "traj/sample": np.stack(samples)}
+    return {ps.TRAJ_LOSS: np.asarray(losses, dtype=twin.dtype), ps.TRAJ_SAMPLE: np.stack(samples)}
 
 
 def load_inputs(args: dict, inputs: dict[str, np.ndarray], job_dir: Path):
@@ -324,5 +289,5 @@ def load_inputs(args: dict, inputs: dict[str, np.ndarray], job_dir: Path):
                                **args.get("options", {}))
     x, y = data.load_images(manifest, "validation", args["indices"], pipeline)
     files = [manifest.entries("validation")[i].path for i in args["indices"]]
-    return {"files": files, "options": pipeline.to_dict()}, {"x": np.ascontiguousarray(x, dtype=np.float32),
-                                                            "y": y.astype(np.int64)}
+    return {"files": files, "options": pipeline.to_dict()}, {ps.X: np.ascontiguousarray(x, dtype=np.float32),
+                                                            ps.Y: y.astype(np.int64)}

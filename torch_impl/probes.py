@@ -1,25 +1,10 @@
 """Parity probes, PyTorch side (worker tasks; mirror of ``tf_impl.probes``).
 
 ``probe`` runs the checks ``bench.parity`` asks for and returns every array in Keras layout
-(activations NHWC, kernels HWIO, dense (in, out)) under the names ``bench.parity`` reads:
-
-- ``fwd/<point>``    inference, chained (each probe point of ``spec.probe_points``)
-- ``iso/<point>``    inference, isolated: each stage fed the reference (TF) output of the point
-  before it, ``ref/fwd/<prev>`` (the stem: the input batch)
-- ``train/<point>``, ``train/loss``   training mode (batch statistics), chained
-- ``triso/<point>``  training mode, isolated (fed ``ref/train/<prev>``)
-- ``bn/<layer>/moving_mean|moving_variance``  after that one isolated training-mode update
-- ``grad/<layer>/<weight>``  gradients of the loss, chained (this side's own forward/backward)
-- ``gradiso/<key>``, ``dxiso/<point>``  isolated backward: each stage fed ``ref/train/<prev>``
-  and the reference gradient of its output ``ref/dtrain/<point>`` (same pass as ``triso``)
-- ``adam/<key>``, ``adam_m/<key>``, ``adam_v/<key>``, ``sgd/<key>``  after one step from the
-  bundle's weights and the REFERENCE gradients ``ref/grad/<key>`` (so the optimizer is compared
-  alone, not the gradients again)
-- ``traj/loss`` (K,), ``traj/sample`` (K, S): K training steps, the loss of each step (before its
-  update) and the sampled weights after it (``bench.parity.trajectory_sample``)
-
-The TF side is the reference and needs no isolation (TF's block fed TF's own input is TF's chained
-output). ``calibrate`` exists on this side only: it writes the bundle both sides then load.
+(activations NHWC, kernels HWIO, dense (in, out)) keyed as ``bench.parity_spec`` builds them:
+chained and isolated (each stage fed the reference's ``ref/<kind>/<prev>``) passes, the optimizer
+step from the reference gradients, the trajectory. Every key, and why gradients are isolated:
+docs/parity.md. ``calibrate`` exists on this side only: it writes the bundle both sides then load.
 """
 
 from __future__ import annotations
@@ -32,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench import parity
+from bench import parity_spec as ps
 from bench import parity_metrics as pm
 from bench.spec import ModelSpec, spec_from_args
 from bench.weights import WeightBundle
@@ -78,12 +63,10 @@ class Twin:
         self.model.zero_grad(set_to_none=True)
 
     def trainable(self) -> list[tuple[str, Any, torch.Tensor]]:
-        return [(k, layer, getattr(m, a)) for k, layer, m, a in self.weights
-                if not k.endswith(("/moving_mean", "/moving_variance"))]
+        return [(k, layer, getattr(m, a)) for k, layer, m, a in self.weights if not ps.is_stat(k)]
 
     def bn_stats(self) -> dict[str, np.ndarray]:
-        return {k: getattr(m, a).detach().cpu().numpy().copy() for k, _, m, a in self.weights
-                if k.endswith(("/moving_mean", "/moving_variance"))}
+        return {k: getattr(m, a).detach().cpu().numpy().copy() for k, _, m, a in self.weights if ps.is_stat(k)}
 
     def keras_value(self, key: str, layer, t: torch.Tensor) -> np.ndarray:
         # A copy: for vectors to_keras returns a view of the live parameter, which later
@@ -119,14 +102,7 @@ def isolated_train(twin: Twin, x: torch.Tensor, ref: dict[str, torch.Tensor],
     the outputs (``triso/<point>``), the BN statistics after that one update (``bn/<key>``)
     and, given the reference gradients of the outputs, the isolated backward: parameter
     gradients (``gradiso/<key>``) and input gradients (``dxiso/<point>``, to compare with the
-    reference's gradient of the previous point).
-
-    Why isolate gradients: float32 gradients of this network differ by up to ~10% between any
-    two float32 computations, TF, torch, or torch against itself in float64, because a ReLU
-    (or max-pool) derivative flips where the two disagree on the sign of a value ~1e-7 from 0
-    (measured: one flipped element of 200k in block 3c), and training-mode BN over a small
-    batch amplifies such local differences. Isolated, each block's gradient is pinned to its
-    own arithmetic; chained, every flip upstream of the loss shows everywhere below it."""
+    reference's gradient of the previous point). Why isolated: docs/parity.md."""
     model = twin.model
     twin.reset()
     model.train()
@@ -142,22 +118,22 @@ def isolated_train(twin: Twin, x: torch.Tensor, ref: dict[str, torch.Tensor],
         inp = x if before is None else ref[before].clone().requires_grad_(backward)
         with torch.set_grad_enabled(backward):
             y = stage(inp)
-        out[f"triso/{point}"] = to_keras(y)
+        out[ps.key(ps.TRISO, point)] = to_keras(y)
         if not backward or y.shape != upstream[point].shape:
             continue  # no gradient here, or an ablation changed the shape (forward columns say so)
         y.backward(upstream[point])
         if before is not None:
-            out[f"dxiso/{point}"] = to_keras(inp.grad)
-    out["triso/probs"] = to_keras(torch.softmax(ref["logits"], dim=-1))
-    out.update({f"bn/{k}": v for k, v in twin.bn_stats().items()})
+            out[ps.key(ps.DXISO, point)] = to_keras(inp.grad)
+    out[ps.key(ps.TRISO, "probs")] = to_keras(torch.softmax(ref["logits"], dim=-1))
+    out.update(ps.keyed(ps.BN, twin.bn_stats()))
     if upstream is not None:
-        for key, layer, t in twin.trainable():
-            out[f"gradiso/{key}"] = _grad(twin, key, layer, t)
+        out.update(ps.keyed(ps.GRADISO, _grads(twin)))
     return out
 
 
-def _refs(inputs: dict[str, np.ndarray], prefix: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: to_torch(v, dtype) for k, v in inputs.items() if k.startswith(prefix)}
+def _refs(inputs: dict[str, np.ndarray], kind: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The reference's arrays of ``kind`` the parent fed this side (``ref/<kind>/<name>``), by name."""
+    return {k: to_torch(v, dtype) for k, v in ps.unkeyed(ps.key(ps.REF, kind, ""), inputs).items()}
 
 
 def probe(args: dict, inputs: dict[str, np.ndarray], job_dir: Path):
@@ -165,19 +141,14 @@ def probe(args: dict, inputs: dict[str, np.ndarray], job_dir: Path):
     with ``args['own_errors']``, also this side's own float32 error (:func:`own_errors`); with
     ``args['chaos_weights']``, the trajectory again from that (one-ulp perturbed) bundle."""
     spec = spec_from_args(args)
-    checks = set(args.get("checks", parity.DEFAULT_CHECKS))
+    checks = set(args.get("checks", ps.DEFAULT_CHECKS))
     align = tm.Alignment(**args.get("align", {}))
     bundle = tw.load_file(args["weights"], spec)
     twin = Twin(spec, bundle, args.get("dtype", "float32"), align)
     torch.manual_seed(int(args.get("seed", 0)))
-    timing: dict[str, float] = {}
     quiet = bool(args.get("quiet"))
+    phase = ps.Phases("torch", quiet)
     result: dict[str, Any] = {"framework": "torch"}
-
-    def phase(name: str) -> None:
-        timing[name] = time.perf_counter()
-        if not quiet:
-            print(f"[torch] parity: {name}", flush=True)
 
     arrays = passes(twin, inputs, checks, args, phase)
     if "trajectory" in checks:
@@ -187,15 +158,13 @@ def probe(args: dict, inputs: dict[str, np.ndarray], job_dir: Path):
             phase("trajectory-chaos")
             twin.bundle = tw.load_file(args["chaos_weights"], spec)
             chaos = trajectory(twin, inputs, args, quiet=quiet)
-            arrays.update({f"chaos/{k}": v for k, v in chaos.items()})
+            arrays.update(ps.keyed(ps.CHAOS, chaos))
             twin.bundle = bundle
     if args.get("own_errors") and checks - {"trajectory"}:
         phase("own-build")
         result["own"] = own_errors(spec, bundle, align, inputs, arrays, checks, args, phase)
 
-    timing["end"] = time.perf_counter()
-    names = list(timing)
-    result["seconds"] = {names[i]: round(timing[names[i + 1]] - timing[names[i]], 3) for i in range(len(names) - 1)}
+    result["seconds"] = phase.seconds()
     result["threads"] = torch.get_num_threads()
     return result, arrays
 
@@ -206,21 +175,26 @@ def _grad(twin: Twin, key: str, layer, t: torch.Tensor) -> np.ndarray:
     return twin.keras_value(key, layer, t.grad if t.grad is not None else torch.zeros_like(t))
 
 
+def _grads(twin: Twin) -> dict[str, np.ndarray]:
+    """Every trainable parameter's gradient (:func:`_grad`), by bundle key."""
+    return {key: _grad(twin, key, layer, t) for key, layer, t in twin.trainable()}
+
+
 def passes(twin: Twin, inputs: dict[str, np.ndarray], checks: set[str], args: dict, phase) -> dict[str, np.ndarray]:
     """The forward, train/grad and step checks in the twin's dtype (the references cast to it)."""
     model, dtype = twin.model, twin.dtype
-    x = to_torch(inputs["x"], dtype)
-    y = torch.from_numpy(inputs["y"].astype(np.int64))
+    x = to_torch(inputs[ps.X], dtype)
+    y = torch.from_numpy(inputs[ps.Y].astype(np.int64))
     arrays: dict[str, np.ndarray] = {}
     if "forward" in checks:
         phase("forward")
         twin.reset()
         model.eval()
         with torch.no_grad():
-            arrays.update({f"fwd/{p}": to_keras(t) for p, t in points(model, x).items()})
-            ref = _refs(inputs, "ref/fwd/", dtype)
+            arrays.update(ps.keyed(ps.FWD, {p: to_keras(t) for p, t in points(model, x).items()}))
+            ref = _refs(inputs, ps.FWD, dtype)
             if ref:
-                arrays.update({f"iso/{p}": to_keras(t) for p, t in points(model, x, ref).items()})
+                arrays.update(ps.keyed(ps.ISO, {p: to_keras(t) for p, t in points(model, x, ref).items()}))
 
     if checks & {"train", "grad"}:
         phase("train")
@@ -229,35 +203,34 @@ def passes(twin: Twin, inputs: dict[str, np.ndarray], checks: set[str], args: di
         with torch.set_grad_enabled("grad" in checks):
             outs = points(model, x)
             loss = sparse_categorical_crossentropy(outs["logits"], y)
-        arrays.update({f"train/{p}": to_keras(t) for p, t in outs.items()})
-        arrays["train/loss"] = loss.detach().numpy()
+        arrays.update(ps.keyed(ps.TRAIN, {p: to_keras(t) for p, t in outs.items()}))
+        arrays[ps.TRAIN_LOSS] = loss.detach().numpy()
         if "grad" in checks:
             loss.backward()
-            for key, layer, t in twin.trainable():
-                arrays[f"grad/{key}"] = _grad(twin, key, layer, t)
-        ref = _refs(inputs, "ref/train/", dtype)
-        upstream = _refs(inputs, "ref/dtrain/", dtype) if "grad" in checks else None
+            arrays.update(ps.keyed(ps.GRAD, _grads(twin)))
+        ref = _refs(inputs, ps.TRAIN, dtype)
+        upstream = _refs(inputs, ps.DTRAIN, dtype) if "grad" in checks else None
         if ref:
             isolated = isolated_train(twin, x, ref, upstream or None)
             if "train" not in checks:
-                isolated = {k: v for k, v in isolated.items() if not k.startswith(("triso/", "bn/"))}
+                isolated = {k: v for k, v in isolated.items() if not k.startswith((ps.key(ps.TRISO, ""), ps.key(ps.BN, "")))}
             arrays.update(isolated)
 
     if "step" in checks:
         phase("step")
-        for label, config in (("adam", args.get("optimizer")), ("sgd", args.get("sgd", {"name": "sgd"}))):
+        for label, config in ((ps.ADAM, args.get("optimizer")), (ps.SGD, args.get("sgd", {"name": "sgd"}))):
             twin.reset()
             params = twin.trainable()
             for key, layer, t in params:
-                t.grad = twin.from_keras(key, layer, inputs[f"ref/grad/{key}"])
+                t.grad = twin.from_keras(key, layer, inputs[ps.key(ps.REF, ps.GRAD, key)])
             opt = optim.build(config, [t for _, _, t in params])
             opt.step()
             for key, layer, t in params:
-                arrays[f"{label}/{key}"] = twin.keras_value(key, layer, t)
+                arrays[ps.key(label, key)] = twin.keras_value(key, layer, t)
                 moments = optim.moments(opt, t)
                 if moments is not None:
-                    arrays[f"{label}_m/{key}"] = twin.keras_value(key, layer, moments[0])
-                    arrays[f"{label}_v/{key}"] = twin.keras_value(key, layer, moments[1])
+                    arrays[ps.moment_key(label, "m", key)] = twin.keras_value(key, layer, moments[0])
+                    arrays[ps.moment_key(label, "v", key)] = twin.keras_value(key, layer, moments[1])
     return arrays
 
 
@@ -279,9 +252,9 @@ def trajectory(twin: Twin, inputs: dict[str, np.ndarray], args: dict, *, quiet: 
     twin.reset()
     model.train()
     opt = optim.build(args.get("optimizer"), [t for _, _, t in twin.trainable()])
-    index = parity.trajectory_sample(twin.spec)
+    index = ps.trajectory_sample(twin.spec)
     by_key = {k: (layer, getattr(m, a)) for k, layer, m, a in twin.weights}
-    xs, ys = inputs["traj_x"], inputs["traj_y"].astype(np.int64)
+    xs, ys = inputs[ps.TRAJ_X], inputs[ps.TRAJ_Y].astype(np.int64)
     losses, samples = [], []
     start = time.perf_counter()
     for step in range(len(xs)):
@@ -293,7 +266,7 @@ def trajectory(twin: Twin, inputs: dict[str, np.ndarray], args: dict, *, quiet: 
             eta = (time.perf_counter() - start) / (step + 1) * (len(xs) - step - 1)
             print(f"[torch] trajectory step {step + 1}/{len(xs)} loss {losses[-1]:.6f} eta {eta:.0f}s", flush=True)
     np_dtype = np.float64 if dtype == torch.float64 else np.float32
-    return {"traj/loss": np.asarray(losses, dtype=np_dtype), "traj/sample": np.stack(samples)}
+    return {ps.TRAJ_LOSS: np.asarray(losses, dtype=np_dtype), ps.TRAJ_SAMPLE: np.stack(samples)}
 
 
 @torch.no_grad()
@@ -311,7 +284,7 @@ def calibrate(args: dict, inputs: dict[str, np.ndarray], job_dir: Path):
     bundle = tw.load_file(args["weights"], spec)
     model = tm.build(spec).to(torch.float64)
     tw.from_bundle(model, spec, bundle)
-    x = to_torch(inputs["x"], torch.float64)
+    x = to_torch(inputs[ps.X], torch.float64)
     stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     hooks = []
     for layer in spec.layers():
@@ -379,9 +352,9 @@ def load_inputs(args: dict, inputs: dict[str, np.ndarray], job_dir: Path):
         x, y = np.stack(xs), manifest.labels(split)[np.asarray(args["indices"], dtype=np.int64)]
     else:
         x, y = data.load_images(manifest, split, args["indices"], pipeline)
-    arrays = {"x": np.ascontiguousarray(x, dtype=np.float32), "y": y.astype(np.int64)}
+    arrays = {ps.X: np.ascontiguousarray(x, dtype=np.float32), ps.Y: y.astype(np.int64)}
     if args.get("traj_indices"):
         tx, ty = data.load_images(manifest, "training", args["traj_indices"], pipeline)
-        arrays.update(traj_x=tx.astype(np.float32), traj_y=ty.astype(np.int64))
+        arrays.update({ps.TRAJ_X: tx.astype(np.float32), ps.TRAJ_Y: ty.astype(np.int64)})
     files = [manifest.entries(split)[i].path for i in args["indices"]]
     return {"files": files, "options": pipeline.to_dict(), "antialias": antialias}, arrays

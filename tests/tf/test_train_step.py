@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bench import parity
+from bench import parity_spec
 from bench.dataset import build_manifest
 from bench.spec import build_spec
 from bench.training import TrainConfig
@@ -51,7 +51,7 @@ def test_training_loop_step_is_the_parity_trajectory_step(tmp_path):
                              quiet=True)
 
     assert traj["traj/loss"][0] == np.float32(loop_loss)  # the same forward pass and loss, bit for bit
-    index = parity.trajectory_sample(spec)
+    index = parity_spec.trajectory_sample(spec)
     before = np.concatenate([bundle.arrays[k].ravel()[idx] for k, idx in index.items()])
     loop_update = np.concatenate([after.arrays[k].ravel()[idx] for k, idx in index.items()]) - before
     traj_update = traj["traj/sample"][0] - before

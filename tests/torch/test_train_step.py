@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 import torch
 
-from bench import parity
+from bench import parity_spec
 from bench.dataset import build_manifest
 from bench.spec import build_spec
 from bench.training import TrainConfig
@@ -45,6 +45,6 @@ def test_training_loop_step_is_the_parity_trajectory_step(tmp_path):
     np.testing.assert_array_equal(traj["traj/loss"], np.asarray(loop_losses, np.float32))
     assert len(set(loop_losses)) == 3  # the weights moved: three different losses
     after = tw.to_bundle(trainer.model, spec)
-    index = parity.trajectory_sample(spec)
+    index = parity_spec.trajectory_sample(spec)
     sampled = np.concatenate([after.arrays[k].ravel()[idx] for k, idx in index.items()])
     np.testing.assert_array_equal(traj["traj/sample"][-1], sampled)
