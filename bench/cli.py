@@ -28,7 +28,7 @@ COMMANDS: dict[str, str] = {
     "info": "bench.cli:register_info",
     "train": "bench.train:register",
     "weights": "bench.cli:register_weights",
-    "run": "bench.pipeline:register",
+    "run": "bench.run:register",
     "parity": "bench.parity:register",
     "bench": "bench.benchmark:register",
     "manifest": "bench.manifest:register",

@@ -4,9 +4,8 @@ A library, not a command: the command modules (``bench.train``, ``bench.parity``
 entry point ``bench.cli`` add these options to their parsers and read them back here, so no
 module below the entry point imports ``bench.cli``.
 
-Numpy-free at import, like ``bench.benchmark``, which imports it and is itself imported on a
-torch-only machine by ``torch_impl/gpu_check.py``: ``bench.runner`` (numpy) is imported only
-when a worker configuration is built.
+Numpy-free at import, like the commands that import it: ``bench.runner`` (numpy) is imported
+only when a worker configuration is built.
 """
 
 from __future__ import annotations

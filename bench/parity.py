@@ -158,7 +158,7 @@ def one_ulp(bundle, seed: int):
 def _manifest_inputs(config: ParityConfig, workers: WorkerConfig, spec: ModelSpec, root: Path, trajectory: bool):
     """The first ``batch`` validation images decoded by each side's pipeline (pipeline ablations
     applied) and, for the trajectory, the first ``steps`` batches of the training split in the
-    manifest's epoch-0 order (``bench.manifest.epoch_permutation``, as training with
+    manifest's epoch-0 order (``bench.dataset.epoch_permutation``, as training with
     ``order=manifest`` sees them)."""
     from bench.dataset import epoch_permutation, load_manifest
 

@@ -28,7 +28,7 @@ UnitNorms = Callable[[np.ndarray], dict[str, tuple[str, np.ndarray, np.ndarray]]
 def validation_images(args: dict[str, Any], inputs: dict[str, np.ndarray], load_images: Callable) -> np.ndarray:
     """``inputs['x']`` (NHWC), or the manifest's validation images ``args['indices']`` decoded by
     the calling side's own pipeline: ``load_images`` is ``tf_impl.data.load_images`` or
-    ``torch_impl.data.load_images`` (``args['pipeline']``: bench.manifest.PipelineOptions fields)."""
+    ``torch_impl.data.load_images`` (``args['pipeline']``: bench.dataset.PipelineOptions fields)."""
     if "x" in inputs:
         return inputs["x"]
     from bench.dataset import PipelineOptions, load_manifest

@@ -17,7 +17,7 @@ Schema ``twinbench.run``, version 1 (``SCHEMA_VERSION``). Top level::
                      "commit": envinfo.commit_info(),
                      "frameworks": {"tf"|"torch": the worker's "info" task: versions, devices,
                                     gpus, threads {intra_op, inter_op}}}
-    config          the resolved training config (bench.train.TrainConfig as a dict): every
+    config          the resolved training config (bench.training.TrainConfig as a dict): every
                     setting, whether from the profile or an override; ``config_sources`` says which
     manifest        {"path", "fingerprint", "classes": [names], "train": n, "validation": n}
     init            the shared starting weights: {"kind": "keras"|"torch"|"random"|"weights"|

@@ -8,8 +8,8 @@ Records are recognised by their content, never by file name alone:
 - parity: format ``twinbench.parity``, or ``twinbench.parity-ablations`` (the aligned baseline's
   table plus each ablation's summary; ``bench.parity``);
 - datacheck: ``twinbench data check --json`` output (keys ``decoders``, ``pipeline``,
-  ``tolerance``, ``manifest``; ``bench.pipeline`` adds format ``twinbench.datacheck``);
-- residuals: format ``twinbench.residuals`` (``bench.pipeline``: per stage "before"/"after"
+  ``tolerance``, ``manifest``; ``bench.run`` adds format ``twinbench.datacheck``);
+- residuals: format ``twinbench.residuals`` (``bench.run``: per stage "before"/"after"
   training and framework, the ``residual_ratios`` worker results);
 - session: ``session.json``, format ``twinbench.session``: one per ``twinbench run``, its steps.
 

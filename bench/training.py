@@ -82,7 +82,7 @@ class TrainConfig:
                 "beta_2": self.beta_2, "epsilon": self.epsilon}
 
     def pipeline_options(self) -> dict[str, Any]:
-        """bench.manifest.PipelineOptions fields (as a dict: it crosses to the workers as JSON)."""
+        """bench.dataset.PipelineOptions fields (as a dict: it crosses to the workers as JSON)."""
         return {"image_size": self.input_size, "batch_size": self.batch_size, "decoder": self.decoder,
                 "preprocessing": self.preprocessing, "order": self.order, "seed": self.seed}
 

@@ -367,7 +367,7 @@ CASES: list[Case] = [
          slow=True),
     Case("two-runs-one-dir", "faults", "two `twinbench run` at once into one `--out`",
          exit=0, says=("distinct run ids, no shared files",),
-         covered_by="tests/test_pipeline.py::test_two_concurrent_runs_into_one_directory_use_distinct_ids"),
+         covered_by="tests/test_run.py::test_two_concurrent_runs_into_one_directory_use_distinct_ids"),
     Case("two-trains-one-run", "faults", "a second process on a live training run directory",
          exit=2, says=("in use by process",),
          covered_by="tests/test_reliability_faults.py::test_second_process_on_a_live_run_is_refused"),

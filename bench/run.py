@@ -1,6 +1,6 @@
 """``twinbench run``: the whole comparison as one command (what ``make run`` calls).
 
-    twinbench run                                  # the demo data, quick profile: < 10 min on 2 cores
+    twinbench run                                  # the demo data, quick profile (its time: docs/profiles.md)
     twinbench run --data DIR                       # your image folder (one subfolder per class)
     twinbench run --profile seed --data DIR        # the full seed reproduction (224 px, 50 epochs)
     twinbench run --skip bench --epochs 2          # any step can be skipped, training shortened

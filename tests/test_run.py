@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.pipeline import STEPS, create_run_dir
+from bench.run import STEPS, create_run_dir
 
 TWINBENCH = [sys.executable, "-m", "bench.cli"]
 NO_WORKERS = ["--skip", "datacheck", "--skip", "parity", "--skip", "train", "--skip", "bench", "--skip", "residuals"]
