@@ -22,13 +22,13 @@ matplotlib.use("Agg")  # files only; never a window (CI, headless machines)
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from bench.frameworks import FRAMEWORK_LABELS  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 # One colour per framework, everywhere in a report.
 FRAMEWORK_COLORS = {"tf": "#e8710a", "torch": "#1a73e8"}
-FRAMEWORK_LABELS = {"tf": "TensorFlow", "torch": "PyTorch"}
 # Series without a framework (checks, models): a fixed cycle, so colours stay stable between runs.
 CYCLE = ["#1a73e8", "#e8710a", "#188038", "#d93025", "#9334e6", "#12b5cb", "#f9ab00", "#5f6368",
          "#b31412", "#185abc"]

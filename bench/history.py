@@ -19,9 +19,9 @@ from typing import Any, Sequence
 import pandas as pd
 
 from bench.errors import UserError
+from bench.frameworks import FRAMEWORKS as FW
 from bench.runset import Metric, Run, load_runs, metrics, record_versions
 
-FW = ("tf", "torch")
 # (column, panel title) of the plot, in order.
 PLOTTED = (
     ("parity_worst", "parity: worst max relative error (log)"),

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 from bench.errors import UserError
+from bench.frameworks import FRAMEWORKS
 from bench.spec import build_spec, resnet50_blocks
 
-FRAMEWORKS = ("tf", "torch")
 MODELS = ("ours", "reference")
 MODES = ("train", "infer")
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")

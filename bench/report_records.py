@@ -11,11 +11,10 @@ from typing import Any, Sequence
 import pandas as pd
 
 from bench.report_doc import short_commit
+from bench.frameworks import FRAMEWORK_LABELS, FRAMEWORKS as FW
 from bench.runset import Record, Run, record_threads, record_versions
 
 
-FW = ("tf", "torch")
-FW_LABELS = {"tf": "TensorFlow", "torch": "PyTorch"}
 
 
 @dataclass
@@ -116,7 +115,7 @@ def bench_rows(record: Record) -> pd.DataFrame:
                    f"{r.get('compile_label') or r.get('compile')} b{r.get('batch')} {r.get('input_size')}px"
                    + ("" if r.get("input", "synthetic") == "synthetic" else f" [{r.get('input')}]"))
         rows.append({
-            "framework": fw, "mode": r.get("mode"), "label": f"{FW_LABELS.get(fw, fw)} {model}: {setting}",
+            "framework": fw, "mode": r.get("mode"), "label": f"{FRAMEWORK_LABELS.get(fw, fw)} {model}: {setting}",
             "model": model, "reference": r.get("model") == "reference", "setting": setting,
             "median": tp.get("median", r.get("images_per_s")), "q1": tp.get("q1"), "q3": tp.get("q3"),
             "windows": len(tp.get("windows", [])), "first_step_s": (r.get("timing") or {}).get("first_step_s"),

@@ -9,7 +9,7 @@ import pandas as pd
 
 from bench.errors import UserError
 from bench.report_doc import Section, fmt_num, fmt_pct, ratio, short_commit
-from bench.report_records import FW, FW_LABELS, SectionBuilder, bench_conditions, bench_rows, machine_text
+from bench.report_records import FW, FRAMEWORK_LABELS, SectionBuilder, bench_conditions, bench_rows, machine_text
 from bench.report_summary import SummarySections
 from bench.report_training import TrainingSections
 from bench.runset import Record, metrics, parity_result, parity_rows
@@ -174,7 +174,7 @@ class MeasurementSections(SectionBuilder):
                                       for r in failed]), "Rows that did not measure")
             ratios = record.doc.get("ratios", [])
             if ratios:
-                s.table(pd.DataFrame([{"ratio": q.get("kind"), "framework": FW_LABELS.get(q["framework"], q["framework"]),
+                s.table(pd.DataFrame([{"ratio": q.get("kind"), "framework": FRAMEWORK_LABELS.get(q["framework"], q["framework"]),
                                        "mode": q.get("mode"), "throughput": f"{q['throughput']:.3f}x",
                                        "per FLOP": fmt_num(q.get("per_flop"), ".3f") + ("x" if q.get("per_flop") else ""),
                                        "target": f">= {q.get('target')}"} for q in ratios]),
@@ -189,7 +189,7 @@ class MeasurementSections(SectionBuilder):
 
     def bench_table(self, frame: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame({
-            "framework": [FW_LABELS.get(f, f) for f in frame["framework"]], "model": frame["model"],
+            "framework": [FRAMEWORK_LABELS.get(f, f) for f in frame["framework"]], "model": frame["model"],
             "mode": frame["mode"], "setting": frame["setting"],
             "img/s (median)": [fmt_num(v, ".2f") for v in frame["median"]],
             "IQR": [f"{fmt_num(a, '.2f')}-{fmt_num(b, '.2f')}" for a, b in zip(frame["q1"], frame["q3"])],
@@ -228,7 +228,7 @@ class MeasurementSections(SectionBuilder):
                  "||F(x)|| / ||shortcut(x)|| per residual unit on validation images, both frameworks, from the "
                  "shared starting weights (before) and each framework's trained weights (after).")
         wide = table.pivot_table(index="unit", columns=["stage", "framework"], values="median", sort=False)
-        wide.columns = [f"{stage} {FW_LABELS.get(fw, fw)}" for stage, fw in wide.columns]
+        wide.columns = [f"{stage} {FRAMEWORK_LABELS.get(fw, fw)}" for stage, fw in wide.columns]
         wide = wide.reset_index()
         for col in wide.columns[1:]:
             wide[col] = [fmt_num(v, ".3f") for v in wide[col]]
@@ -243,7 +243,7 @@ class MeasurementSections(SectionBuilder):
         typical = table.groupby(["stage", "framework"])["median"].median()
         if "after" in typical and "before" in typical:
             s.p("Median over the units: " + "; ".join(
-                f"{FW_LABELS.get(fw, fw)} {typical['before'].get(fw, float('nan')):.2f} before training, "
+                f"{FRAMEWORK_LABELS.get(fw, fw)} {typical['before'].get(fw, float('nan')):.2f} before training, "
                 f"{typical['after'].get(fw, float('nan')):.2f} after" for fw in FW if fw in typical["after"])
                 + ". Below 1 the shortcut carries most of the signal and the block adds a correction to it.")
         return s
@@ -265,7 +265,7 @@ class MeasurementSections(SectionBuilder):
                                    "GFLOPs (224 px)": f"{spec.forward_flops() / 1e9:.2f}"}
             ms = {(m.name, m.labels): m for m in metrics(self.ctx.of("train", model) + self.ctx.of("bench", model))}
             for fw in FW:
-                lab = FW_LABELS[fw]
+                lab = FRAMEWORK_LABELS[fw]
                 acc = ms.get(("accuracy.val", (("framework", fw),)))
                 fit = ms.get(("throughput.fit", (("framework", fw),)))
                 mem = ms.get(("memory.peak", (("framework", fw), ("during", "training"))))

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from bench.report_doc import Section, fmt_bytes, fmt_num, fmt_pct, short_commit
-from bench.report_records import (FW, FW_LABELS, SectionBuilder, TrainSet, bench_rows, machine_text, profile_of,
+from bench.report_records import (FW, FRAMEWORK_LABELS, SectionBuilder, TrainSet, bench_rows, machine_text, profile_of,
                                   train_set, versions_text)
 from bench.runset import Record, parity_result, parity_rows
 
@@ -124,7 +124,7 @@ class SummarySections(SectionBuilder):
                              f"{b['median'].iloc[0]:.1f} img/s (IQR {b['q1'].iloc[0]:.1f}-{b['q3'].iloc[0]:.1f})")
             settings = {fw: best[fw]["setting"].iloc[0] for fw in FW if len(best[fw])}
             note = (next(iter(settings.values())) if len(set(settings.values())) == 1 else
-                    "; ".join(f"{FW_LABELS[fw]}: {v}" for fw, v in settings.items()))
+                    "; ".join(f"{FRAMEWORK_LABELS[fw]}: {v}" for fw, v in settings.items()))
             add(f"{what} throughput, bench (best setting of ours)", *cells, note)
         for mode, what in (("train", "training"), ("infer", "inference")):
             found = {q["framework"]: q for q in bench.doc.get("ratios", [])

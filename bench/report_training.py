@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from bench.report_doc import Section, fmt_bytes, fmt_num, fmt_pct, ratio
-from bench.report_records import FW, FW_LABELS, SectionBuilder, TrainSet, train_conditions, train_set
+from bench.report_records import FW, FRAMEWORK_LABELS, SectionBuilder, TrainSet, train_conditions, train_set
 from bench.runset import Record
 
 
@@ -92,8 +92,8 @@ class TrainingSections(SectionBuilder):
                      if classes and m.shape[1] > len(classes)}
             if any(extra.values()):
                 s.p("Predictions outside the dataset's classes (the 1000-way head): "
-                    + ", ".join(f"{FW_LABELS[fw]} {n}" for fw, n in extra.items()) + ".")
-            per_class = pd.DataFrame({"class": classes, **{FW_LABELS[fw]: [fmt_pct((fws[fw].get("per_class_accuracy") or {}).get(c))
+                    + ", ".join(f"{FRAMEWORK_LABELS[fw]} {n}" for fw, n in extra.items()) + ".")
+            per_class = pd.DataFrame({"class": classes, **{FRAMEWORK_LABELS[fw]: [fmt_pct((fws[fw].get("per_class_accuracy") or {}).get(c))
                                                                               for c in classes] for fw in FW if fw in fws}})
             s.table(per_class, "Per-class validation accuracy")
         grid = self.prediction_grid(train, cond)
@@ -114,7 +114,7 @@ class TrainingSections(SectionBuilder):
             for metric, (what, _, _, unit, _) in METRICS.items():
                 d = per[metric]
                 digits = ".1f" if unit else ".3g"
-                rows.append({"framework": FW_LABELS.get(fw, fw), "measure": what, "n": d["n"],
+                rows.append({"framework": FRAMEWORK_LABELS.get(fw, fw), "measure": what, "n": d["n"],
                              "mean": fmt_num(d["mean"], digits), "std": fmt_num(d["std"], digits),
                              "min": fmt_num(d["min"], digits), "max": fmt_num(d["max"], digits),
                              "per seed": ", ".join(format(v, digits) for v in d["values"])})
@@ -138,7 +138,7 @@ class TrainingSections(SectionBuilder):
                                         f"points: {stats['method']}")
             for name, pair in stats["pairs"].items():
                 gap = (pair["val_accuracy"]["diff"] or {}).get("mean")
-                floor = ", ".join(f"{FW_LABELS.get(fw, fw)} {fmt_num(v, '.1f')}" for fw, v in pair["noise_floor"].items())
+                floor = ", ".join(f"{FRAMEWORK_LABELS.get(fw, fw)} {fmt_num(v, '.1f')}" for fw, v in pair["noise_floor"].items())
                 s.p(f"Noise floor ({name}): the between-framework gap of final validation accuracy is "
                     f"{fmt_num(abs(gap) if gap is not None else None, '.1f')} points; the seed-to-seed standard "
                     f"deviation within each framework is {floor} points. Verdict: **{pair['verdict']['word']}** "
@@ -167,7 +167,7 @@ class TrainingSections(SectionBuilder):
             later = hist[1:] or hist
             mem = r.get("memory") or {}
             rows.append({
-                "framework": FW_LABELS.get(fw, fw), "status": r.get("status"), "epochs": len(hist),
+                "framework": FRAMEWORK_LABELS.get(fw, fw), "status": r.get("status"), "epochs": len(hist),
                 "loss": fmt_num(last.get("loss"), ".4f"), "accuracy": fmt_pct(last.get("accuracy")),
                 "val_loss": fmt_num(last.get("val_loss"), ".4f"), "val_accuracy": fmt_pct(last.get("val_accuracy")),
                 "epoch s": fmt_num(_median([e.get("time_s") for e in later]), ".1f"),

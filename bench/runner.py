@@ -28,9 +28,8 @@ import numpy as np
 
 from bench import atomic
 from bench.errors import UserError, WorkerError
+from bench.frameworks import FRAMEWORK_LABELS, FRAMEWORKS
 
-FRAMEWORKS = ("tf", "torch")
-FRAMEWORK_LABELS = {"tf": "TensorFlow", "torch": "PyTorch"}
 STDERR_TAIL_LINES = 15
 
 

@@ -25,13 +25,12 @@ from typing import Any
 
 from bench import __version__, atomic
 from bench.errors import CheckFailed, TwinbenchError, UserError, WorkerError, one_line
+from bench.frameworks import FRAMEWORK_LABELS, FRAMEWORKS
 from bench.options import add_model_options, add_worker_options, positive_int, worker_config
 from bench.schedule import SCHEDULES
 from bench.training import (EVALUATIONS, INITS, OPTIMIZERS, PRECISIONS, PROFILES, QuickProfile, TrainConfig,
                             read_state, torch_alignment, validate_config)
 
-FRAMEWORKS = ("tf", "torch")
-LABELS = {"tf": "TensorFlow", "torch": "PyTorch"}
 CONFIG_NAME = "config.json"
 LOCK_NAME = "lock"
 
@@ -214,7 +213,7 @@ def start_run(config: TrainConfig, sources: dict[str, str], frameworks: list[str
         repeat=repeat or {})
     record.frameworks = {fw: results.new_framework_run(config.devices) for fw in frameworks}
     results.save_record(record, run_dir)
-    _say(f"run {run_dir}: {', '.join(LABELS.get(f, f) for f in frameworks)}; {manifest.describe()}", args)
+    _say(f"run {run_dir}: {', '.join(FRAMEWORK_LABELS.get(f, f) for f in frameworks)}; {manifest.describe()}", args)
     _say(f"config: {describe_config(config)}", args)
     try:
         if init_bundle is not None:
@@ -476,7 +475,7 @@ def train_frameworks(record, config: TrainConfig, run_dir: Path, args: argparse.
     print(f"run record: {record.path}")
     if interrupted:
         raise KeyboardInterrupt
-    problems = [f"{LABELS[fw]}: {r['message']}" for fw, r in record.frameworks.items() if r["status"] != "complete"]
+    problems = [f"{FRAMEWORK_LABELS[fw]}: {r['message']}" for fw, r in record.frameworks.items() if r["status"] != "complete"]
     if problems:
         hint = f"; continue with: twinbench train --resume {run_dir}" if record.status == "failed" else ""
         raise CheckFailed("; ".join(problems) + hint)
@@ -509,7 +508,7 @@ def summary_table(record) -> str:
             width = int(fmt.split(".")[0])
             return format(value, fmt) if isinstance(value, (int, float)) else "-".rjust(width)
 
-        rows.append(f"{LABELS[fw]:<11}{len(hist):>7}{num('loss', '9.4g')}{num('accuracy', '7.3f')}"
+        rows.append(f"{FRAMEWORK_LABELS[fw]:<11}{len(hist):>7}{num('loss', '9.4g')}{num('accuracy', '7.3f')}"
                     f"{num('val_loss', '10.4g')}{num('val_accuracy', '9.3f')}"
                     f"{(statistics.median(later) if later else float('nan')):9.1f}"
                     f"{num('train_throughput', '12.1f')}{mem_text:>24}  {run['status']}")
