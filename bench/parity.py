@@ -31,6 +31,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from bench import atomic
 from bench import parity_metrics as pm
 from bench import parity_spec as ps
 from bench.errors import CheckFailed, UserError
@@ -43,17 +44,6 @@ from bench.spec import ModelSpec
 
 FORMAT = "twinbench.parity"
 FORMAT_VERSION = 1
-
-
-def _clean(obj: Any) -> Any:
-    """JSON-safe copy: non-finite floats -> None, numpy scalars -> Python."""
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    return pm.finite(obj)
 
 
 # ---- orchestration ---------------------------------------------------------------------------------
@@ -294,7 +284,7 @@ def _assemble(session: _Session, ref: WorkerResult, other: WorkerResult, ablatio
     config = asdict(c)
     config["checks"] = list(c.checks)
     config["ablations"] = list(ablations)
-    return _clean({
+    return atomic.json_safe({
         "format": FORMAT, "version": FORMAT_VERSION,
         "verdict": "fail" if fails else "pass",
         "first_failure": fails[0] if fails else None,
@@ -401,7 +391,7 @@ def _ablation_table(config: ParityConfig, workers: WorkerConfig, spec: ModelSpec
         a["first_failure"] is not None for n, a in out["ablations"].items()
         if ABLATIONS[n].expect[0] in columns) else "fail"
     out["seconds"] = round(time.perf_counter() - started, 2)
-    return _clean(out)
+    return atomic.json_safe(out)
 
 
 def run_record(config: ParityConfig, workers: WorkerConfig | None = None, *, out: str | os.PathLike | None = None,

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from bench.atomic import json_safe
+
 # tolerance = max(K x max(own errors), FLOOR). K = 2 is the triangle inequality: with x the exact
 # (float64) value, |a - b| <= |a - x| + |x - b| <= 2 max(|a - x|, |b - x|), in max-abs and in
 # any norm alike; measured ratios of the aligned port stay below it (docs/parity.md).
@@ -165,7 +167,7 @@ def parts_metrics(parts: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]
     out["norm_rel"], out["norm_tensor"] = results[norm_kind]["norm_rel"], results[norm_kind]["norm_tensor"]
     out["cosine"] = min(r["cosine"] for r in results.values())
     if len(results) > 1:
-        out["parts"] = {k: finite(r["max_rel"]) for k, r in results.items()}
+        out["parts"] = {k: json_safe(r["max_rel"]) for k, r in results.items()}
         out["worst_part"] = kind
     return out
 
@@ -244,5 +246,3 @@ def judge_calibrated(cross: dict[str, dict[str, dict[str, Any]]], own_tf: dict[s
     return cell
 
 
-def finite(value: Any) -> Any:
-    return value if not isinstance(value, float) or math.isfinite(value) else None

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from bench import parity_metrics as pm
+from bench.atomic import json_safe
 from bench import parity_spec as ps
 from bench.spec import ModelSpec
 
@@ -186,9 +187,9 @@ def failures(table: dict[str, Any], columns: list[str]) -> list[dict[str, Any]]:
             cell = table["table"][row].get(column)
             if cell is not None and not cell["ok"]:
                 out.append({"block": row, "check": column, "metric": cell.get("metric", "max_rel"),
-                            "value": pm.finite(cell.get("value", cell["max_rel"])), "limit": cell.get("limit", cell["tol"]),
-                            "max_rel": pm.finite(cell["max_rel"]), "tol": cell["tol"],
-                            "ratio": pm.finite(cell.get("ratio")), "reason": cell["reason"]})
+                            "value": json_safe(cell.get("value", cell["max_rel"])), "limit": cell.get("limit", cell["tol"]),
+                            "max_rel": json_safe(cell["max_rel"]), "tol": cell["tol"],
+                            "ratio": json_safe(cell.get("ratio")), "reason": cell["reason"]})
     return out
 
 

@@ -173,7 +173,7 @@ def run_chaos(set_dir: Path, plan: SetPlan, config, sources, manifest, args, *, 
     """The torch 1-ulp run (and, unless repeat 0 already followed the manifest order, a TF and a
     torch run that do), then ``chaos.json``."""
     from bench import chaos
-    from bench.results import _finite, load_record
+    from bench.results import load_record
     from bench.train import CONFIG_NAME, RunLock, resume_one, start_run
 
     chaos_dir = set_dir / CHAOS_DIR
@@ -217,14 +217,14 @@ def run_chaos(set_dir: Path, plan: SetPlan, config, sources, manifest, args, *, 
     doc = {"format": chaos.FORMAT, "version": chaos.VERSION, "set": set_dir.name, "order": "manifest",
            "seed": config.seed, "torch_ablation": config.torch_ablation,
            "runs": {k: str(v.relative_to(set_dir)) for k, v in runs.items()}, **result}
-    atomic.write_json(set_dir / CHAOS_NAME, _finite(doc))
+    atomic.write_json(set_dir / CHAOS_NAME, atomic.json_safe(doc))
     print(f"chaos control: {result.get('summary') or result.get('message')}", file=sys.stderr, flush=True)
     return doc
 
 
 def write_set_record(set_dir: Path, plan: SetPlan) -> dict[str, Any]:
     """``repeats.json``: the repeats found, by index, and the statistics over the paired ones."""
-    from bench.results import _finite, load_record, now_iso
+    from bench.results import load_record, now_iso
     from bench.stats import compare_repeats
 
     entries, records = [], []
@@ -241,7 +241,7 @@ def write_set_record(set_dir: Path, plan: SetPlan) -> dict[str, Any]:
            "plan": dataclasses.asdict(plan), "repeats": entries,
            "statistics": compare_repeats(records, margin=plan.margin),
            "chaos": CHAOS_NAME if (set_dir / CHAOS_NAME).is_file() else None}
-    atomic.write_json(set_dir / SET_NAME, _finite(doc))
+    atomic.write_json(set_dir / SET_NAME, atomic.json_safe(doc))
     return doc
 
 

@@ -253,7 +253,7 @@ def save_record(record: RunRecord, run_dir: str | os.PathLike | None = None) -> 
     record.updated = now_iso()
     doc = record.to_dict()
     validate(doc, source=str(target))  # never write what we could not read back
-    atomic.write_json(target, _finite(doc))
+    atomic.write_json(target, atomic.json_safe(doc))
     record.path = target
     return target
 
@@ -295,16 +295,3 @@ def find_records(directory: str | os.PathLike, *, kind: str | None = None) -> li
             continue
         found.append((str(doc.get("created", "")), path))
     return [p for _, p in sorted(found, key=lambda item: (item[0], str(item[1])))]
-
-
-def _finite(obj: Any) -> Any:
-    """NaN and infinities are not JSON: store them as null (history keeps the step that broke)."""
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float):
-        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj

@@ -262,9 +262,7 @@ def read_state(fw_dir: Path) -> dict[str, Any] | None:
 
 
 def write_state(fw_dir: Path, state: dict[str, Any]) -> None:
-    from bench.results import _finite
-
-    atomic.write_json(fw_dir / STATE_NAME, _finite(state))
+    atomic.write_json(fw_dir / STATE_NAME, atomic.json_safe(state))
 
 
 def _prune_checkpoints(fw_dir: Path, keep_epochs: Iterable[int]) -> None:
