@@ -26,7 +26,6 @@ PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 GPU_ONLY_PRECISIONS = ("tf32", "fp16")
 LAYOUTS = ("nhwc", "nchw")
 COMPILES = ("eager", "jit")
-INPUTS = ("synthetic", "pipeline")
 MIN_REPEATS = 5  # the floor: median and IQR need at least five windows to mean anything
 
 # What each axis value is, per framework (printed and stored with every row).

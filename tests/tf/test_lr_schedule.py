@@ -31,7 +31,7 @@ def test_set_learning_rate_takes_effect_in_the_traced_step(tmp_path):
     batch = (tf.constant((g.standard_normal((4, 32, 32, 3)) * 50).astype(np.float32)), tf.constant([0, 1, 0, 1]))
 
     def weights():
-        return [np.array(w) for w in trainer.model.trainable_weights]
+        return [w.numpy() for w in trainer.model.trainable_weights]
 
     trainer.train_step(batch)  # traces the step at the configured rate
     trainer.set_learning_rate(0.0)
