@@ -24,10 +24,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from bench.errors import CheckFailed, UserError
-from bench.measure import (COMPILE_LABELS, COMPILES, FRAMEWORKS, LAYOUT_LABELS, LAYOUTS, MIN_REPEATS, MODELS, MODES,
+from bench.frameworks import FRAMEWORKS
+from bench.measure import (COMPILE_LABELS, COMPILES, LAYOUT_LABELS, LAYOUTS, MIN_REPEATS, MODELS, MODES,
                            PRECISIONS, REFERENCE_MODELS, add_mfu, describe, failed_row, machine_peaks, new_row, ratios,
                            summarize)
 from bench.options import add_worker_options, positive_int, worker_config
+from bench.profiles import PROFILES
 from bench.spec import build_spec
 
 
@@ -59,10 +61,7 @@ class Settings:
         return Settings(**{**self.__dict__, **changes})
 
 
-# `make run`'s subset: both frameworks, ours vs reference, train and infer, fp32 eager at 64 px
-# (about 1/12 of the 224 px FLOPs), so it fits in under two minutes on two cores.
-QUICK = Settings(precisions=("fp32",), layouts=("nhwc",), compiles=("eager",), input_size=64,
-                 pooling="global", warmup=2, repeats=5, steps=2, memory_steps=2, peak_size=1024)
+QUICK = Settings(**PROFILES["quick"].bench)  # make run's subset (bench.profiles)
 
 
 def plan(settings: Settings) -> tuple[list[dict[str, Any]], list[str]]:
@@ -198,19 +197,17 @@ RECORD_VERSION = 1
 
 def make_record(settings: Settings, rows: list[dict[str, Any]], peaks: dict[str, dict[str, float]],
                 envs: dict[str, Any], notes: list[str], threads: int | None) -> dict[str, Any]:
-    from bench import __version__, envinfo
+    from bench import envelope
 
-    return {
-        "format": RECORD_FORMAT, "version": RECORD_VERSION, "twinbench": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": envinfo.machine_info(), "commit": envinfo.commit_info(),
+    versions = {fw: env.get("versions", {}) for fw, env in envs.items() if isinstance(env, dict)}
+    return envelope.record(RECORD_FORMAT, RECORD_VERSION, {
         "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.__dict__.items()},
         "threads_requested": threads, "threads": thread_summary(envs), "environments": envs,
         "peaks": peaks, "machine_peaks": machine_peaks(peaks), "notes": notes + mfu_notes(rows),
         "rows": rows, "ratios": ratios(rows),
         "best": [{"framework": r["framework"], "mode": r["mode"], "id": r["id"], "images_per_s": r["images_per_s"],
                   "mfu": r.get("mfu")} for r in best_settings(rows)],
-    }
+    }, versions=versions)
 
 
 def _pytest_benchmark():
@@ -438,8 +435,11 @@ def register(sub) -> None:
     p = sub.add_parser("bench", help="throughput, memory and MFU of both frameworks vs their own ResNet-50s",
                        description=__doc__.split("\n\n")[0])
     d = Settings()
-    p.add_argument("--quick", action="store_true",
-                   help="the subset make run uses: 64 px, batch 8, fp32, eager, both models and modes")
+    p.add_argument("--profile", choices=sorted(PROFILES), default=None,
+                   help="start from a profile's subset (bench.profiles): quick, what make run measures (64 px, "
+                        "batch 8, fp32, eager, both models and modes); seed, the seed's conditions (224 px, "
+                        "batch 8, fp32 and bf16, NHWC, eager); default: the full matrix")
+    p.add_argument("--quick", dest="profile", action="store_const", const="quick", help="--profile quick")
     p.add_argument("--frameworks", type=_csv(FRAMEWORKS), help="default tf,torch")
     p.add_argument("--models", type=_csv(MODELS), help="ours, reference (torchvision / keras.applications); default both")
     p.add_argument("--modes", type=_csv(MODES), help="train, infer; default both")
@@ -477,7 +477,7 @@ def register(sub) -> None:
 
 
 def settings_from_args(args) -> Settings:
-    base = QUICK if args.quick else Settings()
+    base = Settings(**PROFILES[args.profile].bench) if args.profile else Settings()
     changes: dict[str, Any] = {}
     for arg, key in (("frameworks", "frameworks"), ("models", "models"), ("modes", "modes"), ("batch", "batches"),
                      ("precision", "precisions"), ("layout", "layouts"), ("compile", "compiles"),
@@ -503,16 +503,24 @@ def settings_from_args(args) -> Settings:
 
 def cmd_bench(args) -> int:
     """Plan, run each row in its worker, print the table and ratios, store record and storage."""
-    from bench import atomic
-
-    settings = settings_from_args(args)
-    rows, notes = plan(settings)
     if args.list:
+        rows, notes = plan(settings_from_args(args))
         for row in rows:
             print(row["id"])
         for note in notes:
             print(f"note: {note}")
         return 0
+    return bench(args)[1]
+
+
+def bench(args) -> tuple[Path, int]:
+    """``twinbench bench`` as a function (``twinbench run`` calls it too): the record it wrote
+    (``OUT/bench-.../bench.json``, rewritten after every row) and the exit status of the
+    --compare-fail check. Raises CheckFailed when a row failed, after the record is saved."""
+    from bench import atomic, envelope
+
+    settings = settings_from_args(args)
+    rows, notes = plan(settings)
     if settings.manifest:
         from bench.dataset import load_manifest
 
@@ -522,14 +530,14 @@ def cmd_bench(args) -> int:
     config.threads = args.threads or os.cpu_count() or 1
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     started = time.monotonic()
-    record_path = Path(args.out) / time.strftime("bench-%Y%m%d-%H%M%S") / "bench.json"
+    record_path = atomic.create_unique_dir(Path(args.out), "bench") / "bench.json"
 
     def save(results: list, peaks: dict, envs: dict, *, complete: bool = False) -> dict[str, Any]:
         # Rewritten after every row: an interrupted or crashed run keeps what it measured.
         add_mfu(results, peaks)
         record = make_record(settings, results, peaks, envs, notes, config.threads)
         record.update(wall_s=time.monotonic() - started, complete=complete, planned=len(rows))
-        atomic.write_json(record_path, record)
+        envelope.write(record_path, record)
         return record
 
     results, peaks, envs = run_rows(rows, config, peak_size=settings.peak_size, log=log, timeout=args.timeout,
@@ -560,4 +568,4 @@ def cmd_bench(args) -> int:
     if failed:
         raise CheckFailed(f"{len(failed)} of {len(results)} benchmark rows failed (first: {failed[0]['id']}: "
                           f"{failed[0]['error']}); the record is in {record_path}")
-    return status
+    return record_path, status

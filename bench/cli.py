@@ -47,17 +47,19 @@ def register_info(sub) -> None:
     p.set_defaults(func=cmd_info)
 
 
-def cmd_info(args: argparse.Namespace) -> int:
-    import json
+INFO_FORMAT = "twinbench.info"  # twinbench info --json
+INFO_VERSION = 1
 
-    from bench import atomic, envinfo
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from bench import envelope
     from bench.runner import run_worker
 
     config = worker_config(args)
     config.quiet = True
-    info = {"twinbench": __version__, "machine": envinfo.machine_info(), "commit": envinfo.commit_info()}
-    for fw in ("tf", "torch"):
-        info[fw] = run_worker(fw, "info", {}, config=config).result
+    workers = {fw: run_worker(fw, "info", {}, config=config).result for fw in ("tf", "torch")}
+    info = envelope.record(INFO_FORMAT, INFO_VERSION, workers,
+                           versions={fw: w.get("versions", {}) for fw, w in workers.items()})
     cpu = info["machine"]["cpu"]
     print(f"twinbench {__version__}  python {info['machine']['python']}  commit {(info['commit']['id'] or '-')[:10]}")
     print(f"cpu        {cpu['model']} ({cpu['cores']} cores; {' '.join(cpu['flags']) or 'no AVX-512/AMX'})")
@@ -67,7 +69,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"{fw:<10} {versions}; threads intra {i['threads']['intra_op']} inter {i['threads']['inter_op']}; "
               f"gpus: {', '.join(i['gpus']) or 'none'}")
     if args.json:
-        atomic.write_json(args.json, info)
+        envelope.write(args.json, info)
         print(f"wrote {args.json}")
     return 0
 

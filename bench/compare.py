@@ -45,6 +45,8 @@ DEFAULT_RULES: tuple[tuple[str, str], ...] = (
 )
 __doc__ += "".join(f"\n    {rule:<26} {why}" for rule, why in DEFAULT_RULES) + "\n"
 
+COMPARE_FORMAT = "twinbench.compare"  # compare --json
+COMPARE_VERSION = 1
 ALPHA = 0.01  # Mann-Whitney U significance level (the issue; asv uses 0.002 with more repeats)
 ACCURACY_ALPHA = 0.05  # accuracy repeats: the statistics' level (bench.stats.ALPHA)
 RULE = re.compile(r"^(?P<name>[a-z_][a-z0-9_.]*):(?P<threshold>tolerance|[0-9.eE+-]+%?)$")
@@ -308,7 +310,7 @@ def register(sub) -> None:
 def cmd_compare(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from bench import atomic
+    from bench import envelope
 
     rules = resolve_rules(args.fail)
     result = compare_paths([args.baseline], [args.candidate], rules)
@@ -330,7 +332,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
           f"{counts['same']} unchanged, {counts['new']} new, {counts['gone']} gone; "
           f"rules: {', '.join(r.text for r in rules)}")
     if args.json:
-        atomic.write_json(args.json, {"model": result["model"], "rules": [r.text for r in rules],
-                                      "warnings": result["warnings"], "changes": [asdict(c) for c in changes],
-                                      "baseline": result["baseline_runs"], "candidate": result["candidate_runs"]})
+        envelope.write(args.json, envelope.record(COMPARE_FORMAT, COMPARE_VERSION, {
+            "model": result["model"], "rules": [r.text for r in rules], "warnings": result["warnings"],
+            "changes": [asdict(c) for c in changes], "baseline": result["baseline_runs"],
+            "candidate": result["candidate_runs"]}))
     return 1 if counts["regression"] else 0

@@ -17,11 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from bench import atomic
+from bench import envelope
 from bench.errors import CheckFailed, UserError
 from bench.dataset import DECODERS, ORDERS, PREPROCESSINGS, SPLITS, Manifest, PipelineOptions, load_manifest
 from bench.options import add_model_options, add_worker_options, model_args, positive_int, worker_config
 from bench.runner import WorkerConfig, run_worker
+from bench.runset import DATACHECK_FORMAT, DATACHECK_VERSION
 
 # Max |TF - torch| per image, 0..255 scale, with the accurate decoder: bilinear resizing differs
 # by up to ~0.003 between tf.image.resize and F.interpolate (measured); decoding not at all.
@@ -29,6 +30,8 @@ ACCURATE_TOLERANCE = 0.01
 # The input pipeline is not the bottleneck when real-data training throughput is at least this
 # fraction of the throughput on batches already in memory.
 SPEED_TARGET = 0.95
+SPEED_FORMAT = "twinbench.data-speed"  # not read by reports: the speed check prints its verdict
+SPEED_VERSION = 1
 
 
 def run_data_check(manifest: Manifest, options: PipelineOptions, decoders: tuple[str, ...] = ("accurate",),
@@ -198,7 +201,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     report = run_data_check(manifest, options, decoders, config=worker_config(args))
     print(format_report(report))
     if args.json:
-        atomic.write_json(args.json, report)
+        envelope.write(args.json, envelope.record(DATACHECK_FORMAT, DATACHECK_VERSION, report))
         print(f"wrote {args.json}")
     if not report["ok"]:
         bad = [f"{d}/{s}" for d, splits in report["decoders"].items() for s, v in splits.items()
@@ -251,6 +254,6 @@ def cmd_speed(args: argparse.Namespace) -> int:
                                 rounds=args.rounds, warmup=args.warmup, config=worker_config(args))
     print(format_speed(report))
     if args.json:
-        atomic.write_json(args.json, report)
+        envelope.write(args.json, envelope.record(SPEED_FORMAT, SPEED_VERSION, report))
         print(f"wrote {args.json}")
     return 0

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from bench.errors import UserError
-from bench.frameworks import FRAMEWORKS as FW
+from bench.quartiles import quartiles
 from bench.runset import Metric, Run, load_runs, metrics, record_versions
 
 # (column, panel title) of the plot, in order.
@@ -36,8 +36,8 @@ PLOTTED = (
 def _quartiles(samples: Sequence[float]) -> tuple[float | None, float | None]:
     if len(samples) < 2:
         return None, None
-    s = pd.Series(list(samples), dtype=float)
-    return float(s.quantile(0.25)), float(s.quantile(0.75))
+    q1, _, q3 = quartiles(samples)
+    return q1, q3
 
 
 def _best(ms: list[Metric]) -> Metric | None:

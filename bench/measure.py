@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 from bench.errors import UserError
-from bench.frameworks import FRAMEWORKS
+from bench.quartiles import quartiles
 from bench.spec import build_spec, resnet50_blocks
 
 MODELS = ("ours", "reference")
@@ -42,20 +42,6 @@ TARGET_OURS_VS_REFERENCE = 0.97
 TARGET_END_TO_END = 0.95
 
 # ---- statistics ---------------------------------------------------------------------------------
-def _quartiles(data: Sequence[float]) -> tuple[float, float]:
-    """Q1 and Q3 exactly as pytest-benchmark computes them (``pytest_benchmark.stats.Stats``:
-    method 3 for an odd count, method 2 for an even one), so stored IQRs mean the same thing."""
-    xs, n = sorted(data), len(data)
-    if n == 1:
-        return xs[0], xs[0]
-    if n % 2:
-        k, r = n // 4, n % 4
-        if r == 1:
-            return 0.25 * xs[k - 1] + 0.75 * xs[k], 0.75 * xs[3 * k] + 0.25 * xs[3 * k + 1]
-        return 0.75 * xs[k] + 0.25 * xs[k + 1], 0.25 * xs[3 * k + 1] + 0.75 * xs[3 * k + 2]
-    return statistics.median(xs[: n // 2]), statistics.median(xs[n // 2:])
-
-
 def summarize(data: Sequence[float]) -> dict[str, Any]:
     """pytest-benchmark's stats fields for ``data`` (seconds per step, one value per round)."""
     if not data:
@@ -64,7 +50,7 @@ def summarize(data: Sequence[float]) -> dict[str, Any]:
     n = len(xs)
     mean = statistics.fmean(xs)
     stddev = statistics.stdev(xs) if n > 1 else 0.0
-    q1, q3 = _quartiles(xs)
+    q1, _, q3 = quartiles(xs, "pytest-benchmark")  # stored IQRs mean what pytest-benchmark's do
     iqr = q3 - q1
     low, high = q1 - 1.5 * iqr, q3 + 1.5 * iqr
     total = math.fsum(xs)
@@ -83,7 +69,7 @@ def throughput_stats(window_s: Sequence[float], images_per_window: int) -> dict[
     """Images per second per window (images / synced window time); median and IQR over windows,
     and the overall figure: all images over all timed seconds."""
     rates = [images_per_window / t for t in window_s]
-    q1, q3 = _quartiles(rates)
+    q1, _, q3 = quartiles(rates, "pytest-benchmark")
     return {"median": statistics.median(rates), "q1": q1, "q3": q3, "iqr": q3 - q1,
             "min": min(rates), "max": max(rates),
             "overall": images_per_window * len(window_s) / math.fsum(window_s), "windows": rates}

@@ -64,3 +64,6 @@ def model_args(args: argparse.Namespace) -> dict:
     """The model arguments a worker job carries (validated here, before any work starts)."""
     build_spec(args.model, args.classes, args.input_size, args.pooling)
     return {"model": args.model, "classes": args.classes, "input_size": args.input_size, "pooling": args.pooling}
+
+
+WORKER_OPTIONS = ("tf_python", "torch_python", "threads", "quiet")  # what add_worker_options adds

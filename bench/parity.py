@@ -31,7 +31,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from bench import atomic
+from bench import atomic, envelope
 from bench import parity_metrics as pm
 from bench import parity_spec as ps
 from bench.errors import CheckFailed, UserError
@@ -257,8 +257,6 @@ def _assemble(session: _Session, ref: WorkerResult, other: WorkerResult, ablatio
               started: float, own_torch: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """The result dict. ``own_torch``: the torch side's own errors to calibrate with (the
     ablation table passes the aligned baseline's); default: the candidate's own."""
-    from bench import __version__, envinfo
-
     c, spec = session.config, session.spec
     columns = c.columns()
     tolerances = TOLERANCES[c.dtype]
@@ -284,8 +282,7 @@ def _assemble(session: _Session, ref: WorkerResult, other: WorkerResult, ablatio
     config = asdict(c)
     config["checks"] = list(c.checks)
     config["ablations"] = list(ablations)
-    return atomic.json_safe({
-        "format": FORMAT, "version": FORMAT_VERSION,
+    return atomic.json_safe(envelope.record(FORMAT, FORMAT_VERSION, {
         "verdict": "fail" if fails else "pass",
         "first_failure": fails[0] if fails else None,
         "failures": fails,
@@ -304,8 +301,7 @@ def _assemble(session: _Session, ref: WorkerResult, other: WorkerResult, ablatio
         "inputs": session.input_info,
         "seconds": {"tf": ref.result.get("seconds"), "torch": other.result.get("seconds"),
                     "total": round(time.perf_counter() - started, 2)},
-        "env": {"machine": envinfo.machine_info(), "commit": envinfo.commit_info(), "twinbench": __version__},
-    })
+    }))
 
 
 def parity_workers(workers: WorkerConfig | None) -> WorkerConfig:
@@ -363,8 +359,9 @@ def _ablation_table(config: ParityConfig, workers: WorkerConfig, spec: ModelSpec
     # Every ablation is judged with the aligned port's own errors: its float64 pass and chaos
     # run are not repeated per ablation (a single --ablate run measures the ablated port's own).
     own_torch = own_errors(spec, aligned) if config.calibrated() else None
-    out = {"format": FORMAT + "-ablations", "version": FORMAT_VERSION, "config": baseline["config"],
-           "baseline": summarize(baseline), "ablations": {}, "results": {"baseline": baseline}}
+    out = envelope.record(FORMAT + "-ablations", FORMAT_VERSION, {
+        "config": baseline["config"], "baseline": summarize(baseline), "ablations": {},
+        "results": {"baseline": baseline}})
     for name in names:
         ablation = ABLATIONS[name]
         if ablation.pipeline and not config.manifest:
@@ -400,7 +397,6 @@ def run_record(config: ParityConfig, workers: WorkerConfig | None = None, *, out
     :func:`run_ablation_table` over ``names`` (default: every ablation the checks can see); the
     record is written atomically to ``out`` when given. Returns the record and its path. Never
     raises for failing checks: read the verdict."""
-    from bench import atomic
 
     if ablation_table:
         result = run_ablation_table(config, workers, names)
@@ -408,7 +404,7 @@ def run_record(config: ParityConfig, workers: WorkerConfig | None = None, *, out
         result = run_parity(config, workers)
     if out is None:
         return result, None
-    atomic.write_json(out, result)
+    envelope.write(out, result)
     return result, Path(out)
 
 

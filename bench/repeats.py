@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import atomic
+from bench import atomic, envelope, trainrun
 from bench.errors import CheckFailed, UserError
 
 FORMAT = "twinbench.repeats"
@@ -69,14 +69,16 @@ def repeat_config(config, index: int):
     return dataclasses.replace(config, seed=int(config.seed) + index)
 
 
-def start_set(plan: SetPlan, config, sources: dict[str, str], frameworks: list[str], manifest,
-              args: argparse.Namespace) -> int:
-    from bench.train import CONFIG_NAME, RunLock, create_run_dir
+def repeat_dir_name(index: int) -> str:
+    return f"repeat-{index}"
 
-    set_dir = create_run_dir(Path(args.out))
-    with RunLock(set_dir):
+
+def start_set(plan: SetPlan, config, sources: dict[str, str], frameworks: list[str], manifest,
+              args: argparse.Namespace, set_dir: Path) -> int:
+    """A new set in ``set_dir`` (made by the caller, empty): every repeat, the chaos control, the statistics."""
+    with trainrun.RunLock(set_dir):
         atomic.write_text(set_dir / "manifest.json", manifest.to_text(set_dir / "manifest.json"))
-        atomic.write_json(set_dir / CONFIG_NAME, {"config": dataclasses.asdict(config), "sources": sources,
+        atomic.write_json(set_dir / trainrun.CONFIG_NAME, {"config": dataclasses.asdict(config), "sources": sources,
                                                   "frameworks": frameworks, "plan": dataclasses.asdict(plan)})
         print(f"set {set_dir}: {plan.repeats} repeat(s) per framework, seeds {config.seed}.."
               f"{config.seed + plan.repeats - 1}{', chaos control' if plan.chaos else ''}", file=sys.stderr)
@@ -85,10 +87,9 @@ def start_set(plan: SetPlan, config, sources: dict[str, str], frameworks: list[s
 
 def resume_set(set_dir: Path, args: argparse.Namespace) -> int:
     from bench.dataset import load_manifest
-    from bench.train import CONFIG_NAME, RunLock
     from bench.training import TrainConfig
 
-    saved = json.loads((set_dir / CONFIG_NAME).read_text())
+    saved = json.loads((set_dir / trainrun.CONFIG_NAME).read_text())
     config = TrainConfig(**saved["config"])
     plan = SetPlan(**saved["plan"])
     if getattr(args, "repeats", None) and args.repeats != plan.repeats:
@@ -97,35 +98,33 @@ def resume_set(set_dir: Path, args: argparse.Namespace) -> int:
                             f"a set grows, never shrinks")
         plan = dataclasses.replace(plan, repeats=args.repeats)  # more repeats: the new ones start
         saved["plan"] = dataclasses.asdict(plan)
-        atomic.write_json(set_dir / CONFIG_NAME, saved)
+        atomic.write_json(set_dir / trainrun.CONFIG_NAME, saved)
     manifest = load_manifest(set_dir / "manifest.json", data_root=getattr(args, "data_root", None),
                              verify=getattr(args, "verify", "hash"), quiet=getattr(args, "quiet", False))
-    with RunLock(set_dir):
+    with trainrun.RunLock(set_dir):
         print(f"resuming set {set_dir}", file=sys.stderr)
         return _run_set(set_dir, plan, config, saved["sources"], saved["frameworks"], manifest, args, resume=True)
 
 
 def _run_set(set_dir: Path, plan: SetPlan, config, sources, frameworks, manifest, args, *, resume: bool) -> int:
-    from bench.train import CONFIG_NAME, RunLock, resume_one, start_run
-
     trace_steps = plan.chaos_steps or 10**9
     chaos_in_repeat = plan.chaos and config.order == "manifest" and "tf" in frameworks and "torch" in frameworks
     problems: list[str] = []
     for i in range(plan.repeats):
-        run_dir = set_dir / f"repeat-{i}"
+        run_dir = set_dir / repeat_dir_name(i)
         run_dir.mkdir(exist_ok=True)
         print(f"repeat {i + 1}/{plan.repeats} (seed {config.seed + i}): {run_dir}", file=sys.stderr, flush=True)
         trace = {"steps": trace_steps} if chaos_in_repeat and i == 0 else None
         repeat = {"set": set_dir.name, "index": i, "of": plan.repeats, "seed": config.seed + i}
         try:
-            with RunLock(run_dir):
+            with trainrun.RunLock(run_dir):
                 if _finished(run_dir, config.epochs):
                     print(f"repeat {i}: complete, skipped", file=sys.stderr)
                     code = 0
-                elif (run_dir / CONFIG_NAME).is_file():
-                    code = resume_one(run_dir, _resume_args(args, run_dir))
+                elif (run_dir / trainrun.CONFIG_NAME).is_file():
+                    code = trainrun.resume_one(run_dir, _resume_args(args, run_dir))
                 else:
-                    code = start_run(repeat_config(config, i), sources, frameworks, manifest, run_dir, args,
+                    code = trainrun.start_run(repeat_config(config, i), sources, frameworks, manifest, run_dir, args,
                                      repeat=repeat, trace=trace)
         except CheckFailed as exc:  # a stopped or failed repeat: recorded, the set goes on
             problems.append(f"repeat {i}: {exc}")
@@ -174,7 +173,6 @@ def run_chaos(set_dir: Path, plan: SetPlan, config, sources, manifest, args, *, 
     torch run that do), then ``chaos.json``."""
     from bench import chaos
     from bench.results import load_record
-    from bench.train import CONFIG_NAME, RunLock, resume_one, start_run
 
     chaos_dir = set_dir / CHAOS_DIR
     chaos_dir.mkdir(exist_ok=True)
@@ -185,16 +183,16 @@ def run_chaos(set_dir: Path, plan: SetPlan, config, sources, manifest, args, *, 
         cconfig = dataclasses.replace(cconfig, epochs=min(config.epochs, -(-plan.chaos_steps // steps_per_epoch)))
     runs: dict[str, Path] = {}
     if in_repeat:
-        pair_dir = set_dir / "repeat-0"
+        pair_dir = set_dir / repeat_dir_name(0)
         runs.update({"tf": pair_dir / "tf", "torch": pair_dir / "torch"})
     else:
         pair_dir = chaos_dir / "pair"
         pair_dir.mkdir(exist_ok=True)
-        with RunLock(pair_dir):
-            if (pair_dir / CONFIG_NAME).is_file():
-                resume_one(pair_dir, _resume_args(args, pair_dir))
+        with trainrun.RunLock(pair_dir):
+            if (pair_dir / trainrun.CONFIG_NAME).is_file():
+                trainrun.resume_one(pair_dir, _resume_args(args, pair_dir))
             else:
-                start_run(cconfig, sources, ["tf", "torch"], manifest, pair_dir, args, kind="chaos", trace=trace)
+                trainrun.start_run(cconfig, sources, ["tf", "torch"], manifest, pair_dir, args, kind="chaos", trace=trace)
         runs.update({"tf": pair_dir / "tf", "torch": pair_dir / "torch"})
     ulp_dir = chaos_dir / "ulp"
     ulp_dir.mkdir(exist_ok=True)
@@ -203,45 +201,45 @@ def run_chaos(set_dir: Path, plan: SetPlan, config, sources, manifest, args, *, 
         chaos.perturb_bundle(pair_dir / "init.npz", bundle)
     print(f"chaos control: torch from {bundle.name} (every weight + 1 ulp), manifest order", file=sys.stderr,
           flush=True)
-    with RunLock(ulp_dir):
-        if (ulp_dir / CONFIG_NAME).is_file():
-            resume_one(ulp_dir, _resume_args(args, ulp_dir))
+    with trainrun.RunLock(ulp_dir):
+        if (ulp_dir / trainrun.CONFIG_NAME).is_file():
+            trainrun.resume_one(ulp_dir, _resume_args(args, ulp_dir))
         else:
-            start_run(cconfig, sources, ["torch"], manifest, ulp_dir, args, kind="chaos", init_bundle=bundle,
-                      trace=trace)
+            trainrun.start_run(cconfig, sources, ["torch"], manifest, ulp_dir, args, kind="chaos",
+                               init_bundle=bundle, trace=trace)
     runs["torch-1ulp"] = ulp_dir / "torch"
     pair, ulp = load_record(pair_dir), load_record(ulp_dir)
     losses = {"tf": chaos.step_losses(pair.frameworks["tf"]), "torch": chaos.step_losses(pair.frameworks["torch"]),
               "torch-1ulp": chaos.step_losses(ulp.frameworks["torch"])}
     result = chaos.analyse({k: chaos.read_trace(v) for k, v in runs.items()}, losses)
-    doc = {"format": chaos.FORMAT, "version": chaos.VERSION, "set": set_dir.name, "order": "manifest",
-           "seed": config.seed, "torch_ablation": config.torch_ablation,
-           "runs": {k: str(v.relative_to(set_dir)) for k, v in runs.items()}, **result}
-    atomic.write_json(set_dir / CHAOS_NAME, atomic.json_safe(doc))
+    doc = envelope.record(chaos.FORMAT, chaos.VERSION, {
+        "set": set_dir.name, "order": "manifest", "seed": config.seed, "torch_ablation": config.torch_ablation,
+        "runs": {k: str(v.relative_to(set_dir)) for k, v in runs.items()}, **result})
+    envelope.write(set_dir / CHAOS_NAME, doc)
     print(f"chaos control: {result.get('summary') or result.get('message')}", file=sys.stderr, flush=True)
     return doc
 
 
 def write_set_record(set_dir: Path, plan: SetPlan) -> dict[str, Any]:
     """``repeats.json``: the repeats found, by index, and the statistics over the paired ones."""
-    from bench.results import load_record, now_iso
+    from bench.results import load_record
     from bench.stats import compare_repeats
 
     entries, records = [], []
     for i in range(plan.repeats):
-        run_dir = set_dir / f"repeat-{i}"
+        run_dir = set_dir / repeat_dir_name(i)
         if not (run_dir / "run.json").is_file():
             entries.append({"index": i, "status": "pending", "record": None})
             continue
         record = load_record(run_dir)
         records.append(record.to_dict())
         entries.append({"index": i, "seed": record.repeat.get("seed"), "status": record.status,
-                        "record": f"repeat-{i}/run.json"})
-    doc = {"format": FORMAT, "version": VERSION, "set": set_dir.name, "updated": now_iso(),
-           "plan": dataclasses.asdict(plan), "repeats": entries,
-           "statistics": compare_repeats(records, margin=plan.margin),
-           "chaos": CHAOS_NAME if (set_dir / CHAOS_NAME).is_file() else None}
-    atomic.write_json(set_dir / SET_NAME, atomic.json_safe(doc))
+                        "record": f"{repeat_dir_name(i)}/run.json"})
+    doc = envelope.record(FORMAT, VERSION, {
+        "set": set_dir.name, "updated": envelope.now_iso(), "plan": dataclasses.asdict(plan), "repeats": entries,
+        "statistics": compare_repeats(records, margin=plan.margin),
+        "chaos": CHAOS_NAME if (set_dir / CHAOS_NAME).is_file() else None})
+    envelope.write(set_dir / SET_NAME, doc)
     return doc
 
 

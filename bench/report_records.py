@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from bench.report_doc import short_commit
-from bench.frameworks import FRAMEWORK_LABELS, FRAMEWORKS as FW
+from bench.frameworks import FRAMEWORK_LABELS
 from bench.runset import Record, Run, record_threads, record_versions
 
 

@@ -9,7 +9,8 @@ import pandas as pd
 
 from bench.errors import UserError
 from bench.report_doc import Section, fmt_num, fmt_pct, ratio, short_commit
-from bench.report_records import FW, FRAMEWORK_LABELS, SectionBuilder, bench_conditions, bench_rows, machine_text
+from bench.frameworks import FRAMEWORK_LABELS, FRAMEWORKS as FW
+from bench.report_records import SectionBuilder, bench_conditions, bench_rows, machine_text
 from bench.report_summary import SummarySections
 from bench.report_training import TrainingSections
 from bench.runset import Record, metrics, parity_result, parity_rows

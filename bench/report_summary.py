@@ -8,7 +8,9 @@ from typing import Any, Sequence
 import pandas as pd
 
 from bench.report_doc import Section, fmt_bytes, fmt_num, fmt_pct, short_commit
-from bench.report_records import (FW, FRAMEWORK_LABELS, SectionBuilder, TrainSet, bench_rows, machine_text, profile_of,
+from bench.frameworks import FRAMEWORK_LABELS, FRAMEWORKS as FW
+from bench.quartiles import quartiles
+from bench.report_records import (SectionBuilder, TrainSet, bench_rows, machine_text, profile_of,
                                   train_set, versions_text)
 from bench.runset import Record, parity_result, parity_rows
 
@@ -33,8 +35,8 @@ def _pooled_epochs(records: Sequence[Record], fw: str, key: str) -> list[float]:
 def _median_iqr(values: Sequence[float], fmt: str, unit: str) -> str:
     if not values:
         return "-"
-    s = pd.Series(values, dtype=float)
-    return f"{s.median():{fmt}} {unit} (IQR {s.quantile(0.25):{fmt}}-{s.quantile(0.75):{fmt}}, n={len(s)} epochs)"
+    q1, median, q3 = quartiles(values)
+    return f"{median:{fmt}} {unit} (IQR {q1:{fmt}}-{q3:{fmt}}, n={len(values)} epochs)"
 
 
 def ratio_note(target: Any, settings: dict[str, Any]) -> str:

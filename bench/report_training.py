@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 
 from bench.report_doc import Section, fmt_bytes, fmt_num, fmt_pct, ratio
-from bench.report_records import FW, FRAMEWORK_LABELS, SectionBuilder, TrainSet, train_conditions, train_set
+from bench.frameworks import FRAMEWORK_LABELS, FRAMEWORKS as FW
+from bench.report_records import SectionBuilder, TrainSet, train_conditions, train_set
 from bench.runset import Record
 
 

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from bench.quartiles import quartiles
 from bench.runner import FRAMEWORKS, WorkerConfig, run_worker
 
 
@@ -56,7 +57,7 @@ def summarise(name: str, block_id: str, branch: np.ndarray, shortcut: np.ndarray
     """One unit: per-image ratios, their mean, median and interquartile range."""
     branch, shortcut = np.asarray(branch, np.float64), np.asarray(shortcut, np.float64)
     ratio = branch / np.maximum(shortcut, np.finfo(np.float64).tiny)
-    q1, median, q3 = np.percentile(ratio, [25, 50, 75])
+    q1, median, q3 = quartiles(ratio)
     return {"unit": name, "block": block_id, "ratio_mean": float(ratio.mean()), "ratio_median": float(median),
             "ratio_q1": float(q1), "ratio_q3": float(q3), "ratio_std": float(ratio.std()),
             "branch_norm_mean": float(branch.mean()), "shortcut_norm_mean": float(shortcut.mean()),

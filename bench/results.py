@@ -4,19 +4,18 @@ A run directory holds ``run.json`` (this record) beside the run's checkpoints an
 Records are written atomically (``bench.atomic``), rewritten after every epoch while a run is
 in progress, so a killed run leaves a valid record of everything finished so far.
 
-Schema ``twinbench.run``, version 1 (``SCHEMA_VERSION``). Top level::
+Format ``twinbench.run``, version 1 (``SCHEMA_VERSION``). Top level: the envelope
+(``bench.envelope``: format, version, created, twinbench, machine, commit, versions), then::
 
-    schema          "twinbench.run"
-    schema_version  1; readers refuse newer versions with a UserError (upgrade twinbench)
     kind            "train" (what produced it; other kinds, e.g. "bench", share the top level)
     run_id          the run directory's name, e.g. "train-20250101-120000-ab12"
-    created         ISO 8601 local time with offset; ``updated`` the last rewrite
+    updated         ISO 8601 local time with offset of the last rewrite (``created``: the envelope's)
     status          "running" | "complete" | "stopped" (NaN/Inf loss) | "failed" | "interrupted"
     command         argv of the (last) invocation; ``invocations`` lists every start and resume
-    environment     {"twinbench": version, "machine": envinfo.machine_info(),
-                     "commit": envinfo.commit_info(),
-                     "frameworks": {"tf"|"torch": the worker's "info" task: versions, devices,
+    environment     {"frameworks": {"tf"|"torch": the worker's "info" task: versions, devices,
                                     gpus, threads {intra_op, inter_op}}}
+                    (records written before the envelope: schema/schema_version, and twinbench,
+                    machine and commit inside environment; both are read)
     config          the resolved training config (bench.training.TrainConfig as a dict): every
                     setting, whether from the profile or an override; ``config_sources`` says which
     manifest        {"path", "fingerprint", "classes": [names], "train": n, "validation": n}
@@ -74,16 +73,13 @@ Python API: :class:`RunRecord`, :func:`new_record`, :func:`save_record`, :func:`
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-import numpy as np
-
-from bench import atomic
+from bench import envelope
 from bench.errors import UserError
 
 SCHEMA = "twinbench.run"
@@ -99,8 +95,7 @@ OPTIONAL_EPOCH_KEYS = ("loop_overhead",)  # added after schema v1 records existe
 MEMORY_MEASURES = ("cpu_peak_rss", "gpu_allocator_peak")
 
 
-def now_iso() -> str:
-    return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+now_iso = envelope.now_iso
 
 
 @dataclass
@@ -147,17 +142,19 @@ class RunRecord:
 
     # ---- (de)serialisation ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        env = self.environment
+        infos = env.get("frameworks", {})
         return {
-            "schema": SCHEMA,
-            "schema_version": SCHEMA_VERSION,
+            **envelope.envelope(SCHEMA, SCHEMA_VERSION, created=self.created, machine=env.get("machine", {}),
+                                commit=env.get("commit", {}),
+                                versions={fw: info.get("versions", {}) for fw, info in infos.items()}),
             "kind": self.kind,
             "run_id": self.run_id,
-            "created": self.created,
             "updated": self.updated,
             "status": self.status,
             "command": self.command,
             "invocations": self.invocations,
-            "environment": self.environment,
+            "environment": {"frameworks": infos},  # each worker's info task: versions, devices, threads
             "config": self.config,
             "config_sources": self.config_sources,
             "manifest": self.manifest,
@@ -172,12 +169,20 @@ class RunRecord:
         return cls(
             run_id=doc["run_id"], kind=doc["kind"], status=doc["status"], created=doc["created"],
             updated=doc.get("updated", doc["created"]), command=list(doc.get("command", [])),
-            invocations=list(doc.get("invocations", [])), environment=dict(doc.get("environment", {})),
+            invocations=list(doc.get("invocations", [])), environment=_environment(doc),
             config=dict(doc.get("config", {})), config_sources=dict(doc.get("config_sources", {})),
             manifest=dict(doc.get("manifest", {})), init=dict(doc.get("init", {})),
             frameworks={k: dict(v) for k, v in doc.get("frameworks", {}).items()},
             repeat=dict(doc.get("repeat") or {}),
         )
+
+
+def _environment(doc: dict[str, Any]) -> dict[str, Any]:
+    """The in-memory ``environment``: the envelope's machine and commit (older records keep them,
+    and the twinbench version, under ``environment``) and each framework's worker info."""
+    env = dict(doc.get("environment") or {})
+    return {"twinbench": doc.get("twinbench", env.get("twinbench")), "machine": doc.get("machine") or env.get("machine", {}),
+            "commit": doc.get("commit") or env.get("commit", {}), "frameworks": env.get("frameworks", {})}
 
 
 def new_framework_run(devices: int = 1) -> dict[str, Any]:
@@ -198,12 +203,14 @@ def validate(doc: Any, *, source: str = "run record") -> None:
     """Raise a one-line UserError if ``doc`` is not a run record this version reads."""
     if not isinstance(doc, dict):
         raise UserError(f"{source}: not a twinbench run record (expected a JSON object)")
-    if doc.get("schema") != SCHEMA:
-        raise UserError(f"{source}: not a twinbench run record (schema {doc.get('schema')!r}, "
+    # The envelope's format/version; records written before it say schema/schema_version.
+    name_key, version_key = ("format", "version") if "format" in doc else ("schema", "schema_version")
+    if doc.get(name_key) != SCHEMA:
+        raise UserError(f"{source}: not a twinbench run record ({name_key} {doc.get(name_key)!r}, "
                         f"expected {SCHEMA!r})")
-    version = doc.get("schema_version")
+    version = doc.get(version_key)
     if not isinstance(version, int) or version < 1:
-        raise UserError(f"{source}: invalid schema_version {version!r}")
+        raise UserError(f"{source}: invalid {version_key} {version!r}")
     if version > SCHEMA_VERSION:
         raise UserError(f"{source}: run record schema version {version} is newer than this twinbench "
                         f"reads ({SCHEMA_VERSION}); upgrade twinbench to read it")
@@ -253,7 +260,7 @@ def save_record(record: RunRecord, run_dir: str | os.PathLike | None = None) -> 
     record.updated = now_iso()
     doc = record.to_dict()
     validate(doc, source=str(target))  # never write what we could not read back
-    atomic.write_json(target, atomic.json_safe(doc))
+    envelope.write(target, doc)
     record.path = target
     return target
 
@@ -289,7 +296,7 @@ def find_records(directory: str | os.PathLike, *, kind: str | None = None) -> li
             doc = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError, UnicodeDecodeError):
             continue
-        if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+        if not isinstance(doc, dict) or SCHEMA not in (doc.get("format"), doc.get("schema")):
             continue
         if kind is not None and doc.get("kind") != kind:
             continue

@@ -5,13 +5,14 @@
     twinbench run --profile seed --data DIR        # the full seed reproduction (224 px, 50 epochs)
     twinbench run --skip bench --epochs 2          # any step can be skipped, training shortened
 
-Steps, each in its own worker processes, each result written as soon as it exists:
+Steps, each the function its own command calls (framework work in worker processes), each result
+written as soon as it exists and its path returned to the session:
 
 1. data       the demo folder (written on first use) or ``--data DIR``
 2. manifest   the split, written once: ``RUN/manifest.json``
 3. datacheck  both input pipelines over the whole manifest: ``RUN/data_check.json``
 4. parity     per-block parity and the ablation table: ``RUN/parity.json``
-5. train      both frameworks, the profile's settings: ``RUN/train-*/run.json``
+5. train      both frameworks, the profile's settings: ``RUN/train-*/repeats.json`` (or ``run.json``)
 6. bench      throughput, memory, MFU: ``RUN/bench-*/bench.json``
 7. residuals  ||F(x)|| / ||shortcut(x)|| per block, before and after training: ``RUN/residuals.json``
 8. report     ``RUN/report/report.html`` (self-contained), ``report.md`` and the figures
@@ -26,71 +27,23 @@ not stop the steps that do not need it; the exit code is then 1.
 from __future__ import annotations
 
 import argparse
-import collections
 import contextlib
 import fcntl
-import os
-import subprocess
+import gc
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-from bench import __version__, atomic
+from bench import atomic, envelope
 from bench.errors import CheckFailed, TwinbenchError, UserError, WorkerError, one_line
-from bench.options import add_worker_options, positive_int, worker_config
-from bench.runset import RESIDUALS_FORMAT, RESIDUALS_VERSION, SESSION_FORMAT, SESSION_NAME, SESSION_VERSION
-from bench.training import QuickProfile
+from bench.options import WORKER_OPTIONS, add_worker_options, positive_int, worker_config
+from bench.runset import DATACHECK_FORMAT, DATACHECK_VERSION, RESIDUALS_FORMAT, RESIDUALS_VERSION, SESSION_FORMAT, SESSION_NAME, SESSION_VERSION
+from bench.profiles import PROFILES, Profile
 
 STEPS = ("data", "manifest", "datacheck", "parity", "train", "bench", "residuals", "report")
 SKIPPABLE = ("datacheck", "parity", "train", "bench", "residuals")
-RESIDUAL_IMAGES = 32  # validation images for the residual ratios (their spread is per image)
-
-
-@dataclass(frozen=True)
-class Profile:
-    """What one ``twinbench run`` profile runs. ``budget_s``: expected seconds per step on an
-    otherwise idle 2-core machine, for the ETA (from the parts' own timings: the parity, train
-    and bench issues' targets; a loaded machine takes several times longer)."""
-
-    name: str
-    train: str  # twinbench train --profile
-    input_size: int
-    pooling: str
-    datacheck_decoders: tuple[str, ...]
-    bench_args: tuple[str, ...]
-    ablations: tuple[str, ...] | None  # parity ablations run alone (None: every one)
-    budget_s: dict[str, float] = field(default_factory=dict)
-    repeats: int = 1  # training runs per framework (twinbench train --repeats)
-    chaos: bool = False  # the chaos control (twinbench train --chaos)
-
-
-# Parity always runs at the seed's configuration (224 px, avg7, the 1000-way head), where its
-# tolerances were measured: at 64 px with global pooling the 2x2 stage-5 maps make gradients
-# ill-conditioned (measured here: grad errors ~1e-2 against a 1e-4 tolerance).
-PARITY_MODEL_ARGS = {"input_size": 224, "pooling": "avg7", "classes": 1000}
-
-PROFILES = {
-    # make run: training at QuickProfile's size (32 px), the benchmark's --quick subset at 64 px; parity with one
-    # ablation per check it catches (forward, bn, adam, input), each costing a torch worker run
-    # except decoder. resize-antialias is left out: the demo's images are already 224 px, so
-    # resizing them to 224 is the identity and antialiasing changes nothing.
-    "quick": Profile("quick", "quick", QuickProfile.input_size, QuickProfile.pooling, ("accurate",), ("--quick",),
-                     ("bn-eps", "bn-momentum", "adam-eps", "decoder"),
-                     {"data": 5, "manifest": 5, "datacheck": 25, "parity": 130, "train": 600, "bench": 110,
-                      "residuals": 30, "report": 15}, repeats=3, chaos=True),
-    # The seed: 224 px, 50 epochs, batch 8, the seed's 1000-way head; the bench at the seed's
-    # conditions (batch 8, 224 px, fp32 and bf16, NHWC, eager; the full matrix is twinbench bench).
-    "seed": Profile("seed", "seed", 224, "avg7", ("accurate", "seed"),
-                    ("--batch", "8", "--input-size", "224", "--precision", "fp32,bf16", "--layout", "nhwc",
-                     "--compile", "eager"), None,
-                    {"data": 5, "manifest": 5, "datacheck": 60, "parity": 400, "train": 2 * 70 * 60,
-                     "bench": 600, "residuals": 90, "report": 20}),
-}
-
-
 # ---- the session record ----------------------------------------------------------------------------
 @dataclass
 class Session:
@@ -101,7 +54,7 @@ class Session:
     profile: str
     model: str
     command: list[str]
-    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    created: str = field(default_factory=lambda: envelope.now_iso())
     status: str = "running"
     steps: list[dict[str, Any]] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
@@ -121,12 +74,10 @@ class Session:
         return st
 
     def save(self) -> None:
-        atomic.write_json(self.run_dir / SESSION_NAME, {
-            "format": SESSION_FORMAT, "version": SESSION_VERSION, "twinbench": __version__,
-            "run_id": self.run_id, "created": self.created, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "status": self.status, "profile": self.profile, "model": self.model, "command": self.command,
-            "data": self.data, "steps": self.steps, **self.environment,
-        })
+        envelope.write(self.run_dir / SESSION_NAME, envelope.record(SESSION_FORMAT, SESSION_VERSION, {
+            "run_id": self.run_id, "updated": envelope.now_iso(), "status": self.status, "profile": self.profile,
+            "model": self.model, "command": self.command, "data": self.data, "steps": self.steps,
+        }, created=self.created, **self.environment))
 
 
 def create_run_dir(out: Path) -> Path:
@@ -185,58 +136,17 @@ class Pipeline:
         self.progress = Progress(profile, list(STEPS), quiet=True)
 
     # helpers
-    def cli(self, argv: list[str], log_name: str) -> None:
-        """Run ``twinbench ARGV`` in a child process; its stdout goes to RUN/logs/<log_name>, its
-        stderr (progress) passes through. A failure becomes CheckFailed/UserError with its last line.
-
-        A child process, not a call in this one: this process holds the parity arrays by then
-        (~2 GB at 224 px), and a step that fails or leaks cannot take the session down with it.
-        """
+    @contextlib.contextmanager
+    def log_stdout(self, log_name: str):
+        """A step's printed tables go to RUN/logs/<log_name>; progress (stderr) shows as it comes."""
         log = self.run_dir / "logs" / log_name
         log.parent.mkdir(exist_ok=True)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            filter(None, [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH")]))}
-        tail: collections.deque[str] = collections.deque(maxlen=20)
-        with open(log, "w") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "bench.cli", *argv], stdout=out, stderr=subprocess.PIPE,
-                                    stdin=subprocess.DEVNULL, text=True, errors="replace", env=env)
+        with open(log, "w") as out, contextlib.redirect_stdout(out):
+            yield
 
-            def pump() -> None:
-                assert proc.stderr is not None
-                for line in proc.stderr:
-                    tail.append(line.rstrip("\n"))
-                    sys.stderr.write(line)
-                    sys.stderr.flush()
-
-            reader = threading.Thread(target=pump, daemon=True)
-            reader.start()
-            try:
-                code = proc.wait()
-            except KeyboardInterrupt:
-                # Ctrl-C reached the child too (same process group): let it save what it has.
-                try:
-                    proc.wait(timeout=120)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-                raise
-            finally:
-                reader.join(timeout=5)
-        if code == 0:
-            return
-        if code == 130:
-            raise KeyboardInterrupt
-        errors = [line.split("error:", 1)[1].strip() for line in tail if line.startswith("twinbench: error:")]
-        message = errors[-1] if errors else (tail[-1] if tail else f"exit status {code}")
-        raise (UserError if code == 2 else CheckFailed)(f"twinbench {argv[0]}: {message}")
-
-    def worker_argv(self) -> list[str]:
-        argv = ["--tf-python", self.args.tf_python, "--torch-python", self.args.torch_python]
-        if self.args.threads:
-            argv += ["--threads", str(self.args.threads)]
-        if self.args.quiet:
-            argv.append("--quiet")
-        return argv
+    def worker_values(self) -> dict[str, Any]:
+        """This run's worker options, for the commands its steps call."""
+        return {name: getattr(self.args, name) for name in WORKER_OPTIONS}
 
     # 1
     def data(self) -> str:
@@ -274,7 +184,7 @@ class Pipeline:
         options = PipelineOptions(image_size=self.input_size)
         report = run_data_check(self.manifest, options, self.profile.datacheck_decoders, config=self.workers)
         out = self.run_dir / "data_check.json"
-        atomic.write_json(out, {"format": "twinbench.datacheck", "version": 1, **report})
+        envelope.write(out, envelope.record(DATACHECK_FORMAT, DATACHECK_VERSION, report))
         if not report["ok"]:
             raise CheckFailed(f"the TF and torch pipelines differ by more than {ACCURATE_TOLERANCE} per image or "
                               f"in labels: see {out}")
@@ -285,51 +195,45 @@ class Pipeline:
         from bench.parity import run_ablation_table
         from bench.parity_spec import ABLATIONS, ParityConfig
 
-        config = ParityConfig(model=self.model, **PARITY_MODEL_ARGS, manifest=str(self.manifest_path))
+        config = ParityConfig(model=self.model, **self.profile.parity_model, manifest=str(self.manifest_path))
         names = tuple(ABLATIONS) if self.profile.ablations is None else self.profile.ablations
         result = run_ablation_table(config, self.workers, names=names)
         out = self.run_dir / "parity.json"
-        atomic.write_json(out, result)
+        envelope.write(out, result)
         baseline = result["results"]["baseline"] if "results" in result else result
-        if baseline["verdict"] != "pass":
-            first = baseline["first_failure"]
+        verdict, first = baseline["verdict"], baseline.get("first_failure")
+        del result, baseline
+        gc.collect()  # the parity arrays (~2 GB at 224 px) are not kept while later steps run
+        if verdict != "pass":
             raise CheckFailed(f"parity failed: first divergent block {first['block']}, check {first['check']}")
         return str(out)
 
     # 5
     def train(self) -> str:
-        argv = ["train", "--framework", "both", "--manifest", str(self.manifest_path), "--profile",
-                self.profile.train, "--out", str(self.run_dir), "--verify", "size", "--model", self.model,
-                *self.worker_argv()]
-        if self.args.epochs:
-            argv += ["--epochs", str(self.args.epochs)]
-        argv += ["--repeats", str(self.args.repeats or self.profile.repeats)]
-        argv.append("--chaos" if self.profile.chaos else "--no-chaos")
-        for flag in ("seed", "margin"):
-            if getattr(self.args, flag, None) is not None:
-                argv += [f"--{flag}", str(getattr(self.args, flag))]
-        try:
-            self.cli(argv, "train.log")
-        finally:
-            self.train_dir = self._train_dir()
-        if self.train_dir is None:
-            return ""
-        set_record = self.train_dir.parent / "repeats.json"
-        return str(set_record if set_record.is_file() else self.train_dir / "run.json")
+        from bench import repeats, train, trainrun
 
-    def _train_dir(self) -> Path | None:
-        """The training run the residual ratios measure: a set's first repeat, or the one run."""
-        found = sorted(self.run_dir.glob("train-*/repeat-0/run.json")) or sorted(self.run_dir.glob("train-*/run.json"))
-        return found[-1].parent if found else None
+        values = dict(framework="both", manifest=str(self.manifest_path), profile=self.profile.name,
+                      out=str(self.run_dir), verify="size", model=self.model, epochs=self.args.epochs,
+                      repeats=self.args.repeats or self.profile.repeats, chaos=self.profile.chaos,
+                      seed=self.args.seed, margin=self.args.margin, **self.worker_values())
+        train_dir = trainrun.create_run_dir(self.run_dir)
+        try:
+            with self.log_stdout("train.log"):
+                return str(train.train(command_arguments(train.register, **values), train_dir))
+        finally:
+            first = train_dir / repeats.repeat_dir_name(0)
+            self.train_dir = first if first.is_dir() else train_dir
 
     # 6
     def bench(self) -> str:
-        argv = ["bench", *self.profile.bench_args, "--out", str(self.run_dir), "--no-save", *self.worker_argv()]
+        from bench import benchmark
+
+        args = command_arguments(benchmark.register, profile=self.profile.name, out=str(self.run_dir), no_save=True,
+                                 **self.worker_values())
         if self.model != "resnet50":
-            argv += ["--model", self.model]
-        self.cli(argv, "bench.log")
-        found = sorted(self.run_dir.glob("bench-*/bench.json"))
-        return str(found[-1]) if found else ""
+            args.arch = self.model
+        with self.log_stdout("bench.log"):
+            return str(benchmark.bench(args)[0])
 
     # 7
     def residuals(self) -> str:
@@ -338,14 +242,12 @@ class Pipeline:
         from bench.results import load_record
 
         if self.train_dir is None:
-            self.train_dir = self._train_dir()
-        if self.train_dir is None:
             raise CheckFailed("no training run to measure (the train step did not run)")
         record = load_record(self.train_dir)
         config = record.config
         margs = {k: config[k] for k in ("model", "classes", "input_size", "pooling")}
         init = record.init.get("path")
-        n = min(RESIDUAL_IMAGES, len(self.manifest.entries("validation")))
+        n = min(self.profile.residual_images, len(self.manifest.entries("validation")))
         images = {"manifest": str(self.manifest_path), "data_root": str(self.manifest.root),
                   "indices": list(range(n)),
                   "pipeline": PipelineOptions(image_size=int(config["input_size"]), decoder=config.get("decoder", "accurate"),
@@ -365,11 +267,11 @@ class Pipeline:
             self.progress.say(f"residual ratios {stage} training ({', '.join(per_fw)})")
             stages[stage] = residuals.measure(margs, per_fw, images=images, config=self.workers,
                                               job_root=self.run_dir / "jobs" / f"residuals-{stage}")
-            atomic.write_json(out, {"format": RESIDUALS_FORMAT, "version": RESIDUALS_VERSION, "model": self.model,
-                                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                    "images": {"count": n, "split": "validation", "input_size": config["input_size"],
-                                               "manifest": str(self.manifest_path)},
-                                    "weights": weights, "stages": stages, "train_run": str(self.train_dir)})
+            envelope.write(out, envelope.record(RESIDUALS_FORMAT, RESIDUALS_VERSION, {
+                "model": self.model,
+                "images": {"count": n, "split": "validation", "input_size": config["input_size"],
+                           "manifest": str(self.manifest_path)},
+                "weights": weights, "stages": stages, "train_run": str(self.train_dir)}))
         return str(out)
 
     # 8
@@ -386,6 +288,23 @@ class Pipeline:
     @property
     def model(self) -> str:
         return self.session.model
+
+
+def command_arguments(register: Callable[[Any], None], argv: Sequence[str] = (), **values: Any) -> argparse.Namespace:
+    """The namespace a command's own parser gives for ``argv``, then ``values`` set on it: how
+    ``twinbench run`` calls a step's command function with exactly that command's defaults. A value
+    for an option the command does not have is a TypeError (a typo must not pass silently)."""
+    root = argparse.ArgumentParser(prog="twinbench", add_help=False)
+    sub = root.add_subparsers(dest="command")
+    register(sub)
+    (name, parser), = sub.choices.items()
+    args = parser.parse_args(list(argv))
+    unknown = sorted(set(values) - set(vars(args)))
+    if unknown:
+        raise TypeError(f"twinbench {name} has no option {', '.join(unknown)}")
+    for key, value in values.items():
+        setattr(args, key, value)
+    return args
 
 
 def run_steps(pipe: Pipeline, steps: list[str]) -> dict[str, Any]:

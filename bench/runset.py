@@ -36,6 +36,8 @@ SESSION_VERSION = 1
 SESSION_NAME = "session.json"
 RESIDUALS_FORMAT = "twinbench.residuals"
 RESIDUALS_VERSION = 1
+DATACHECK_FORMAT = "twinbench.datacheck"
+DATACHECK_VERSION = 1
 MAX_DEPTH = 4  # run directories nest train/, bench/ one or two levels down
 MAX_RECORD_BYTES = 64 * 2**20  # a record is JSON of a few MB at most; skip anything larger
 SKIP_DIRS = {"report", "jobs", "checkpoints", "__pycache__", ".git"}
@@ -46,7 +48,7 @@ FORMATS: dict[str, tuple[str, int]] = {
     "twinbench.bench": ("bench", 1),
     "twinbench.parity": ("parity", 1),
     "twinbench.parity-ablations": ("parity", 1),
-    "twinbench.datacheck": ("datacheck", 1),
+    DATACHECK_FORMAT: ("datacheck", DATACHECK_VERSION),
     RESIDUALS_FORMAT: ("residuals", RESIDUALS_VERSION),
     "twinbench.repeats": ("repeats", 1),
     "twinbench.chaos": ("chaos", 1),
@@ -102,7 +104,7 @@ def classify(doc: Any, source: Path) -> str | None:
         return None
     name, version = _format_of(doc)
     if name is None and {"decoders", "pipeline", "tolerance", "manifest"} <= set(doc):
-        return "datacheck"  # ``twinbench data check --json`` writes no format name
+        return "datacheck"  # ``twinbench data check --json`` wrote no format name before the envelope
     if name not in FORMATS:
         return None
     kind, newest = FORMATS[name]

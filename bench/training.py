@@ -25,6 +25,7 @@ import numpy as np
 
 from bench import atomic
 from bench.errors import UserError
+from bench.profiles import TrainConfig
 from bench.measure import read_peak_rss
 from bench.schedule import SCHEDULES, learning_rate_at
 
@@ -40,68 +41,7 @@ OPTIMIZERS = ("adam", "sgd")
 STATE_NAME = "state.json"
 
 
-# ---- profiles ------------------------------------------------------------------------------------
-@dataclass
-class TrainConfig:
-    """Every setting of a training run. The defaults ARE the seed profile (../shared/seed/)."""
-
-    model: str = "resnet50"  # the seed's ResNet50()
-    classes: int | str = 1000  # the seed keeps the 1000-way ImageNet head; "auto": the manifest's classes
-    input_size: int = 224  # img_height = img_width = 224
-    pooling: str = "avg7"  # AveragePooling2D((7, 7)) + Flatten, as the seed
-    batch_size: int = 8  # batch_size = 8 (the global batch when --devices > 1)
-    epochs: int = 50  # epochs = 50
-    optimizer: str = "adam"  # compile(optimizer="adam"); torch side: torch_impl.optim.KerasAdam
-    learning_rate: float = 1e-3  # Keras Adam default
-    lr_schedule: str = "constant"  # compile(optimizer="adam"): a constant rate
-    beta_1: float = 0.9  # Keras Adam default
-    beta_2: float = 0.999  # Keras Adam default
-    epsilon: float = 1e-7  # Keras Adam default, Keras' "epsilon hat" form on both sides
-    precision: str = "fp32"  # the seed trains in float32; mixed_bf16 / mixed_fp16 (GPU, loss scaling)
-    decoder: str = "accurate"  # bit-identical JPEG pixels on both sides (seed: TF's fast IDCT)
-    preprocessing: str = "none"  # the seed feeds raw 0..255 pixels (no preprocess_input)
-    order: str = "native"  # each framework shuffles its own way, as the seed's tf.data does
-    seed: int = 123  # weights and shuffles (the seed leaves them unseeded; 123 is its split seed)
-    init: str = "keras"  # both sides start from ONE bundle made by Keras' initialisers
-    weights: str | None = None  # the seed loads resnet50_weights_tf_dim_ordering_tf_kernels.h5; opt-in here
-    devices: int = 1  # data-parallel devices (the seed: one GPU)
-    threads: int | None = None  # intra-op threads on both sides; None: all cores (set explicitly)
-    deterministic: bool = False  # deterministic kernels; makes a torch resume bit-identical
-    keep_checkpoints: int = 1  # per framework; ResNet-50 + Adam state is ~300 MB a checkpoint
-    evaluation: str = "moving"  # validate with the BN moving statistics, as Keras' fit does
-    bn_estimate_images: int = 256  # evaluation "precise-bn": training images the statistics are estimated on
-    torch_ablation: str | None = None  # a parity ablation planted in the torch model (experiments only)
-
-    def spec_args(self) -> dict[str, Any]:
-        return {"model": self.model, "classes": self.classes, "input_size": self.input_size,
-                "pooling": self.pooling}
-
-    def optimizer_config(self) -> dict[str, Any]:
-        """The dict tf_impl.optim.build and torch_impl.optim.build share."""
-        return {"name": self.optimizer, "learning_rate": self.learning_rate, "beta_1": self.beta_1,
-                "beta_2": self.beta_2, "epsilon": self.epsilon}
-
-    def pipeline_options(self) -> dict[str, Any]:
-        """bench.dataset.PipelineOptions fields (as a dict: it crosses to the workers as JSON)."""
-        return {"image_size": self.input_size, "batch_size": self.batch_size, "decoder": self.decoder,
-                "preprocessing": self.preprocessing, "order": self.order, "seed": self.seed}
-
-
-@dataclass
-class QuickProfile(TrainConfig):
-    """The demo in minutes on 2 cores, measuring learning rather than batch-norm lag (docs/profiles.md)."""
-
-    classes: int | str = "auto"  # a head for the manifest's classes (4 on the demo)
-    input_size: int = 32  # per-op overhead dominates below 64 px (torch b8: 0.37 s/step at 32, 0.58 at 64)
-    pooling: str = "global"  # AveragePooling2D(7) needs a 7x7 map (197..228 px); global pooling fits any size
-    batch_size: int = 16  # 29 steps an epoch; torch 32 px b16 reached 59-61% val in 4 epochs (lr 1e-4: 51%)
-    epochs: int = 4
-    preprocessing: str = "caffe"  # Keras' ResNet50 preprocess_input: centred inputs
-    order: str = "manifest"  # the same batches on both sides: the verdict is about the port
-    evaluation: str = "precise-bn"  # moving statistics lag the weights for ~100 steps: estimate them
-
-
-PROFILES: dict[str, type[TrainConfig]] = {"seed": TrainConfig, "quick": QuickProfile}
+# The config (its defaults are the seed) lives with the profiles: bench.profiles.
 
 
 def validate_config(config: TrainConfig) -> None:

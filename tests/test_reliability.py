@@ -118,7 +118,7 @@ def build_workspace(root: Path) -> Path:
     record.status = "complete"
     results.save_record(record, root / "rec")
     doc = json.loads((root / "rec" / "run.json").read_text())
-    for name, change in {"newer": {"schema_version": 99}, "c3": {"run_id": "train-2"}}.items():
+    for name, change in {"newer": {"version": 99}, "c3": {"run_id": "train-2"}}.items():
         (root / name).mkdir()
         d = {**doc, **change}
         if name == "c3":

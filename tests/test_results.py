@@ -35,7 +35,8 @@ def test_round_trip_through_a_run_directory(tmp_path):
     # NaN is not JSON: stored as null, and the file is strict JSON.
     doc = json.loads(path.read_text())
     assert doc["frameworks"]["torch"]["history"][0]["val_loss"] is None
-    assert doc["schema"] == results.SCHEMA and doc["schema_version"] == results.SCHEMA_VERSION
+    assert doc["format"] == results.SCHEMA and doc["version"] == results.SCHEMA_VERSION
+    assert doc["machine"] == loaded.environment["machine"] and "commit" in doc and "schema" not in doc
     assert loaded.to_dict()["frameworks"] == doc["frameworks"]
     assert loaded.invocations[0]["command"] == ["twinbench", "train"]
 
@@ -44,17 +45,26 @@ def test_newer_schema_version_is_refused_with_an_upgrade_hint(tmp_path):
     results.save_record(_record(), tmp_path)
     path = tmp_path / results.RECORD_NAME
     doc = json.loads(path.read_text())
-    doc["schema_version"] = results.SCHEMA_VERSION + 1
+    doc["version"] = results.SCHEMA_VERSION + 1
     path.write_text(json.dumps(doc))
     with pytest.raises(UserError) as err:
         results.load_record(tmp_path)
     message = str(err.value)
     assert "newer" in message and "upgrade twinbench" in message and str(path) in message
     assert "\n" not in message
+    # A record written before the envelope (schema/schema_version) is read, and refused the same way.
+    legacy = {k: v for k, v in doc.items() if k not in ("format", "version", "machine", "commit", "twinbench")}
+    legacy.update(schema=results.SCHEMA, schema_version=results.SCHEMA_VERSION,
+                  environment={"machine": doc["machine"], "commit": doc["commit"], "frameworks": {}})
+    path.write_text(json.dumps(legacy))
+    assert results.load_record(tmp_path).environment["machine"] == doc["machine"]
+    path.write_text(json.dumps({**legacy, "schema_version": results.SCHEMA_VERSION + 1}))
+    with pytest.raises(UserError, match="upgrade twinbench"):
+        results.load_record(tmp_path)
 
 
 @pytest.mark.parametrize("mutate, expected", [
-    (lambda d: d.update(schema="other"), "not a twinbench run record"),
+    (lambda d: d.update(format="other"), "not a twinbench run record"),
     (lambda d: d.update(status="bogus"), "unknown status"),
     (lambda d: d["frameworks"]["torch"]["history"].append({"epoch": 2}), "expected 3"),
     (lambda d: d["frameworks"]["torch"]["memory"].update(measure="vibes"), "memory.measure"),

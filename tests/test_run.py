@@ -75,6 +75,63 @@ def test_bad_data_exits_2_with_one_line(tmp_path):
     assert session["status"] == "failed" and session["steps"][0]["status"] == "failed"
 
 
+def test_train_and_bench_steps_call_their_commands_functions(tmp_path, monkeypatch):
+    """The train and bench steps call bench.train.train and bench.benchmark.bench (what the
+    commands call) with those commands' own defaults plus the run's values, and report the paths
+    those functions return; no twinbench child process is started, nothing is globbed."""
+    from bench import benchmark, run, train
+    from bench.run import command_arguments
+
+    calls: dict[str, object] = {}
+
+    def fake_train(args, run_dir):
+        calls["train"] = (args, run_dir)
+        (run_dir / "repeat-0").mkdir()
+        return run_dir / "repeats.json"
+
+    def fake_bench(args):
+        calls["bench"] = args
+        return Path(args.out) / "bench-x" / "bench.json", 0
+
+    real_popen = subprocess.Popen
+
+    def no_children(argv, *a, **k):
+        assert "bench.cli" not in argv, f"a twinbench child process was started: {argv}"
+        return real_popen(argv, *a, **k)  # machine info (uname, git) may still ask
+
+    monkeypatch.setattr(train, "train", fake_train)
+    monkeypatch.setattr(benchmark, "bench", fake_bench)
+    monkeypatch.setattr(subprocess, "Popen", no_children)
+    data = tiny_folder(tmp_path / "data")
+    args = command_arguments(run.register, ["--data", str(data), "--out", str(tmp_path / "runs"), "--threads", "2",
+                                            "--seed", "200"])
+    run_dir = run.create_run_dir(tmp_path / "runs")
+    session = run.Session(run_dir, run_dir.name, "quick", "resnet50", ["twinbench", "run"])
+    pipe = run.Pipeline(args, session, run.PROFILES["quick"])
+    pipe.data()
+    pipe.write_manifest()
+    out = pipe.train()
+    targs, train_dir = calls["train"]
+    assert out == str(train_dir / "repeats.json") and train_dir.parent == run_dir
+    assert pipe.train_dir == train_dir / "repeat-0"
+    assert (targs.profile, targs.repeats, targs.chaos, targs.seed, targs.threads) == ("quick", 3, True, 200, 2)
+    assert targs.manifest == str(run_dir / "manifest.json") and targs.verify == "size"
+    assert targs.learning_rate is None and targs.resume is None  # the rest: twinbench train's own defaults
+    assert pipe.bench() == str(run_dir / "bench-x" / "bench.json")
+    bargs = calls["bench"]
+    assert bargs.profile == "quick" and bargs.no_save and bargs.out == str(run_dir) and bargs.threads == 2
+    assert (run_dir / "logs" / "train.log").is_file() and (run_dir / "logs" / "bench.log").is_file()
+
+
+def test_command_arguments_refuses_an_option_the_command_lacks():
+    from bench import train
+    from bench.run import command_arguments
+
+    assert command_arguments(train.register, ["--epochs", "3"], seed=5).epochs == 3
+    with pytest.raises(TypeError, match="no option reps"):
+        command_arguments(train.register, reps=3)
+
+
 def _wait_for(predicate, timeout: float) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:

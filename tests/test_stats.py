@@ -113,3 +113,24 @@ def test_compare_repeats_leaves_out_unfinished_runs():
     out = stats.compare_repeats([_record(0, 80, 79), _record(1, 82, 20, status="stopped")], margin=5.0)
     assert out["excluded"]["torch"] == [1]
     assert out["pairs"]["tf-torch"]["val_accuracy"]["n"] == 1
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 13])
+def test_quartiles_match_numpy_and_pytest_benchmark(n):
+    """One IQR for the whole tool: ``linear`` is numpy's (and pandas') default; ``pytest-benchmark``
+    is pytest_benchmark.stats.Stats' own, so stored bench IQRs compare with pytest-benchmark's."""
+    from pytest_benchmark.stats import Stats
+
+    from bench.quartiles import iqr, quartiles
+
+    values = list(np.random.default_rng(n).lognormal(size=n))
+    q1, median, q3 = quartiles(values)
+    assert (q1, median, q3) == pytest.approx(np.percentile(values, [25, 50, 75]), rel=1e-12)
+    pb = Stats()
+    for v in values:
+        pb.update(v)
+    q1, median, q3 = quartiles(values, "pytest-benchmark")
+    assert (q1, median, q3) == pytest.approx((pb.q1, pb.median, pb.q3), rel=1e-12)
+    assert iqr(values, "pytest-benchmark") == pytest.approx(pb.iqr, rel=1e-12)
+    with pytest.raises(ValueError, match="quartile method"):
+        quartiles(values, "nearest")

@@ -19,8 +19,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from bench import results
-from bench import train as bt
-from bench import training
+from bench import trainrun
+from bench import profiles, training
 from bench.cli import build_parser, main
 from bench.errors import UserError
 
@@ -60,13 +60,13 @@ def parse(*argv: str) -> argparse.Namespace:
 
 
 def test_profiles_and_overrides_resolve_with_their_sources():
-    config, sources = bt.resolve_config(parse())
+    config, sources = trainrun.resolve_config(parse())
     seed_values = (config.input_size, config.batch_size, config.epochs, config.classes, config.pooling)
     assert seed_values == (224, 8, 50, 1000, "avg7")
     assert (config.learning_rate, config.beta_1, config.beta_2, config.epsilon) == (1e-3, 0.9, 0.999, 1e-7)
     assert config.preprocessing == "none" and config.init == "keras"
-    config, sources = bt.resolve_config(parse("--profile", "quick", "--epochs", "7", "--lr", "0.01"))
-    quick = training.QuickProfile()
+    config, sources = trainrun.resolve_config(parse("--profile", "quick", "--epochs", "7", "--lr", "0.01"))
+    quick = profiles.QuickProfile()
     assert (config.input_size, config.pooling, config.classes, config.epochs) == (quick.input_size, "global", "auto", 7)
     assert config.learning_rate == 0.01 and config.batch_size == quick.batch_size
     assert sources["epochs"] == "command line" and sources["input_size"] == "profile quick"
@@ -90,21 +90,21 @@ def test_resume_refuses_changed_settings_and_unknown_directories(tmp_path, capsy
     assert main(["train", "--resume", str(tmp_path)]) == 2
     assert "not a twinbench training run" in capsys.readouterr().err
     config = dataclasses.asdict(training.TrainConfig(classes=2))
-    (tmp_path / bt.CONFIG_NAME).write_text(json.dumps({"config": config, "sources": {}, "frameworks": ["torch"]}))
+    (tmp_path / trainrun.CONFIG_NAME).write_text(json.dumps({"config": config, "sources": {}, "frameworks": ["torch"]}))
     assert main(["train", "--resume", str(tmp_path), "--batch-size", "16"]) == 2
     assert "--batch-size cannot change on --resume" in capsys.readouterr().err
 
 
 def test_run_lock_refuses_a_live_owner_and_takes_over_a_stale_one(tmp_path):
-    (tmp_path / bt.LOCK_NAME).write_text(f"{os.getppid()}\n")  # alive: the process that started pytest
+    (tmp_path / trainrun.LOCK_NAME).write_text(f"{os.getppid()}\n")  # alive: the process that started pytest
     with pytest.raises(UserError, match=f"in use by twinbench process {os.getppid()}"):
-        with bt.RunLock(tmp_path):
+        with trainrun.RunLock(tmp_path):
             pass
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    (tmp_path / bt.LOCK_NAME).write_text(dead.stdout)
-    with bt.RunLock(tmp_path):
-        assert (tmp_path / bt.LOCK_NAME).read_text().strip() == str(os.getpid())
-    assert not (tmp_path / bt.LOCK_NAME).exists()
+    (tmp_path / trainrun.LOCK_NAME).write_text(dead.stdout)
+    with trainrun.RunLock(tmp_path):
+        assert (tmp_path / trainrun.LOCK_NAME).read_text().strip() == str(os.getpid())
+    assert not (tmp_path / trainrun.LOCK_NAME).exists()
 
 
 def test_evaluation_report_counts_and_the_1000_way_head():
@@ -611,5 +611,5 @@ def test_seed_profile_is_the_seed_and_quick_measures_learning():
     assert seed.lr_schedule == "constant"  # compile(optimizer="adam"): no schedule
     assert (seed.preprocessing, seed.order, seed.evaluation, seed.precision) == ("none", "native", "moving", "fp32")
     assert seed.torch_ablation is None
-    quick = training.QuickProfile()
+    quick = profiles.QuickProfile()
     assert quick.evaluation == "precise-bn" and quick.order == "manifest" and quick.classes == "auto"
