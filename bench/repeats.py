@@ -44,7 +44,7 @@ class SetPlan:
 
 
 def plan_from_args(args: argparse.Namespace, config) -> SetPlan:
-    base = SetPlan()  # one run, no chaos control: twinbench run asks for more (bench.run.PROFILES)
+    base = SetPlan()  # one run, no chaos control: twinbench run asks for more (bench.profiles.PROFILES)
     plan = SetPlan(
         repeats=args.repeats if getattr(args, "repeats", None) else base.repeats,
         margin=args.margin if getattr(args, "margin", None) else base.margin,
