@@ -28,7 +28,7 @@ from bench.frameworks import FRAMEWORKS
 from bench.measure import (COMPILE_LABELS, COMPILES, LAYOUT_LABELS, LAYOUTS, MIN_REPEATS, MODELS, MODES,
                            PRECISIONS, REFERENCE_MODELS, add_mfu, describe, failed_row, machine_peaks, new_row, ratios,
                            summarize)
-from bench.options import add_worker_options, positive_int, worker_config
+from bench.options import add_worker_options, csv_choices, positive_int, worker_config
 from bench.profiles import PROFILES
 from bench.spec import build_spec
 
@@ -406,19 +406,6 @@ def format_report(record: dict[str, Any]) -> str:
 
 
 # ---- command ------------------------------------------------------------------------------------
-def _csv(choices: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
-    import argparse
-
-    def parse(text: str) -> tuple[str, ...]:
-        values = tuple(v.strip() for v in text.split(",") if v.strip())
-        bad = [v for v in values if v not in choices]
-        if bad or not values:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {', '.join(choices)}, "
-                                             f"received {text!r}")
-        return values
-    return parse
-
-
 def _int_list(text: str) -> tuple[int, ...]:
     import argparse
 
@@ -440,14 +427,14 @@ def register(sub) -> None:
                         "batch 8, fp32, eager, both models and modes); seed, the seed's conditions (224 px, "
                         "batch 8, fp32 and bf16, NHWC, eager); default: the full matrix")
     p.add_argument("--quick", dest="profile", action="store_const", const="quick", help="--profile quick")
-    p.add_argument("--frameworks", type=_csv(FRAMEWORKS), help="default tf,torch")
-    p.add_argument("--models", type=_csv(MODELS), help="ours, reference (torchvision / keras.applications); default both")
-    p.add_argument("--modes", type=_csv(MODES), help="train, infer; default both")
+    p.add_argument("--frameworks", type=csv_choices(FRAMEWORKS), help="default tf,torch")
+    p.add_argument("--models", type=csv_choices(MODELS), help="ours, reference (torchvision / keras.applications); default both")
+    p.add_argument("--modes", type=csv_choices(MODES), help="train, infer; default both")
     p.add_argument("--batch", type=_int_list, help=f"batch sizes, e.g. 8,32 (default {d.batches[0]})")
-    p.add_argument("--precision", type=_csv(PRECISIONS),
+    p.add_argument("--precision", type=csv_choices(PRECISIONS),
                    help="fp32, tf32 (GPU), bf16 (mixed), fp16 (mixed, GPU); default fp32,bf16")
-    p.add_argument("--layout", type=_csv(LAYOUTS), help="nhwc (torch channels_last), nchw (torch only); default both")
-    p.add_argument("--compile", type=_csv(COMPILES), help="eager, jit (torch.compile / XLA); default both")
+    p.add_argument("--layout", type=csv_choices(LAYOUTS), help="nhwc (torch channels_last), nchw (torch only); default both")
+    p.add_argument("--compile", type=csv_choices(COMPILES), help="eager, jit (torch.compile / XLA); default both")
     p.add_argument("--input-size", type=positive_int, help=f"square input size (default {d.input_size}; quick 64)")
     p.add_argument("--pooling", choices=("avg7", "global"), help="our head: avg7 (seed, 197..228 px) or global")
     p.add_argument("--classes", type=positive_int, help=f"head size (default {d.classes}, as the seed)")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from bench.spec import MODELS, POOLINGS, build_spec
 
@@ -29,6 +29,18 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, received {value}")
     return value
+
+
+def csv_choices(choices: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
+    """An argparse type: a comma-separated, non-empty subset of ``choices``, in the order given."""
+    def parse(text: str) -> tuple[str, ...]:
+        values = tuple(v.strip() for v in text.split(",") if v.strip())
+        bad = [v for v in values if v not in choices]
+        if bad or not values:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {', '.join(choices)}, "
+                                             f"received {text!r}")
+        return values
+    return parse
 
 
 def add_worker_options(parser: argparse.ArgumentParser) -> None:

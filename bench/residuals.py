@@ -16,7 +16,8 @@ from typing import Any, Callable
 import numpy as np
 
 from bench.quartiles import quartiles
-from bench.runner import FRAMEWORKS, WorkerConfig, run_worker
+from bench.frameworks import FRAMEWORKS
+from bench.runner import WorkerConfig, run_worker
 
 
 BATCH = 16  # images per forward pass: bounds the activation memory at 224 px

@@ -28,7 +28,7 @@ import numpy as np
 
 from bench import atomic
 from bench.errors import UserError, WorkerError
-from bench.frameworks import FRAMEWORK_LABELS, FRAMEWORKS
+from bench.frameworks import ARMS, FRAMEWORK_LABELS, WORKER_MODULES
 
 STDERR_TAIL_LINES = 15
 
@@ -44,7 +44,7 @@ class WorkerConfig:
     env: dict[str, str] = field(default_factory=dict)
 
     def python(self, framework: str) -> str:
-        return self.tf_python if framework == "tf" else self.torch_python
+        return self.tf_python if framework == "tf" else self.torch_python  # keras-torch needs torch
 
 
 @dataclass
@@ -55,8 +55,8 @@ class WorkerResult:
 
 
 def check_framework(framework: str) -> str:
-    if framework not in FRAMEWORKS:
-        raise UserError(f"unknown framework {framework!r}: choose one of {', '.join(FRAMEWORKS)}")
+    if framework not in ARMS:
+        raise UserError(f"unknown framework {framework!r}: choose one of {', '.join(ARMS)}")
     return framework
 
 
@@ -141,7 +141,7 @@ def wait_for_worker(framework: str, task: str, job_path: Path, config: WorkerCon
     """Start ``python -m {framework}_impl.worker JOB``, echo its output (keeping the last lines in
     ``tail``) and return its exit status; kill it past ``timeout``."""
     label = FRAMEWORK_LABELS[framework]
-    cmd = [config.python(framework), "-m", f"{framework}_impl.worker", str(job_path)]
+    cmd = [config.python(framework), "-m", WORKER_MODULES[framework], str(job_path)]
     try:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 env=worker_env(config), text=True, errors="replace")

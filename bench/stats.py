@@ -19,11 +19,14 @@ Accuracies are in percentage points; the margin too.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 from scipy import stats as st
+
+from bench.frameworks import ARMS
 
 ALPHA = 0.05
 CONFIDENCE = 0.95
@@ -148,7 +151,7 @@ def compare_repeats(records: Iterable[dict[str, Any]], *, margin: float, alpha: 
     frameworks: list[str] = []
     for doc in by_index.values():
         frameworks += [fw for fw in doc.get("frameworks", {}) if fw not in frameworks]
-    frameworks.sort(key=lambda fw: (fw != REFERENCE, fw))
+    frameworks.sort(key=lambda fw: (fw != REFERENCE, ARMS.index(fw) if fw in ARMS else len(ARMS), fw))
     orders = sorted({str((doc.get("config") or {}).get("order", "native")) for doc in by_index.values()})
 
     def value(i: int, fw: str, metric: str) -> float | None:
@@ -162,8 +165,8 @@ def compare_repeats(records: Iterable[dict[str, Any]], *, margin: float, alpha: 
               for fw in frameworks}
     excluded = {fw: [i for i in indices if value(i, fw, "val_accuracy") is None] for fw in frameworks}
     pairs = {}
-    ref = frameworks[0] if frameworks else None
-    for fw in frameworks[1:]:
+    # Each arm against the original, then against every arm before it (keras-torch vs our port too).
+    for ref, fw in itertools.combinations(frameworks, 2):
         pair: dict[str, Any] = {"reference": ref, "other": fw}
         for metric, (_, _, _, _, verdict) in METRICS.items():
             both = [(value(i, ref, metric), value(i, fw, metric)) for i in indices]

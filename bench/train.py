@@ -19,9 +19,9 @@ from pathlib import Path
 
 from bench import repeats, trainrun
 from bench.errors import UserError
-from bench.frameworks import FRAMEWORKS
+from bench.frameworks import ARMS, FRAMEWORKS, KERAS_TORCH
 from bench.results import RECORD_NAME
-from bench.options import add_model_options, add_worker_options, positive_int
+from bench.options import add_model_options, add_worker_options, csv_choices, positive_int
 from bench.schedule import SCHEDULES
 from bench.profiles import PROFILES, QuickProfile
 from bench.training import EVALUATIONS, INITS, OPTIMIZERS, PRECISIONS, validate_config
@@ -69,7 +69,10 @@ def register(sub) -> None:
                     "evaluation; docs/profiles.md). Every "
                     "setting below overrides the profile; the resolved config is saved with the results.")
     p.add_argument("--framework", choices=("tf", "torch", "both"), default=None,
-                   help="which side(s) to train (default both)")
+                   help="which side(s) to train (default both); shorthand for --frameworks")
+    p.add_argument("--frameworks", type=csv_choices(ARMS), default=None, metavar="LIST",
+                   help=f"the arms to train, in order, e.g. tf,torch,{KERAS_TORCH} ({KERAS_TORCH}: the seed's Keras "
+                        "model unchanged on Keras 3's torch backend); default tf,torch")
     p.add_argument("--manifest", metavar="MANIFEST",
                    help="the data split (twinbench manifest DATA_DIR -o MANIFEST); default: the demo data")
     p.add_argument("--data-root", metavar="DIR", help="where the manifest's images are now, if they moved")
@@ -145,7 +148,7 @@ def train(args: argparse.Namespace, run_dir: Path | None = None) -> Path:
     if args.resume:
         return resume_run(args)
     config, sources = trainrun.resolve_config(args)
-    frameworks = list(FRAMEWORKS) if args.framework in (None, "both") else [args.framework]
+    frameworks = chosen_frameworks(args)
     if config.threads is None:
         config.threads = os.cpu_count() or 1  # explicit, so both sides get (and record) the same number
         sources["threads"] = "all cores"
@@ -169,6 +172,18 @@ def train(args: argparse.Namespace, run_dir: Path | None = None) -> Path:
         return run_dir / RECORD_NAME
     repeats.start_set(plan, config, sources, frameworks, manifest, args, run_dir)
     return run_dir / repeats.SET_NAME
+
+
+def chosen_frameworks(args: argparse.Namespace) -> list[str]:
+    """``--frameworks`` (any arms), else ``--framework`` (tf, torch or both)."""
+    frameworks = getattr(args, "frameworks", None)
+    if frameworks and args.framework not in (None, "both"):
+        raise UserError(f"--framework {args.framework} and --frameworks {','.join(frameworks)}: give one of them")
+    if frameworks:
+        if len(set(frameworks)) != len(frameworks):
+            raise UserError(f"--frameworks {','.join(frameworks)}: each arm once")
+        return list(frameworks)
+    return list(FRAMEWORKS) if args.framework in (None, "both") else [args.framework]
 
 
 def resume_run(args: argparse.Namespace) -> Path:

@@ -342,7 +342,8 @@ def _merge_state(run: dict[str, Any], fw_dir: Path) -> None:
 
 def summary_table(record) -> str:
     """A short text table of each framework's final figures."""
-    rows = [f"{'':<11}{'epochs':>7}{'loss':>9}{'acc':>7}{'val_loss':>10}{'val_acc':>9}{'epoch s':>9}"
+    width = max([11] + [len(FRAMEWORK_LABELS.get(fw, fw)) + 1 for fw in record.frameworks])
+    rows = [f"{'':<{width}}{'epochs':>7}{'loss':>9}{'acc':>7}{'val_loss':>10}{'val_acc':>9}{'epoch s':>9}"
             f"{'train img/s':>12}{'peak memory':>24}  status"]
     for fw, run in record.frameworks.items():
         hist = run.get("history") or []
@@ -357,7 +358,7 @@ def summary_table(record) -> str:
             width = int(fmt.split(".")[0])
             return format(value, fmt) if isinstance(value, (int, float)) else "-".rjust(width)
 
-        rows.append(f"{FRAMEWORK_LABELS[fw]:<11}{len(hist):>7}{num('loss', '9.4g')}{num('accuracy', '7.3f')}"
+        rows.append(f"{FRAMEWORK_LABELS.get(fw, fw):<{width}}{len(hist):>7}{num('loss', '9.4g')}{num('accuracy', '7.3f')}"
                     f"{num('val_loss', '10.4g')}{num('val_accuracy', '9.3f')}"
                     f"{(statistics.median(later) if later else float('nan')):9.1f}"
                     f"{num('train_throughput', '12.1f')}{mem_text:>24}  {run['status']}")

@@ -83,6 +83,13 @@ def test_unknown_framework_is_a_user_error():
         run_worker("jax", "info", {})
 
 
+def test_keras_torch_worker_imports_neither_tensorflow_nor_our_torch_model(tmp_path):
+    """The third arm's process: Keras on its torch backend, the seed's Keras code, no TF, no port."""
+    info = run_worker("keras-torch", "info", {}, config=WorkerConfig(quiet=True), job_dir=tmp_path).result
+    assert info["backend"] == "torch" and info["versions"]["keras"].startswith("3.")
+    assert info["imported"] == {"tensorflow": False, "torch_impl.model": False}
+
+
 def test_worker_user_error_comes_back_as_user_error(tmp_path):
     # A real torch worker, asked for a model that does not exist: exit 2 material, no traceback.
     with pytest.raises(UserError, match="unknown pooling 'max'"):

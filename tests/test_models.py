@@ -1,4 +1,5 @@
-"""Both ResNet-50s, through their real workers: counts, names, shapes, equality, weight exchange."""
+"""Both ResNet-50s, through their real workers: counts, names, shapes, equality, weight exchange;
+and the third arm, the seed's Keras model on Keras 3's torch backend (``keras-torch``)."""
 
 from __future__ import annotations
 
@@ -43,11 +44,11 @@ def calibrated(tmp_path_factory) -> tuple[Path, np.ndarray]:
 def outputs(calibrated):
     path, x = calibrated
     return {fw: run_worker(fw, "forward", {"weights": str(path)}, arrays={"x": x}, config=QUIET)
-            for fw in ("tf", "torch")}
+            for fw in ("tf", "torch", "keras-torch")}
 
 
 def test_both_count_the_seed_parameters(outputs):
-    for fw in ("tf", "torch"):
+    for fw in ("tf", "torch", "keras-torch"):
         assert outputs[fw].result["params"] == {"total": 25_636_712, "trainable": 25_583_592,
                                                 "non_trainable": 53_120}, fw
 
@@ -56,6 +57,8 @@ def test_both_have_the_seed_layer_names(outputs):
     assert sorted(outputs["tf"].result["weighted_layers"]) == sorted(seed_weighted_names())
     # torch: every weighted module maps back to a canonical name, in the seed's order.
     assert outputs["torch"].result["weighted_layers"] == seed_weighted_names()
+    # Keras on torch: the same Keras code, so the same layers in the same order.
+    assert outputs["keras-torch"].result["layers"] == outputs["tf"].result["layers"]
     layers = outputs["tf"].result["layers"]
     assert layers[:6] == ["input_layer", "zero_padding2d", "conv1", "bn_conv1", "activation", "max_pooling2d"]
     assert layers[-3:] == ["avg_pool", "flatten", "fc1000"]
@@ -63,7 +66,7 @@ def test_both_have_the_seed_layer_names(outputs):
 
 def test_both_produce_the_spec_shapes(outputs):
     expected = {k: list(v) for k, v in SPEC.shapes().items() if k not in ("conv1", "logits")}
-    for fw in ("tf", "torch"):
+    for fw in ("tf", "torch", "keras-torch"):
         assert outputs[fw].result["shapes"] == expected, fw
 
 
@@ -73,6 +76,16 @@ def test_same_bundle_same_function_float32(outputs):
     assert probs.max() < 0.999 and probs.max(axis=1).min() > 1.5 / 1000  # not saturated, not uniform
     for key in ("features", "logits", "probs"):
         assert max_rel(tf_out[key], torch_out[key]) <= 1e-5, key
+
+
+def test_keras_on_torch_is_the_same_function_float32(outputs):
+    """The seed's Keras model on the torch backend against TF and against our port, one bundle:
+    within the same 1e-5 as TF vs the port (measured here: features 5e-7 against the port)."""
+    assert outputs["keras-torch"].result["backend"] == "torch" and outputs["tf"].result["backend"] == "tensorflow"
+    kt = outputs["keras-torch"].arrays
+    for ref in ("tf", "torch"):
+        for key in ("features", "logits", "probs"):
+            assert max_rel(outputs[ref].arrays[key], kt[key]) <= 1e-5, (ref, key)
 
 
 def test_a_deliberate_difference_is_detected(calibrated, outputs):

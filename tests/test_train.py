@@ -308,6 +308,27 @@ def test_both_frameworks_train_on_one_split_and_record_everything(tiny, tmp_path
     assert "TensorFlow" in out.stdout and "PyTorch" in out.stdout and "run record:" in out.stdout
 
 
+def test_keras_on_torch_trains_the_seeds_model_from_the_same_bundle(tiny, tmp_path):
+    """The third arm: the seed's Keras model on Keras 3's torch backend, one bundle and the same
+    batches as the port; its first loss is the port's (the same function), its process held neither
+    tensorflow nor our torch model, and the set's statistics pair it with both."""
+    out = cli("train", "--manifest", str(tiny), *TINY, "--epochs", "1", "--frameworks", "torch,keras-torch",
+              "--out", str(tmp_path), "--quiet")
+    assert out.returncode == 0, out.stderr[-3000:]
+    record = results.load_record(next(tmp_path.glob("train-*")))
+    assert list(record.frameworks) == ["torch", "keras-torch"]
+    kt, port = record.framework("keras-torch"), record.framework("torch")
+    assert kt["status"] == "complete" and kt["history"][0]["steps"] == 5 and kt["history"][0]["val_images"] == 4
+    assert kt["history"][0]["step_loss"][0] == pytest.approx(port["history"][0]["step_loss"][0], rel=1e-3)
+    info = record.environment["frameworks"]["keras-torch"]
+    assert info["backend"] == "torch" and info["imported_during_training"] == {"tensorflow": False,
+                                                                              "torch_impl.model": False}
+    assert "Keras on torch" in out.stdout
+    bad = cli("train", "--manifest", str(tiny), *TINY, "--framework", "tf", "--frameworks", "torch,keras-torch",
+              "--out", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "give one of them" in bad.stderr
+
+
 def test_nan_loss_in_a_real_worker_stops_the_run(tiny, tmp_path):
     out = cli("train", "--framework", "torch", "--manifest", str(tiny), *TINY, "--epochs", "2",
               "--learning-rate", "1e30", "--out", str(tmp_path), "--quiet")

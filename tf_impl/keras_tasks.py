@@ -1,0 +1,57 @@
+"""Worker tasks written against Keras alone (``keras.ops``, no ``tf.``), so that the same code
+runs in the TensorFlow worker and in the Keras-on-torch worker (``tf_impl.keras_torch_worker``):
+the model, its weights and what is read out of it are then the same code on both backends.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from bench.spec import ModelSpec, spec_from_args
+from tf_impl import model as tfm
+from tf_impl import weights as tfw
+
+
+def model_and_bundle(args) -> tuple[ModelSpec, keras.Model]:
+    """Build the model named by ``args`` and load ``args['weights']`` (a bundle or other file)."""
+    spec = spec_from_args(args)
+    keras.utils.set_random_seed(int(args.get("seed", 0)))
+    model = tfm.build(spec, dtype=args.get("dtype", "float32"))
+    if args.get("weights"):
+        skip = bool(args.get("skip_head"))
+        tfw.from_bundle(model, spec, tfw.load_file(args["weights"], spec, skip_head=skip), source=args["weights"],
+                        skip_head=skip)
+    return spec, model
+
+
+def _count(weights) -> int:
+    return int(sum(int(np.prod(w.shape)) for w in weights))
+
+
+def forward(args, inputs, job_dir):
+    """Inference forward pass: logits, probabilities, counts, names and probe-point shapes."""
+    spec, model = model_and_bundle(args)
+    x = keras.ops.convert_to_tensor(inputs["x"], dtype=args.get("dtype", "float32"))
+    features = tfm.features_model(model, spec)(x, training=False)
+    logits = tfm.logits(model, spec, features)
+    probs = model(x, training=False)
+    trainable, non_trainable = _count(model.trainable_weights), _count(model.non_trainable_weights)
+    shapes = {p: list(model.get_layer(tfm.block_output_layer(spec, p)).output.shape[1:])
+              for p in spec.probe_points if p != "logits"}
+    result = {
+        "params": {"total": trainable + non_trainable, "trainable": trainable, "non_trainable": non_trainable},
+        "weighted_layers": [layer.name for layer in model.layers if layer.weights],
+        "layers": [layer.name for layer in model.layers],
+        "shapes": shapes,
+        "backend": keras.backend.backend(),
+    }
+    arrays = {"logits": logits, "probs": probs, "features": features}
+    return result, {k: keras.ops.convert_to_numpy(v) for k, v in arrays.items()}
+
+
+def export(args, inputs, job_dir):
+    """Build (Keras' own initialisers, or ``weights``) and write the model's bundle to ``out``."""
+    spec, model = model_and_bundle(args)
+    tfw.to_bundle(model, spec, source=args.get("weights") or "keras init").save(args["out"])
+    return {"out": args["out"]}, None

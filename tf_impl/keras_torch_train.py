@@ -1,0 +1,204 @@
+"""Keras-on-torch side of ``twinbench train``: the seed's Keras model and compile, run by Keras 3 on
+its torch backend (``KERAS_BACKEND=torch``, set by ``tf_impl.keras_torch_worker``).
+
+What a user gets by running the seed unchanged on PyTorch: the same functional model
+(``tf_impl.model``), the same ``compile(optimizer=Adam, loss=sparse_categorical_crossentropy,
+metrics=[accuracy])``, each step Keras' own ``train_on_batch``. The batches come from the torch
+input pipeline (``torch_impl.data``: the pixels ``twinbench data check`` verifies against TF's,
+and in manifest order the very batches both other sides see); never tf.data, never tensorflow,
+never twinbench's torch model. The loop around the steps is ``bench.training.run_training``.
+
+Mirror: ``tf_impl/train.py`` (the TensorFlow side of the same Keras code).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import torch
+
+from bench import atomic
+from bench.errors import UserError
+from bench.training import TrainConfig, peak_rss, run_training, write_pid
+
+POLICIES = {"fp32": "float32", "mixed_bf16": "mixed_bfloat16", "mixed_fp16": "mixed_float16"}
+
+
+class Trainer:
+    """The seed's compiled Keras model on the torch backend, with the hooks ``run_training`` calls."""
+
+    framework = "keras-torch"
+    is_main = True
+
+    def __init__(self, job: dict[str, Any]):
+        from bench.dataset import PipelineOptions, load_manifest
+        from bench.spec import spec_from_args
+        from bench.weights import WeightBundle
+        from tf_impl import model as tfm
+        from tf_impl import optim
+        from tf_impl import weights as tfw
+
+        self.config = config = TrainConfig(**job["config"])
+        if config.devices > 1:
+            raise UserError(f"--devices {config.devices}: the keras-torch arm trains on one device")
+        self.cuda = torch.cuda.is_available()
+        if config.precision == "mixed_fp16" and not self.cuda:
+            raise UserError("--precision mixed_fp16 needs a GPU (fp16 on CPU is emulated and slow); "
+                            "use mixed_bf16 on CPU")
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        if config.deterministic:
+            torch.use_deterministic_algorithms(True)
+        keras.utils.set_random_seed(config.seed)
+        keras.config.set_dtype_policy(POLICIES[config.precision])
+        self.spec = spec_from_args(config.spec_args())
+        self.tfm, self.tfw = tfm, tfw
+        self.model = tfm.build(self.spec, dtype=POLICIES[config.precision])
+        if job.get("init"):
+            tfw.from_bundle(self.model, self.spec, WeightBundle.load(job["init"]), source=job["init"])
+        optimizer = optim.build(config.optimizer_config())
+        if config.precision == "mixed_fp16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        self.model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        size = config.input_size
+        # Builds the compiled loss, metrics and optimizer variables now, as the TF side does.
+        self.model._symbolic_build(data_batch=(np.zeros((1, size, size, 3), np.float32), np.zeros((1,), np.int32)))
+        self.features = tfm.features_model(self.model, self.spec)
+        self.manifest = load_manifest(job["manifest"], data_root=job.get("data_root"), verify="none")
+        self.options = PipelineOptions(**config.pipeline_options())
+        self.n_train = len(self.manifest.entries("training"))
+
+    # ---- data ------------------------------------------------------------------------------------
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.n_train / self.config.batch_size)
+
+    def train_batches(self, epoch: int):
+        from torch_impl.data import make_loader
+
+        # Seeded by (seed, epoch) as on the torch side: a resumed run sees the same order.
+        return make_loader(self.manifest, "training", self.options, epoch=epoch)
+
+    @staticmethod
+    def _nhwc(x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 2, 3, 1).contiguous()  # the loader's NCHW -> the Keras model's NHWC
+
+    # ---- steps -----------------------------------------------------------------------------------
+    def set_learning_rate(self, rate: float) -> None:
+        self.model.optimizer.learning_rate.assign(rate)
+
+    def train_step(self, batch) -> tuple[float, int, int]:
+        x, y = batch
+        n = int(y.shape[0])
+        logs = self.model.train_on_batch(self._nhwc(x), y, return_dict=True)  # Keras' train_step, metrics reset
+        return float(logs["loss"]), int(round(float(logs["accuracy"]) * n)), n
+
+    @torch.no_grad()
+    def _predict(self, x: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        features = self.features(self._nhwc(x), training=False)
+        logits = self.tfm.logits(self.model, self.spec, keras.ops.cast(features, "float32"))
+        losses = keras.losses.sparse_categorical_crossentropy(keras.ops.convert_to_tensor(y), logits, from_logits=True)
+        return keras.ops.convert_to_numpy(keras.ops.softmax(logits)), keras.ops.convert_to_numpy(losses)
+
+    @torch.no_grad()
+    def estimate_bn(self) -> None:
+        """Evaluation "precise-bn", as the TF side: Keras momentum (k-1)/k at the k-th batch of
+        the configured training images, training mode, the current weights."""
+        from torch_impl.data import make_loader
+
+        layers = [layer for layer in self.model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+        saved = [layer.momentum for layer in layers]
+        batches = math.ceil(self.config.bn_estimate_images / self.config.batch_size)
+        loader = make_loader(self.manifest, "training", self.options.replace(order="manifest"), epoch=0)
+        try:
+            for k, (x, _) in enumerate(itertools.islice(loader, batches), 1):
+                for layer in layers:
+                    layer.momentum = (k - 1) / k
+                self.model(self._nhwc(x), training=True)
+        finally:
+            for layer, momentum in zip(layers, saved):
+                layer.momentum = momentum
+
+    def evaluate(self) -> tuple[np.ndarray, np.ndarray]:
+        from torch_impl.data import make_loader
+
+        if self.config.evaluation == "precise-bn":
+            self.estimate_bn()
+        probs, losses = [], []
+        for x, y in make_loader(self.manifest, "validation", self.options):
+            p, loss = self._predict(x, y)
+            probs.append(p)
+            losses.append(loss)
+        return np.concatenate(probs).astype(np.float32), np.concatenate(losses).astype(np.float64)
+
+    def weight_sample(self, indices: dict[str, np.ndarray]) -> np.ndarray:
+        """The chaos control's per-step sample: ``indices`` are flat indices in Keras layout."""
+        parts = []
+        for layer in self.spec.layers():
+            k_layer = self.model.get_layer(layer.name)
+            for name, variable in zip(layer.weight_names, k_layer.weights):
+                key = f"{layer.name}/{name}"
+                if key in indices:
+                    flat = keras.ops.convert_to_numpy(keras.ops.cast(variable.value, "float32")).reshape(-1)
+                    parts.append(flat[indices[key]])
+        return np.concatenate(parts)
+
+    # ---- checkpoints -----------------------------------------------------------------------------
+    def save_checkpoint(self, stem: Path) -> list[str]:
+        bundle = self.tfw.to_bundle(self.model, self.spec, source=f"keras-torch {stem.name}")
+        bundle.save(stem.parent / f"{stem.name}.npz")
+        arrays = {f"{i:04d}": keras.ops.convert_to_numpy(v.value) for i, v in enumerate(self.model.optimizer.variables)}
+        atomic.write_npz(stem.parent / f"{stem.name}.opt.npz", arrays)
+        return [f"{stem.name}.npz", f"{stem.name}.opt.npz"]
+
+    def load_checkpoint(self, stem: Path) -> None:
+        from bench.weights import WeightBundle
+
+        bundle_path = stem.parent / f"{stem.name}.npz"
+        self.tfw.from_bundle(self.model, self.spec, WeightBundle.load(bundle_path), source=str(bundle_path))
+        with np.load(stem.parent / f"{stem.name}.opt.npz") as data:
+            values = [data[k] for k in sorted(data.files)]
+        variables = list(self.model.optimizer.variables)
+        if len(values) != len(variables):
+            raise UserError(f"{stem}.opt.npz holds {len(values)} optimizer variables, this optimizer has "
+                            f"{len(variables)}: the checkpoint is from another configuration")
+        for variable, value in zip(variables, values):
+            if tuple(variable.shape) != value.shape:
+                raise UserError(f"{stem}.opt.npz: {variable.path} has shape {value.shape}, expected "
+                                f"{tuple(variable.shape)}")
+            variable.assign(value)
+
+    # ---- the rest --------------------------------------------------------------------------------
+    def memory(self) -> dict[str, Any]:
+        rss = peak_rss()
+        if self.cuda:
+            return {"measure": "gpu_allocator_peak", "peak_bytes": int(torch.cuda.max_memory_allocated()),
+                    "label": "torch allocator peak (max_memory_allocated) under Keras",
+                    "cpu_peak_rss_bytes": rss["peak_bytes"]}
+        return {"measure": "cpu_peak_rss", "peak_bytes": rss["peak_bytes"],
+                "label": "peak resident set size of the Keras-on-torch worker process (VmHWM): runtime, model, "
+                         "optimizer state, activations (loader workers are separate processes)"}
+
+    def barrier(self) -> None:
+        pass
+
+    def info(self) -> dict[str, Any]:
+        from tf_impl.keras_torch_worker import info
+
+        out = info({}, {}, Path("."))[0]
+        out["policy"] = POLICIES[self.config.precision]
+        out["imported_during_training"] = {name: name in sys.modules for name in ("tensorflow", "torch_impl.model")}
+        return out
+
+
+def train(args: dict[str, Any], inputs: dict[str, np.ndarray], job_dir: Path):
+    """Worker task "train": ``bench.training.run_training`` with a Keras-on-torch :class:`Trainer`."""
+    started = time.monotonic()
+    write_pid(Path(args["fw_dir"]))
+    return run_training(Trainer(args), args, started=started), None
