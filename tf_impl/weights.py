@@ -65,3 +65,9 @@ def _save_weights(model: keras.Model, tmp: Path) -> None:
         named.replace(tmp)
     finally:
         named.unlink(missing_ok=True)
+
+
+def load_into(model: keras.Model, spec: ModelSpec, path: str | None, *, skip_head: bool = False) -> None:
+    """``path``'s weights (any file :func:`load_file` reads) into ``model``; without a path, nothing."""
+    if path:
+        from_bundle(model, spec, load_file(path, spec, skip_head=skip_head), source=path, skip_head=skip_head)

@@ -89,3 +89,9 @@ def save_file(bundle: WeightBundle, path: str | Path, spec: ModelSpec) -> None:
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     atomic.write_bytes(path, buf.getvalue())
+
+
+def load_into(model: nn.Module, spec: ModelSpec, path: str | None, *, skip_head: bool = False) -> None:
+    """``path``'s weights (any file :func:`load_file` reads) into ``model``; without a path, nothing."""
+    if path:
+        from_bundle(model, spec, load_file(path, spec, skip_head=skip_head), source=path, skip_head=skip_head)
