@@ -1,5 +1,6 @@
 """What the framework test sets share, so that both sides test the same thing: the small benchmark
-row (``tests/tf/test_bench_tf.py``, ``tests/torch/test_bench_torch.py``), and the learning-rate check
+row (``tests/tf/test_bench_tf.py``, ``tests/torch/test_bench_torch.py``), the format zoo and its
+manifest (``test_tf_data.py``, ``test_torch_data.py``), and the learning-rate check
 (``test_lr_schedule.py`` on both sides).
 
 Framework-free (bench library modules and numpy only), so either test set imports it
@@ -15,9 +16,9 @@ from typing import Any, Callable
 import numpy as np
 
 from bench import measure as bm
-from bench.dataset import build_manifest
+from bench.dataset import Manifest, build_manifest
 from bench.training import TrainConfig
-from tests.data_fixtures import make_class_folder
+from tests.data_fixtures import make_class_folder, make_format_zoo
 
 # 32 px, batch 2, one step a window: a whole row in seconds on two loaded cores.
 SMALL = {"input": "synthetic", "batch": 2, "input_size": 32, "pooling": "global", "classes": 10,
@@ -30,6 +31,14 @@ def small_row(framework: str, **changes: Any) -> dict[str, Any]:
     row = {"model": "ours", "mode": "train", "framework": framework, **SMALL, **changes}
     row["id"] = bm.row_id(row)
     return row
+
+
+# ---- the data pipelines' format zoo --------------------------------------------------------------
+def format_zoo(root: Path) -> tuple[Path, dict[str, Path], Manifest]:
+    """(root, the zoo's files by kind, its manifest: 30% validation, seed 11): every image format
+    the pipelines read, written under ``root``."""
+    files = make_format_zoo(root)
+    return root, files, build_manifest(root, validation_split=0.3, seed=11)
 
 
 # ---- the learning-rate schedule ------------------------------------------------------------------
