@@ -1,6 +1,6 @@
 """What a parity run is, shared by its parent and its workers (framework-free): the checks and
 columns, the fixed tolerances, the ablations, :class:`ParityConfig`, the array keys the workers
-return and the parent reads, the trajectory's weight sample and a probe's :class:`Phases`.
+return and the parent reads, the trajectory's weight sample, a probe's :class:`Phases` and its trajectory runs (:func:`trajectories`).
 
 ``bench.parity`` (the command) runs the workers; ``tf_impl.probes`` and ``torch_impl.probes``
 compute the arrays; ``bench.parity_table`` compares them. Tolerances, measurements and the judge's
@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -276,3 +276,21 @@ class Phases:
         self.starts["end"] = time.perf_counter()
         names = list(self.starts)
         return {names[i]: round(self.starts[names[i + 1]] - self.starts[names[i]], 3) for i in range(len(names) - 1)}
+
+
+# ---- a worker's trajectory runs --------------------------------------------------------------------
+def trajectories(twin: Any, inputs: dict[str, np.ndarray], args: dict[str, Any], phase: Phases,
+                 trajectory: Callable[..., dict[str, np.ndarray]],
+                 load_file: Callable[[str, ModelSpec], Any]) -> dict[str, np.ndarray]:
+    """The trajectory check of a probe: ``trajectory(twin, inputs, args, quiet=...)`` from the twin's
+    bundle and, with ``args['chaos_weights']``, again from that (one-ulp perturbed) bundle, read by
+    ``load_file`` and keyed under CHAOS. The twin gets its own bundle back."""
+    phase("trajectory")
+    arrays = trajectory(twin, inputs, args, quiet=phase.quiet)
+    if args.get("chaos_weights"):
+        phase("trajectory-chaos")
+        bundle = twin.bundle
+        twin.bundle = load_file(args["chaos_weights"], twin.spec)
+        arrays.update(keyed(CHAOS, trajectory(twin, inputs, args, quiet=phase.quiet)))
+        twin.bundle = bundle
+    return arrays

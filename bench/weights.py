@@ -21,13 +21,13 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
 from bench import atomic
 from bench.errors import UserError
-from bench.spec import ModelSpec
+from bench.spec import Layer, ModelSpec
 
 FORMAT = "twinbench.weights"
 FORMAT_VERSION = 1
@@ -86,6 +86,17 @@ class WeightBundle:
         if extra:
             raise UserError(f"{source}: layer {extra[0].split('/')[0]!r} is not part of {spec.name} "
                             f"(a different model?); nothing was written")
+
+    def layers_to_load(self, spec: ModelSpec, *, source: str = "weights",
+                       skip_head: bool = False) -> Iterator[tuple[Layer, dict[str, np.ndarray]]]:
+        """What a worker's ``from_bundle`` sets, once :meth:`check` passes: each layer of ``spec``
+        with its weights by name (with ``skip_head``, the head layers the bundle has none for are left out)."""
+        self.check(spec, source=source, skip_head=skip_head)
+        for layer in spec.layers():
+            values = self.layer(layer.name)
+            if skip_head and not values:
+                continue
+            yield layer, values
 
     # ---- storage -----------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
@@ -307,6 +318,25 @@ def write_legacy_h5(bundle: WeightBundle, path: str | Path, spec: ModelSpec,
                     group.create_dataset(theirs, data=bundle.arrays[f"{name}/{ours}"])
 
     atomic.write_with(path, write)
+
+
+# The formats only one worker reads: how a refusal names each, and the worker that converts it.
+_WORKER_FORMATS = {"keras_h5": ("a Keras 3 file", "TF"), "torch_pt": ("a PyTorch file", "torch")}
+
+
+def load_weight_file(path: str | Path, spec: ModelSpec, *, skip_head: bool = False, own_format: str,
+                     load_own: Callable[[str | Path, ModelSpec], WeightBundle]) -> WeightBundle:
+    """A worker's ``load_file``: a bundle, a legacy .h5, or the worker's own format (``own_format``,
+    read by ``load_own``) -> bundle. The other worker's format is refused with a pointer to it."""
+    fmt = weight_format(path)
+    if fmt == "bundle":
+        return WeightBundle.load(path)
+    if fmt == "legacy_h5":
+        return read_legacy_h5(path, spec, skip_head=skip_head)
+    if fmt == own_format:
+        return load_own(path, spec)
+    what, worker = _WORKER_FORMATS[fmt]
+    raise UserError(f"{path}: {what}; convert it with the {worker} worker ('twinbench weights convert')")
 
 
 def convert_file(src: str | Path, dst: str | Path, spec: ModelSpec, *, load_file: Callable[..., WeightBundle],

@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from bench import measure as bm
 from bench.errors import UserError
+from bench.measure_backend import DeviceBackend
 from bench.spec import build_spec
 
 POLICIES = {"fp32": "float32", "tf32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
@@ -208,53 +209,21 @@ def memory_in_use(device: str) -> int | None:
 
 
 # ---- one row, the machine peak ------------------------------------------------------------------------
-class Backend:
-    """TF's hooks for ``bench.measure``'s shared row and peak loops, bound to one device."""
+class Backend(DeviceBackend):
+    """TF's hooks for ``bench.measure``'s shared row and peak loops, bound to one device: this
+    module's functions (``bench.measure_backend``), plus what only TF does."""
 
     framework = "tf"
+    impl = sys.modules[__name__]
 
     def __init__(self, device: str):
-        self.device = device
-        self.label = device_label(device)
-        self.gpu = device.startswith("/GPU")
-        self.sync = make_sync(device)
+        super().__init__(device, gpu=device.startswith("/GPU"))
 
     def skip_reason(self, row: dict[str, Any]) -> str | None:
         reason = check_precision(row["precision"], self.device)
         if reason is None and row["layout"] != "nhwc":
             reason = "Keras on CPU convolves NHWC only and our Keras model is NHWC"
         return reason
-
-    def check_precision(self, precision: str) -> str | None:
-        return check_precision(precision, self.device)
-
-    def use_tf32(self, enabled: bool) -> None:
-        if self.gpu:
-            set_tf32(enabled)
-
-    def prepare(self, row: dict[str, Any]) -> None:
-        self.use_tf32(row["precision"] == "tf32")
-
-    def synthetic_batch(self, row: dict[str, Any]) -> tuple[tf.Tensor, tf.Tensor]:
-        return synthetic_batch(row, self.device)
-
-    def pipeline_batches(self, row: dict[str, Any]) -> Callable[[], tuple[tf.Tensor, tf.Tensor]]:
-        return pipeline_batches(row, self.device)
-
-    def memory_in_use(self) -> int | None:
-        return memory_in_use(self.device)
-
-    def build_model(self, row: dict[str, Any]):
-        return build_model(row)
-
-    def make_step(self, model, row: dict[str, Any], batches: Callable[[], tuple[tf.Tensor, tf.Tensor]]):
-        return make_step(model, row, self.device, batches)
-
-    def memory_counters(self) -> tuple[Callable[[], bool], Callable[[], dict[str, Any]]]:
-        return memory_counters(self.device)
-
-    def is_oom(self, exc: BaseException) -> bool:
-        return is_oom(exc)
 
     def cleanup(self, row: dict[str, Any]) -> None:
         """Nothing to free: a TF row runs in its own worker process (nothing in-process runs TF rows
@@ -270,27 +239,11 @@ class Backend:
                 return tf.linalg.matmul(a, b)
         return step
 
-    def threads(self) -> dict[str, int]:
-        return threads()
 
-    def versions(self) -> dict[str, Any]:
-        return versions()
-
-    def environment(self) -> dict[str, Any]:
-        return environment(self.device)
-
-
-def run_row(row: dict[str, Any], progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Measure one configuration (``bench.measure.measure_row``): warm-up, timed windows, then
-    the memory loop."""
-    return bm.measure_row(row, Backend(device_for(row.get("device", "auto"))), progress)
-
-
-def peak_flops(dtypes: tuple[str, ...], device: str, size: int = 0,
-               progress: Callable[[str], None] | None = None) -> dict[str, float]:
-    """FLOP/s of a large square matmul per dtype (``bench.measure.measure_peak``): the ceiling
-    MFU divides by."""
-    return bm.measure_peak(dtypes, Backend(device), size, progress)
+# One row on its device, the matmul peak, and the worker task ``bench_row`` (bench.measure_backend).
+run_row = Backend.run_row
+peak_flops = Backend.peak_flops
+bench_row = Backend.bench_row
 
 
 # ---- environment ------------------------------------------------------------------------------------
@@ -309,14 +262,3 @@ def environment(device: str) -> dict[str, Any]:
     return {"framework": "tf", "device": device_label(device), "threads": threads(), "versions": versions(),
             "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
-
-
-# ---- worker task ------------------------------------------------------------------------------------
-def _progress(message: str) -> None:
-    print(f"    tf: {message}", file=sys.stderr, flush=True)
-
-
-def bench_row(args: dict[str, Any], inputs: dict, job_dir) -> tuple[dict[str, Any], None]:
-    """Worker task (``bench.measure.bench_task``): the matmul peak where asked, then one row."""
-    backend = Backend(device_for(args["row"].get("device", "auto")))
-    return bm.bench_task(args, backend, _progress), None

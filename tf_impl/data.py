@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from bench.dataset import (CAFFE_MEAN_BGR, SPLITS, Manifest, PipelineOptions, epoch_permutation,
                            load_manifest)
+from bench.pipeline_timing import alternate_feeds
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -171,12 +172,8 @@ def data_check(args: dict[str, Any], inputs: dict[str, np.ndarray], job_dir: Pat
 
 
 def pipeline_speed(args: dict[str, Any], inputs: dict[str, np.ndarray], job_dir: Path):
-    """Training steps fed by the real pipeline vs the same kind of batches already in memory.
-
-    Blocks of ``steps`` synced training steps alternate (real, memory, real, memory, ...) so that
-    drift on a shared machine hits both alike; throughput = images / synced block time. Time spent
-    waiting for the next batch is recorded too: a pipeline that keeps up makes it ~0.
-    """
+    """Training steps fed by the real pipeline vs the same kind of batches already in memory, in
+    alternating blocks (``bench.pipeline_timing.alternate_feeds``)."""
     import keras
 
     from bench.spec import spec_from_args
@@ -205,22 +202,7 @@ def pipeline_speed(args: dict[str, Any], inputs: dict[str, np.ndarray], job_dir:
     real = iter(make_dataset(manifest, "training", options).repeat())
     float(train_step(*next(real)))  # starts the pipeline's threads and fills its prefetch buffer
 
-    def block(feed) -> tuple[float, float, int]:
-        images, waited, start = 0, 0.0, time.perf_counter()
-        for k in range(steps):
-            t = time.perf_counter()
-            x, y = feed(k)
-            waited += time.perf_counter() - t
-            float(train_step(x, y))  # sync: the step has finished
-            images += int(x.shape[0])
-        return time.perf_counter() - start, waited, images
-
-    runs: dict[str, list[dict[str, float]]] = {"real": [], "memory": []}
-    for r in range(rounds):
-        for mode, feed in (("real", lambda k: next(real)), ("memory", lambda k: memory[k % len(memory)])):
-            seconds, waited, images = block(feed)
-            runs[mode].append({"images_per_s": images / seconds, "wait_fraction": waited / seconds, "seconds": seconds})
-            if not args.get("quiet"):
-                print(f"  tf  round {r + 1}/{rounds} {mode:<6} {images / seconds:6.2f} img/s "
-                      f"(waiting for data {100 * waited / seconds:.1f}%)", file=sys.stderr, flush=True)
+    runs = alternate_feeds(lambda x, y: float(train_step(x, y)),  # float(): the step has finished
+                           lambda k: next(real), memory, steps=steps, rounds=rounds, prefix="  tf  ",
+                           quiet=bool(args.get("quiet")))
     return {"framework": "tf", "runs": runs, "steps": steps, "rounds": rounds, "warmup": warmup}, None

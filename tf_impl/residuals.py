@@ -54,9 +54,7 @@ def residual_ratios(args: dict, inputs: dict[str, np.ndarray], job_dir: Path):
     """Task: per residual unit, ||F(x)|| / ||shortcut(x)|| on ``inputs['x']`` for ``args['weights']``."""
     spec = spec_from_args(args)
     model = tfm.build(spec)
-    if args.get("weights"):
-        bundle = tfw.load_file(args["weights"], spec)
-        tfw.from_bundle(model, spec, bundle, source=args["weights"])
+    tfw.load_into(model, spec, args.get("weights"))
     probe, names = branches_model(model, spec)
 
     def numpy_norms(x: np.ndarray) -> dict[str, tuple[str, np.ndarray, np.ndarray]]:

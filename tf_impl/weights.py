@@ -9,7 +9,7 @@ import numpy as np
 
 from bench.errors import UserError
 from bench.spec import ModelSpec
-from bench.weights import WeightBundle, read_legacy_h5, weight_format
+from bench.weights import WeightBundle, load_weight_file
 
 
 def to_bundle(model: keras.Model, spec: ModelSpec, source: str = "keras") -> WeightBundle:
@@ -23,11 +23,7 @@ def to_bundle(model: keras.Model, spec: ModelSpec, source: str = "keras") -> Wei
 
 def from_bundle(model: keras.Model, spec: ModelSpec, bundle: WeightBundle, *, source: str = "weights",
                 skip_head: bool = False) -> None:
-    bundle.check(spec, source=source, skip_head=skip_head)
-    for layer in spec.layers():
-        values = bundle.layer(layer.name)
-        if skip_head and not values:
-            continue
+    for layer, values in bundle.layers_to_load(spec, source=source, skip_head=skip_head):
         k_layer = model.get_layer(layer.name)
         dtype = k_layer.weights[0].dtype
         k_layer.set_weights([np.asarray(values[w], dtype=dtype) for w in layer.weight_names])
@@ -35,23 +31,20 @@ def from_bundle(model: keras.Model, spec: ModelSpec, bundle: WeightBundle, *, so
 
 def load_file(path: str | Path, spec: ModelSpec, *, skip_head: bool = False) -> WeightBundle:
     """Any supported weight file -> bundle (a Keras 3 ``.weights.h5`` goes through a model)."""
-    fmt = weight_format(path)
-    if fmt == "bundle":
-        return WeightBundle.load(path)
-    if fmt == "legacy_h5":
-        return read_legacy_h5(path, spec, skip_head=skip_head)
-    if fmt == "keras_h5":
-        from tf_impl.model import build
+    return load_weight_file(path, spec, skip_head=skip_head, own_format="keras_h5", load_own=_load_keras_h5)
 
-        model = build(spec)
-        try:
-            model.load_weights(str(path))
-        except (ValueError, OSError) as exc:
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise UserError(f"{path}: does not fit {spec.name} with {spec.classes} classes ({first}); "
-                            f"nothing was written") from None
-        return to_bundle(model, spec, source=str(path))
-    raise UserError(f"{path}: a PyTorch file; convert it with the torch worker ('twinbench weights convert')")
+
+def _load_keras_h5(path: str | Path, spec: ModelSpec) -> WeightBundle:
+    from tf_impl.model import build
+
+    model = build(spec)
+    try:
+        model.load_weights(str(path))
+    except (ValueError, OSError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"{path}: does not fit {spec.name} with {spec.classes} classes ({first}); "
+                        f"nothing was written") from None
+    return to_bundle(model, spec, source=str(path))
 
 
 def save_file(bundle: WeightBundle, path: str | Path, spec: ModelSpec) -> None:
@@ -72,3 +65,9 @@ def _save_weights(model: keras.Model, tmp: Path) -> None:
         named.replace(tmp)
     finally:
         named.unlink(missing_ok=True)
+
+
+def load_into(model: keras.Model, spec: ModelSpec, path: str | None, *, skip_head: bool = False) -> None:
+    """``path``'s weights (any file :func:`load_file` reads) into ``model``; without a path, nothing."""
+    if path:
+        from_bundle(model, spec, load_file(path, spec, skip_head=skip_head), source=path, skip_head=skip_head)

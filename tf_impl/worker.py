@@ -68,9 +68,7 @@ def _model_and_bundle(args):
     dtype = args.get("dtype", "float32")
     keras.utils.set_random_seed(int(args.get("seed", 0)))
     model = tfm.build(spec, dtype=dtype)
-    if args.get("weights"):
-        bundle = tfw.load_file(args["weights"], spec, skip_head=bool(args.get("skip_head")))
-        tfw.from_bundle(model, spec, bundle, source=args["weights"], skip_head=bool(args.get("skip_head")))
+    tfw.load_into(model, spec, args.get("weights"), skip_head=bool(args.get("skip_head")))
     return spec, model
 
 

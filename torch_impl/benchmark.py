@@ -22,6 +22,7 @@ from torch import nn
 
 from bench import measure as bm
 from bench.errors import UserError
+from bench.measure_backend import DeviceBackend
 from bench.spec import build_spec
 from torch_impl.step import optimizer_step
 
@@ -248,40 +249,20 @@ def memory_in_use(device: torch.device) -> int | None:
 
 
 # ---- one row, the machine peak ------------------------------------------------------------------------
-class Backend:
-    """torch's hooks for ``bench.measure``'s shared row and peak loops, bound to one device."""
+class Backend(DeviceBackend):
+    """torch's hooks for ``bench.measure``'s shared row and peak loops, bound to one device: this
+    module's functions (``bench.measure_backend``), plus what only torch does."""
 
     framework = "torch"
+    impl = sys.modules[__name__]
 
     def __init__(self, device: torch.device):
-        self.device = device
-        self.label = device_label(device)
-        self.gpu = device.type == "cuda"
-        self.sync = make_sync(device)
-
-    def skip_reason(self, row: dict[str, Any]) -> str | None:
-        return check_precision(row["precision"], self.device)
-
-    def check_precision(self, precision: str) -> str | None:
-        return check_precision(precision, self.device)
-
-    def use_tf32(self, enabled: bool) -> None:
-        if self.gpu:
-            set_tf32(enabled)
+        super().__init__(device, gpu=device.type == "cuda")
 
     def prepare(self, row: dict[str, Any]) -> None:
         self.use_tf32(row["precision"] == "tf32")
         if self.gpu:
             torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
-
-    def synthetic_batch(self, row: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        return synthetic_batch(row, self.device)
-
-    def pipeline_batches(self, row: dict[str, Any]) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
-        return pipeline_batches(row, self.device)
-
-    def memory_in_use(self) -> int | None:
-        return memory_in_use(self.device)
 
     def build_model(self, row: dict[str, Any]) -> tuple[nn.Module, str]:
         model, label = build_model(row)
@@ -289,16 +270,6 @@ class Backend:
         if row["layout"] == "nhwc":
             model = model.to(memory_format=torch.channels_last)
         return model, label
-
-    def make_step(self, model: nn.Module, row: dict[str, Any],
-                  batches: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> Callable[[], Any]:
-        return make_step(model, row, self.device, batches)
-
-    def memory_counters(self) -> tuple[Callable[[], bool], Callable[[], dict[str, Any]]]:
-        return memory_counters(self.device)
-
-    def is_oom(self, exc: BaseException) -> bool:
-        return is_oom(exc)
 
     def cleanup(self, row: dict[str, Any]) -> None:
         """torch_impl/gpu_check.py runs many rows in one process: once the row's model and step are
@@ -315,27 +286,11 @@ class Backend:
         b = torch.randn(n, n, generator=g).to(self.device, MATMUL_DTYPES[precision])
         return lambda: a @ b
 
-    def threads(self) -> dict[str, int]:
-        return threads()
 
-    def versions(self) -> dict[str, Any]:
-        return versions()
-
-    def environment(self) -> dict[str, Any]:
-        return environment(self.device)
-
-
-def run_row(row: dict[str, Any], progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Measure one configuration (``bench.measure.measure_row``): warm-up, timed windows, then
-    the memory loop."""
-    return bm.measure_row(row, Backend(device_for(row.get("device", "auto"))), progress)
-
-
-def peak_flops(dtypes: tuple[str, ...], device: torch.device, size: int = 0,
-               progress: Callable[[str], None] | None = None) -> dict[str, float]:
-    """FLOP/s of a large square matmul per dtype (``bench.measure.measure_peak``): the measured
-    ceiling that MFU divides by."""
-    return bm.measure_peak(dtypes, Backend(device), size, progress)
+# One row on its device, the matmul peak, and the worker task ``bench_row`` (bench.measure_backend).
+run_row = Backend.run_row
+peak_flops = Backend.peak_flops
+bench_row = Backend.bench_row
 
 
 # ---- environment ------------------------------------------------------------------------------------
@@ -359,14 +314,3 @@ def environment(device: torch.device) -> dict[str, Any]:
     return {"framework": "torch", "device": device_label(device), "threads": threads(), "versions": versions(),
             "onednn": torch.backends.mkldnn.is_available(),
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
-
-
-# ---- worker task ------------------------------------------------------------------------------------
-def _progress(message: str) -> None:
-    print(f"    torch: {message}", file=sys.stderr, flush=True)
-
-
-def bench_row(args: dict[str, Any], inputs: dict, job_dir) -> tuple[dict[str, Any], None]:
-    """Worker task (``bench.measure.bench_task``): the matmul peak where asked, then one row."""
-    backend = Backend(device_for(args["row"].get("device", "auto")))
-    return bm.bench_task(args, backend, _progress), None

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from bench.dataset import (CAFFE_MEAN_BGR, SPLITS, Manifest, PipelineOptions, epoch_permutation,
                            load_manifest)
+from bench.pipeline_timing import alternate_feeds
 
 
 # ---- one image -------------------------------------------------------------------------------------
@@ -195,12 +196,8 @@ def data_check(args: dict[str, Any], inputs: dict[str, np.ndarray], job_dir: Pat
 
 
 def pipeline_speed(args: dict[str, Any], inputs: dict[str, np.ndarray], job_dir: Path):
-    """Training steps fed by the real loader vs the same kind of batches already in memory.
-
-    Blocks of ``steps`` synced training steps alternate (real, memory, real, memory, ...) so that
-    drift on a shared machine hits both alike; throughput = images / synced block time. Time spent
-    waiting for the next batch is recorded too: a loader that keeps up makes it ~0.
-    """
+    """Training steps fed by the real loader vs the same kind of batches already in memory, in
+    alternating blocks (``bench.pipeline_timing.alternate_feeds``)."""
     from bench.spec import spec_from_args
     from torch_impl import model as tm
 
@@ -244,25 +241,7 @@ def pipeline_speed(args: dict[str, Any], inputs: dict[str, np.ndarray], job_dir:
 
     train_step(*next_real(0))  # starts the worker processes and fills their prefetch queue
 
-    def block(feed) -> tuple[float, float, int]:
-        sync()
-        images, waited, start = 0, 0.0, time.perf_counter()
-        for k in range(steps):
-            t = time.perf_counter()
-            x, y = feed(k)
-            waited += time.perf_counter() - t
-            train_step(x, y)
-            images += int(x.shape[0])
-        sync()
-        return time.perf_counter() - start, waited, images
-
-    runs: dict[str, list[dict[str, float]]] = {"real": [], "memory": []}
-    for r in range(rounds):
-        for mode, feed in (("real", next_real), ("memory", lambda k: memory[k % len(memory)])):
-            seconds, waited, images = block(feed)
-            runs[mode].append({"images_per_s": images / seconds, "wait_fraction": waited / seconds, "seconds": seconds})
-            if not args.get("quiet"):
-                print(f"  torch round {r + 1}/{rounds} {mode:<6} {images / seconds:6.2f} img/s "
-                      f"(waiting for data {100 * waited / seconds:.1f}%)", file=sys.stderr, flush=True)
+    runs = alternate_feeds(train_step, next_real, memory, steps=steps, rounds=rounds, prefix="  torch ",
+                           quiet=bool(args.get("quiet")), sync=sync)
     return {"framework": "torch", "runs": runs, "steps": steps, "rounds": rounds, "warmup": warmup,
             "workers": default_workers(options), "device": str(device)}, None

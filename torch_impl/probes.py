@@ -152,14 +152,7 @@ def probe(args: dict, inputs: dict[str, np.ndarray], job_dir: Path):
 
     arrays = passes(twin, inputs, checks, args, phase)
     if "trajectory" in checks:
-        phase("trajectory")
-        arrays.update(trajectory(twin, inputs, args, quiet=quiet))
-        if args.get("chaos_weights"):
-            phase("trajectory-chaos")
-            twin.bundle = tw.load_file(args["chaos_weights"], spec)
-            chaos = trajectory(twin, inputs, args, quiet=quiet)
-            arrays.update(ps.keyed(ps.CHAOS, chaos))
-            twin.bundle = bundle
+        arrays.update(ps.trajectories(twin, inputs, args, phase, trajectory, tw.load_file))
     if args.get("own_errors") and checks - {"trajectory"}:
         phase("own-build")
         result["own"] = own_errors(spec, bundle, align, inputs, arrays, checks, args, phase)

@@ -51,9 +51,7 @@ def residual_ratios(args: dict, inputs: dict[str, np.ndarray], job_dir: Path):
     """Task: per residual unit, ||F(x)|| / ||shortcut(x)|| on ``inputs['x']`` for ``args['weights']``."""
     spec = spec_from_args(args)
     model = tm.build(spec)
-    if args.get("weights"):
-        bundle = tw.load_file(args["weights"], spec)
-        tw.from_bundle(model, spec, bundle, source=args["weights"])
+    tw.load_into(model, spec, args.get("weights"))
     model.eval()
 
     def numpy_norms(x: np.ndarray) -> dict[str, tuple[str, np.ndarray, np.ndarray]]:

@@ -13,7 +13,7 @@ from torch import nn
 from bench import atomic
 from bench.errors import UserError
 from bench.spec import ModelSpec
-from bench.weights import WeightBundle, read_legacy_h5, weight_format
+from bench.weights import WeightBundle, load_weight_file
 from torch_impl.model import module_name
 
 BN_TORCH = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_variance": "running_var"}
@@ -51,11 +51,7 @@ def to_bundle(model: nn.Module, spec: ModelSpec, source: str = "torch") -> Weigh
 @torch.no_grad()
 def from_bundle(model: nn.Module, spec: ModelSpec, bundle: WeightBundle, *, source: str = "weights",
                 skip_head: bool = False) -> None:
-    bundle.check(spec, source=source, skip_head=skip_head)
-    for layer in spec.layers():
-        values = bundle.layer(layer.name)
-        if skip_head and not values:
-            continue
+    for layer, values in bundle.layers_to_load(spec, source=source, skip_head=skip_head):
         module = model.get_submodule(module_name(layer))
         for w in layer.weight_names:
             target = getattr(module, torch_attr(layer.kind, w))
@@ -64,27 +60,24 @@ def from_bundle(model: nn.Module, spec: ModelSpec, bundle: WeightBundle, *, sour
 
 def load_file(path: str | Path, spec: ModelSpec, *, skip_head: bool = False) -> WeightBundle:
     """Any weight file this side can read -> bundle (.npz, legacy .h5, .pt state dict)."""
-    fmt = weight_format(path)
-    if fmt == "bundle":
-        return WeightBundle.load(path)
-    if fmt == "legacy_h5":
-        return read_legacy_h5(path, spec, skip_head=skip_head)
-    if fmt == "torch_pt":
-        from torch_impl.model import build
+    return load_weight_file(path, spec, skip_head=skip_head, own_format="torch_pt", load_own=_load_state_dict)
 
-        try:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises many types for a bad file
-            raise UserError(f"{path}: not a readable PyTorch state dict ({type(exc).__name__}); export it again") from None
-        model = build(spec)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.endswith("num_batches_tracked")]
-        if missing or unexpected:
-            first = (missing or unexpected)[0]
-            raise UserError(f"{path}: {'missing' if missing else 'unexpected'} tensor {first!r}: not a "
-                            f"{spec.name} state dict; nothing was written")
-        return to_bundle(model, spec, source=str(path))
-    raise UserError(f"{path}: a Keras 3 file; convert it with the TF worker ('twinbench weights convert')")
+
+def _load_state_dict(path: str | Path, spec: ModelSpec) -> WeightBundle:
+    from torch_impl.model import build
+
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad file
+        raise UserError(f"{path}: not a readable PyTorch state dict ({type(exc).__name__}); export it again") from None
+    model = build(spec)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        first = (missing or unexpected)[0]
+        raise UserError(f"{path}: {'missing' if missing else 'unexpected'} tensor {first!r}: not a "
+                        f"{spec.name} state dict; nothing was written")
+    return to_bundle(model, spec, source=str(path))
 
 
 def save_file(bundle: WeightBundle, path: str | Path, spec: ModelSpec) -> None:
@@ -96,3 +89,9 @@ def save_file(bundle: WeightBundle, path: str | Path, spec: ModelSpec) -> None:
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     atomic.write_bytes(path, buf.getvalue())
+
+
+def load_into(model: nn.Module, spec: ModelSpec, path: str | None, *, skip_head: bool = False) -> None:
+    """``path``'s weights (any file :func:`load_file` reads) into ``model``; without a path, nothing."""
+    if path:
+        from_bundle(model, spec, load_file(path, spec, skip_head=skip_head), source=path, skip_head=skip_head)

@@ -70,9 +70,7 @@ def _model_and_bundle(args):
     spec = spec_from_args(args)
     torch.manual_seed(int(args.get("seed", 0)))
     model = tm.build(spec, alignment(args)).to(DTYPES[args.get("dtype", "float32")])
-    if args.get("weights"):
-        bundle = tw.load_file(args["weights"], spec, skip_head=bool(args.get("skip_head")))
-        tw.from_bundle(model, spec, bundle, source=args["weights"], skip_head=bool(args.get("skip_head")))
+    tw.load_into(model, spec, args.get("weights"), skip_head=bool(args.get("skip_head")))
     return spec, model
 
 

@@ -7,16 +7,14 @@ import pytest
 import torch
 from PIL import Image
 
-from bench.dataset import PipelineOptions, build_manifest, epoch_permutation
-from tests.data_fixtures import make_format_zoo
+from bench.dataset import PipelineOptions, epoch_permutation
+from tests.bench_fixtures import format_zoo
 from torch_impl import data as td
 
 
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("zoo")
-    files = make_format_zoo(root)
-    return root, files, build_manifest(root, validation_split=0.3, seed=11)
+    return format_zoo(tmp_path_factory.mktemp("zoo"))
 
 
 def test_decode_follows_tf_where_pil_convert_differs(zoo):
