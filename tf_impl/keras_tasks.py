@@ -16,13 +16,30 @@ from tf_impl import weights as tfw
 def model_and_bundle(args) -> tuple[ModelSpec, keras.Model]:
     """Build the model named by ``args`` and load ``args['weights']`` (a bundle or other file)."""
     spec = spec_from_args(args)
-    keras.utils.set_random_seed(int(args.get("seed", 0)))
+    set_random_seed(int(args.get("seed", 0)))
     model = tfm.build(spec, dtype=args.get("dtype", "float32"))
-    if args.get("weights"):
-        skip = bool(args.get("skip_head"))
-        tfw.from_bundle(model, spec, tfw.load_file(args["weights"], spec, skip_head=skip), source=args["weights"],
-                        skip_head=skip)
+    tfw.load_into(model, spec, args.get("weights"), skip_head=bool(args.get("skip_head")))
     return spec, model
+
+
+def set_random_seed(seed: int) -> None:
+    """``keras.utils.set_random_seed``, except that on the torch backend it leaves TensorFlow alone:
+    Keras 3.15 imports tensorflow there too, if installed, only to seed tf.data
+    (keras/src/utils/rng_utils.py), and the keras-torch arm must not hold tensorflow."""
+    if keras.backend.backend() != "torch":
+        keras.utils.set_random_seed(seed)
+        return
+    import random
+
+    import torch
+    from keras.src.backend.common import global_state
+    from keras.src.random import seed_generator
+
+    global_state.set_global_attribute("global_random_seed", seed)  # what keras.utils.get_random_seed reads
+    global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, None)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def _count(weights) -> int:

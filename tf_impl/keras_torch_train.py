@@ -44,6 +44,7 @@ class Trainer:
         from tf_impl import model as tfm
         from tf_impl import optim
         from tf_impl import weights as tfw
+        from tf_impl.keras_tasks import set_random_seed
 
         self.config = config = TrainConfig(**job["config"])
         if config.devices > 1:
@@ -56,7 +57,7 @@ class Trainer:
             torch.cuda.reset_peak_memory_stats()
         if config.deterministic:
             torch.use_deterministic_algorithms(True)
-        keras.utils.set_random_seed(config.seed)
+        set_random_seed(config.seed)  # keras.utils.set_random_seed without importing tensorflow
         keras.config.set_dtype_policy(POLICIES[config.precision])
         self.spec = spec_from_args(config.spec_args())
         self.tfm, self.tfw = tfm, tfw

@@ -13,15 +13,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402  (first, before anything that might pull in another framework)
 
-import numpy as np  # noqa: E402
-
 from bench.workerproto import serve, threads_from_env  # noqa: E402
 
 TASKS = {
     "info": "tf_impl.worker:info",
     "train": "tf_impl.train:train",
-    "forward": "tf_impl.worker:forward",
-    "export": "tf_impl.worker:export",
+    "forward": "tf_impl.keras_tasks:forward",  # Keras-only code, shared with the keras-torch worker
+    "export": "tf_impl.keras_tasks:export",
     "convert": "tf_impl.worker:convert",
     "bench_row": "tf_impl.benchmark:bench_row",
     "residual_ratios": "tf_impl.residuals:residual_ratios",
@@ -54,53 +52,6 @@ def info(args, inputs, job_dir):
                     "inter_op": tf.config.threading.get_inter_op_parallelism_threads()},
         "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
     }, None
-
-
-def _model_and_bundle(args):
-    """Build the model named by ``args`` and load ``args['weights']`` (a bundle or other file)."""
-    import keras
-
-    from bench.spec import spec_from_args
-    from tf_impl import model as tfm
-    from tf_impl import weights as tfw
-
-    spec = spec_from_args(args)
-    dtype = args.get("dtype", "float32")
-    keras.utils.set_random_seed(int(args.get("seed", 0)))
-    model = tfm.build(spec, dtype=dtype)
-    tfw.load_into(model, spec, args.get("weights"), skip_head=bool(args.get("skip_head")))
-    return spec, model
-
-
-def forward(args, inputs, job_dir):
-    """Inference forward pass: logits, probabilities, counts, names and probe-point shapes."""
-    from tf_impl import model as tfm
-
-    spec, model = _model_and_bundle(args)
-    x = tf.constant(inputs["x"], dtype=args.get("dtype", "float32"))
-    features = tfm.features_model(model, spec)(x, training=False)
-    logits = tfm.logits(model, spec, features)
-    probs = model(x, training=False)
-    trainable = int(sum(int(tf.size(w)) for w in model.trainable_weights))
-    non_trainable = int(sum(int(tf.size(w)) for w in model.non_trainable_weights))
-    shapes = {p: list(model.get_layer(tfm.block_output_layer(spec, p)).output.shape[1:])
-              for p in spec.probe_points if p != "logits"}
-    result = {
-        "params": {"total": trainable + non_trainable, "trainable": trainable, "non_trainable": non_trainable},
-        "weighted_layers": [layer.name for layer in model.layers if layer.weights],
-        "layers": [layer.name for layer in model.layers],
-        "shapes": shapes,
-    }
-    return result, {"logits": np.asarray(logits), "probs": np.asarray(probs), "features": np.asarray(features)}
-
-
-def export(args, inputs, job_dir):
-    """Build (Keras' own initialisers, or ``weights``) and write the model's bundle to ``out``."""
-    from tf_impl import weights as tfw
-
-    spec, model = _model_and_bundle(args)
-    tfw.to_bundle(model, spec, source=args.get("weights") or "keras init").save(args["out"])
-    return {"out": args["out"]}, None
 
 
 def convert(args, inputs, job_dir):

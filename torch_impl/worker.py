@@ -6,12 +6,9 @@ each lives beside its subject. Mirror of ``tf_impl.worker``.
 
 from __future__ import annotations
 
-import os
 import sys
 
 import torch  # noqa: E402  (first, before anything that might pull in another framework)
-
-import numpy as np  # noqa: E402
 
 from bench.workerproto import serve, threads_from_env  # noqa: E402
 
