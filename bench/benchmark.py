@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from bench.errors import CheckFailed, UserError
-from bench.frameworks import FRAMEWORKS
-from bench.measure import (COMPILE_LABELS, COMPILES, LAYOUT_LABELS, LAYOUTS, MIN_REPEATS, MODELS, MODES,
+from bench.frameworks import ARMS, FRAMEWORKS, KERAS_TORCH
+from bench.measure import (COMPILE_LABELS, arm_ratios, COMPILES, LAYOUT_LABELS, LAYOUTS, MIN_REPEATS, MODELS, MODES,
                            PRECISIONS, REFERENCE_MODELS, add_mfu, describe, failed_row, machine_peaks, new_row, ratios,
                            summarize)
 from bench.options import add_worker_options, csv_choices, positive_int, worker_config
@@ -76,6 +76,9 @@ def plan(settings: Settings) -> tuple[list[dict[str, Any]], list[str]]:
         raise UserError("end-to-end rows need a manifest: pass --data MANIFEST (twinbench manifest writes one)")
     if "nchw" in settings.layouts and "tf" in settings.frameworks:
         notes.append("tf nchw left out: Keras on CPU convolves NHWC only and our Keras model is NHWC")
+    if KERAS_TORCH in settings.frameworks and ("nchw" in settings.layouts or "jit" in settings.compiles):
+        notes.append(f"{KERAS_TORCH} nchw and jit left out: the Keras model is NHWC, and Keras' jit_compile on "
+                     "the torch backend is not measured")
     for fw in settings.frameworks:
         for input_kind in settings.inputs:
             for mode in settings.modes:
@@ -84,9 +87,11 @@ def plan(settings: Settings) -> tuple[list[dict[str, Any]], list[str]]:
                 for batch in settings.batches:
                     for precision in settings.precisions:
                         for layout in settings.layouts:
-                            if fw == "tf" and layout == "nchw":
+                            if fw in ("tf", KERAS_TORCH) and layout == "nchw":
                                 continue
                             for comp in settings.compiles:
+                                if fw == KERAS_TORCH and comp != "eager":
+                                    continue
                                 for model in settings.models:
                                     if input_kind == "pipeline" and model != "ours":
                                         continue
@@ -204,7 +209,7 @@ def make_record(settings: Settings, rows: list[dict[str, Any]], peaks: dict[str,
         "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.__dict__.items()},
         "threads_requested": threads, "threads": thread_summary(envs), "environments": envs,
         "peaks": peaks, "machine_peaks": machine_peaks(peaks), "notes": notes + mfu_notes(rows),
-        "rows": rows, "ratios": ratios(rows),
+        "rows": rows, "ratios": ratios(rows), "arm_ratios": arm_ratios(rows),
         "best": [{"framework": r["framework"], "mode": r["mode"], "id": r["id"], "images_per_s": r["images_per_s"],
                   "mfu": r.get("mfu")} for r in best_settings(rows)],
     }, versions=versions)
@@ -380,6 +385,12 @@ def format_report(record: dict[str, Any]) -> str:
     mem_kinds = sorted({r["memory"]["kind"] for r in record["rows"] if r.get("status") == "ok"})
     if mem_kinds:
         lines.append(f"peak MB: {', '.join(mem_kinds)}, of a separate loop after resetting the peak counters")
+    if record.get("arm_ratios"):
+        lines += ["", "Keras on torch against the other frameworks (our model; median ratio, band Q1/Q3..Q3/Q1):"]
+        for q in record["arm_ratios"]:
+            lines.append(f"  {q['kind']} {q['mode']} b{q['batch']} {q['input_size']}px {q['precision']}: "
+                         f"{q['ratio']:.3f}x [{q['low']:.3f}-{q['high']:.3f}] "
+                         f"({q['images_per_s'][0]:.2f} vs {q['images_per_s'][1]:.2f} img/s)")
     if record["ratios"]:
         lines += ["", "ratios (target in brackets):"]
         for q in record["ratios"]:
@@ -427,7 +438,8 @@ def register(sub) -> None:
                         "batch 8, fp32, eager, both models and modes); seed, the seed's conditions (224 px, "
                         "batch 8, fp32 and bf16, NHWC, eager); default: the full matrix")
     p.add_argument("--quick", dest="profile", action="store_const", const="quick", help="--profile quick")
-    p.add_argument("--frameworks", type=csv_choices(FRAMEWORKS), help="default tf,torch")
+    p.add_argument("--frameworks", type=csv_choices(ARMS),
+                   help=f"default tf,torch; {KERAS_TORCH}: the seed's Keras model on Keras 3's torch backend")
     p.add_argument("--models", type=csv_choices(MODELS), help="ours, reference (torchvision / keras.applications); default both")
     p.add_argument("--modes", type=csv_choices(MODES), help="train, infer; default both")
     p.add_argument("--batch", type=_int_list, help=f"batch sizes, e.g. 8,32 (default {d.batches[0]})")

@@ -29,11 +29,13 @@ COMPILES = ("eager", "jit")
 MIN_REPEATS = 5  # the issue's floor: median and IQR need at least five windows to mean anything
 
 # What each axis value is, per framework (printed and stored with every row).
-REFERENCE_MODELS = {"torch": "torchvision.models.resnet50", "tf": "keras.applications.ResNet50"}
+REFERENCE_MODELS = {"torch": "torchvision.models.resnet50", "tf": "keras.applications.ResNet50",
+                    "keras-torch": "keras.applications.ResNet50 (torch backend)"}
 COMPILE_LABELS = {("torch", "eager"): "eager", ("torch", "jit"): "torch.compile",
-                  ("tf", "eager"): "tf.function", ("tf", "jit"): "tf.function+XLA"}
+                  ("tf", "eager"): "tf.function", ("tf", "jit"): "tf.function+XLA",
+                  ("keras-torch", "eager"): "Keras eager"}
 LAYOUT_LABELS = {("torch", "nhwc"): "channels_last", ("torch", "nchw"): "NCHW",
-                 ("tf", "nhwc"): "NHWC", ("tf", "nchw"): "NCHW"}
+                 ("tf", "nhwc"): "NHWC", ("tf", "nchw"): "NCHW", ("keras-torch", "nhwc"): "NHWC"}
 # Peak-matmul dtype that bounds each precision (MFU divides by the matching peak).
 PEAK_DTYPE = {"fp32": "fp32", "tf32": "tf32", "bf16": "bf16", "fp16": "fp16"}
 
@@ -458,6 +460,24 @@ def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                             "mode": r["mode"], "throughput": r["images_per_s"] / compute["images_per_s"],
                             "target": TARGET_END_TO_END, "ours": r["images_per_s"],
                             "reference": compute["images_per_s"]})
+    return out
+
+
+def arm_ratios(rows: list[dict[str, Any]], arm: str = "keras-torch") -> list[dict[str, Any]]:
+    """``arm`` / each other framework, our model, the same mode, input, batch, size and precision:
+    the ratio of median throughputs and a band from the quartiles (Q1/Q3 .. Q3/Q1: the ratio of
+    any typical window of one to any typical window of the other)."""
+    ok = [r for r in rows if r.get("status") == "ok" and r["model"] == "ours" and r["input"] == "synthetic"]
+    key = ("mode", "batch", "input_size", "precision")
+    out = []
+    for a in (r for r in ok if r["framework"] == arm):
+        for b in (r for r in ok if r["framework"] != arm and all(r[k] == a[k] for k in key)):
+            ta, tb = a["timing"]["throughput"], b["timing"]["throughput"]
+            out.append({"kind": f"{arm}/{b['framework']}", "id": a["id"], "other_id": b["id"],
+                        **{k: a[k] for k in key}, "ratio": ta["median"] / tb["median"],
+                        "low": ta["q1"] / tb["q3"], "high": ta["q3"] / tb["q1"],
+                        "windows": [len(ta["windows"]), len(tb["windows"])],
+                        "images_per_s": [ta["median"], tb["median"]]})
     return out
 
 

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from bench.report_doc import Section, fmt_bytes, fmt_num, fmt_pct, short_commit
-from bench.frameworks import FRAMEWORK_LABELS, FRAMEWORKS as FW
+from bench.frameworks import ARMS, FRAMEWORK_LABELS, FRAMEWORKS as FW
 from bench.quartiles import quartiles
 from bench.report_records import (SectionBuilder, TrainSet, bench_rows, machine_text, profile_of,
                                   train_set, versions_text)
@@ -67,9 +67,15 @@ class SummarySections(SectionBuilder):
         train, bench, parity = ctx.latest("train"), ctx.latest("bench"), ctx.latest("parity")
         datacheck, session = ctx.latest("datacheck"), ctx.latest("session")
         rows: list[dict[str, str]] = []
+        tset = train_set(ctx)
+        # A column for each further arm (keras-torch), only where it ran.
+        self.extra = [fw for fw in ARMS if fw not in FW and (
+            any(fw in (r.doc.get("frameworks") or {}) for r in (tset.records if train and tset else []))
+            or (bench is not None and any(r.get("framework") == fw for r in bench.doc.get("rows", []))))]
 
-        def add(measure: str, tf: str, torch: str, note: str = "") -> None:
-            rows.append({"measure": measure, "TensorFlow": tf, "PyTorch": torch, "note": note})
+        def add(measure: str, tf: str, torch: str, note: str = "", arms: dict[str, str] | None = None) -> None:
+            rows.append({"measure": measure, "TensorFlow": tf, "PyTorch": torch,
+                         **{FRAMEWORK_LABELS[fw]: (arms or {}).get(fw, "-") for fw in self.extra}, "note": note})
 
         if parity:
             result = parity_result(parity.doc)
@@ -95,7 +101,6 @@ class SummarySections(SectionBuilder):
                     ("PASS" if ok else "FAIL") if judged else "reported",
                     f"max |TF - torch| {worst:.3g} of 255 per image" + (f" (tolerance {datacheck.doc.get('tolerance')})"
                                                                         if judged else " (TF's fast IDCT; not judged)"))
-        tset = train_set(ctx)
         if train and tset:
             self._summary_training(tset, add)
         else:
@@ -118,16 +123,24 @@ class SummarySections(SectionBuilder):
             sub = frame[(frame["mode"] == mode) & (~frame["reference"])] if len(frame) else frame
             if not len(sub):
                 continue
-            best = {fw: sub[sub["framework"] == fw].sort_values("median").tail(1) for fw in FW}
-            cells = []
-            for fw in FW:
+            arms = [*FW, *self.extra]
+            best = {fw: sub[sub["framework"] == fw].sort_values("median").tail(1) for fw in arms}
+            cells = {}
+            for fw in arms:
                 b = best[fw]
-                cells.append("-" if not len(b) else
+                cells[fw] = ("-" if not len(b) else
                              f"{b['median'].iloc[0]:.1f} img/s (IQR {b['q1'].iloc[0]:.1f}-{b['q3'].iloc[0]:.1f})")
-            settings = {fw: best[fw]["setting"].iloc[0] for fw in FW if len(best[fw])}
+            settings = {fw: best[fw]["setting"].iloc[0] for fw in arms if len(best[fw])}
             note = (next(iter(settings.values())) if len(set(settings.values())) == 1 else
                     "; ".join(f"{FRAMEWORK_LABELS[fw]}: {v}" for fw, v in settings.items()))
-            add(f"{what} throughput, bench (best setting of ours)", *cells, note)
+            add(f"{what} throughput, bench (best setting of ours)", *(cells[fw] for fw in FW), note,
+                arms={fw: cells[fw] for fw in self.extra})
+        for q in bench.doc.get("arm_ratios", []):
+            arm, other = q["kind"].split("/")
+            add(f"{FRAMEWORK_LABELS[arm]} / {FRAMEWORK_LABELS[other]}, {q['mode']} throughput (ours)",
+                *("reference" if fw == other else "-" for fw in FW),
+                f"median ratio; band Q1/Q3..Q3/Q1 of the timed windows; b{q['batch']} {q['input_size']} px "
+                f"{q['precision']}", arms={arm: f"{q['ratio']:.2f}x [{q['low']:.2f}-{q['high']:.2f}]"})
         for mode, what in (("train", "training"), ("infer", "inference")):
             found = {q["framework"]: q for q in bench.doc.get("ratios", [])
                      if q.get("kind") == "ours/reference" and q.get("mode") == mode}
@@ -156,38 +169,46 @@ class SummarySections(SectionBuilder):
         def per_fw(fn) -> tuple[str, str]:
             return tuple(fn(fw) if fw in fws else "-" for fw in FW)  # type: ignore[return-value]
 
+        def arms(fn) -> dict[str, str]:
+            return {fw: fn(fw) for fw in self.extra if fw in fws}
+
         n_classes = len(train.doc.get("manifest", {}).get("classes") or []) or None
         done = max((len(r.get("history") or []) for r in fws.values()), default=0)
         of = f" of {c.get('epochs')}" if c.get("epochs") and done < c["epochs"] else ""
         comparison = tset.stats.get("comparison") or ""
-        add(f"final validation accuracy (epoch {done}{of}), mean ± std over seeds",
-            *per_fw(lambda fw: fmt_spread(per.get(fw, {}).get("val_accuracy"))),
-            "; ".join(x for x in (f"chance {1 / n_classes:.0%}" if n_classes else "", comparison) if x))
-        add("best validation accuracy, mean ± std over seeds",
-            *per_fw(lambda fw: fmt_spread(per.get(fw, {}).get("best_val_accuracy"))))
-        pair = tset.stats["pairs"].get("tf-torch")
-        if pair:
+        accuracy = lambda fw: fmt_spread(per.get(fw, {}).get("val_accuracy"))  # noqa: E731
+        best = lambda fw: fmt_spread(per.get(fw, {}).get("best_val_accuracy"))  # noqa: E731
+        add(f"final validation accuracy (epoch {done}{of}), mean ± std over seeds", *per_fw(accuracy),
+            "; ".join(x for x in (f"chance {1 / n_classes:.0%}" if n_classes else "", comparison) if x),
+            arms=arms(accuracy))
+        add("best validation accuracy, mean ± std over seeds", *per_fw(best), arms=arms(best))
+        for ref, other in (("tf", "torch"), *((a, b) for b in self.extra for a in (*FW,))):
+            pair = tset.stats["pairs"].get(f"{ref}-{other}")
+            if not pair:
+                continue
             m = pair["val_accuracy"]
             diff = m["diff"]
             mean = f"{diff['mean']:+.1f} points" if diff.get("mean") is not None else "-"
-            add(f"TF - PyTorch, final validation accuracy (n={m['n']} paired seeds)", "reference",
-                pair["verdict"]["word"].upper(),
-                f"difference {mean}, 95% CI {fmt_ci(m)}; margin ±{tset.margin:g} points; {pair['verdict']['why']}")
+            cells = {ref: "reference", other: pair["verdict"]["word"].upper()}
+            add(f"{'TF' if ref == 'tf' else FRAMEWORK_LABELS[ref]} - {FRAMEWORK_LABELS[other]}, final validation "
+                f"accuracy (n={m['n']} paired seeds)", *(cells.get(fw, "-") for fw in FW),
+                f"difference {mean}, 95% CI {fmt_ci(m)}; margin ±{tset.margin:g} points; {pair['verdict']['why']}",
+                arms={fw: cells[fw] for fw in self.extra if fw in cells})
         if tset.chaos and tset.chaos.get("status") == "complete":
             add(f"chaos control ({tset.chaos['steps']} steps, manifest order)", "reference",
                 f"{tset.chaos['factor']:.3g}x", tset.chaos.get("summary", ""))
-        add("training throughput in fit (median of epochs 2..N over all runs)",
-            *per_fw(lambda fw: _median_iqr(_pooled_epochs(tset.records, fw, "train_throughput"), ".1f", "img/s")),
-            f"{c.get('input_size')} px, batch {c.get('batch_size')}, {c.get('precision')}")
-        add("peak memory during training (largest of the runs)",
-            *per_fw(lambda fw: fmt_bytes(max(((r.doc["frameworks"].get(fw) or {}).get("memory") or {})
-                                             .get("peak_bytes") or 0 for r in tset.records) or None)
-                    + f" (n={len(tset.records)})"),
-            _memory_label(fws))
+        speed = lambda fw: _median_iqr(_pooled_epochs(tset.records, fw, "train_throughput"), ".1f", "img/s")  # noqa: E731
+        add("training throughput in fit (median of epochs 2..N over all runs)", *per_fw(speed),
+            f"{c.get('input_size')} px, batch {c.get('batch_size')}, {c.get('precision')}", arms=arms(speed))
+        memory = lambda fw: (fmt_bytes(max(((r.doc["frameworks"].get(fw) or {}).get("memory") or {})  # noqa: E731
+                                           .get("peak_bytes") or 0 for r in tset.records) or None)
+                             + f" (n={len(tset.records)})")
+        add("peak memory during training (largest of the runs)", *per_fw(memory), _memory_label(fws),
+            arms=arms(memory))
         states = {fw: r.get("status") for fw, r in fws.items()}
         if any(v != "complete" for v in states.values()):
-            add("training status (latest run)",
-                *per_fw(lambda fw: f"{fws[fw].get('status')}: {fws[fw].get('message') or ''}".strip(": ")))
+            status = lambda fw: f"{fws[fw].get('status')}: {fws[fw].get('message') or ''}".strip(": ")  # noqa: E731
+            add("training status (latest run)", *per_fw(status), arms=arms(status))
 
     def conditions(self, train: Record | None, bench: Record | None, parity: Record | None,
                    session: Record | None) -> pd.DataFrame:

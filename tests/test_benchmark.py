@@ -334,6 +334,32 @@ def test_ratios_compare_ours_with_the_reference_per_image_and_per_flop():
     assert by_kind["end-to-end/compute-only"]["throughput"] == pytest.approx(8.7 / 9.0)
 
 
+def test_keras_on_torch_is_set_against_each_framework_by_median_with_a_quartile_band():
+    def row(fw, median, q1, q3, precision="fp32", model="ours"):
+        r = {"framework": fw, "model": model, "mode": "train", "input": "synthetic", "batch": 8, "input_size": 224,
+             "precision": precision, "layout": "nhwc", "compile": "eager", "status": "ok",
+             "timing": {"throughput": {"median": median, "q1": q1, "q3": q3, "windows": [median] * 5}}}
+        r["id"] = bm.row_id(r)
+        return r
+
+    rows = [row("tf", 4.0, 3.8, 4.2), row("torch", 6.0, 5.9, 6.1), row("keras-torch", 5.0, 4.9, 5.2),
+            row("keras-torch", 9.0, 8.0, 10.0, "bf16"), row("keras-torch", 7.0, 7.0, 7.0, model="reference")]
+    by_kind = {q["kind"]: q for q in bm.arm_ratios(rows)}
+    assert set(by_kind) == {"keras-torch/tf", "keras-torch/torch"}  # bf16 has no partner, the reference no part
+    q = by_kind["keras-torch/torch"]
+    assert q["ratio"] == pytest.approx(5.0 / 6.0) and q["low"] == pytest.approx(4.9 / 6.1)
+    assert q["high"] == pytest.approx(5.2 / 5.9) and q["images_per_s"] == [5.0, 6.0]
+    assert by_kind["keras-torch/tf"]["ratio"] == pytest.approx(1.25)
+
+
+def test_plan_gives_keras_on_torch_nhwc_eager_rows_only():
+    rows, notes = bb.plan(bb.Settings(frameworks=("torch", "keras-torch"), precisions=("fp32",)))
+    kt = [r for r in rows if r["framework"] == "keras-torch"]
+    assert kt and all(r["layout"] == "nhwc" and r["compile"] == "eager" for r in kt)
+    assert any(r["framework"] == "torch" and r["compile"] == "jit" for r in rows)
+    assert any("keras-torch nchw and jit left out" in n for n in notes)
+
+
 # ---- the matrix ----------------------------------------------------------------------------------
 def test_plan_pairs_ours_with_the_reference_and_leaves_out_tf_nchw():
     rows, notes = bb.plan(bb.Settings(precisions=("fp32",), compiles=("eager",), inputs=("synthetic", "pipeline"),
@@ -468,6 +494,26 @@ def test_pytest_benchmark_compare_reads_our_stored_files(tmp_path, stored_median
     assert "0001_twinbench" in out  # pytest-benchmark loaded our file and compared against it
     assert ("Performance has regressed" in out) is regressed
     assert (proc.returncode != 0) is regressed, out
+
+
+def test_keras_on_torch_rows_run_in_their_worker_beside_the_port(tmp_path, repo_root):
+    """A real bench row of the seed's Keras model on Keras' torch backend and one of our port, and
+    the ratio between them in the record and the printed table."""
+    out = subprocess.run([sys.executable, "-m", "bench.cli", "bench", "--frameworks", "torch,keras-torch",
+                          "--models", "ours", "--modes", "train", "--batch", "2", "--input-size", "32",
+                          "--pooling", "global", "--classes", "4", "--precision", "fp32", "--layout", "nhwc",
+                          "--compile", "eager", "--warmup", "1", "--repeats", "5", "--steps", "1",
+                          "--memory-steps", "1", "--peak-size", "64", "--no-save", "--out", str(tmp_path), "--quiet"],
+                         cwd=repo_root, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    record = json.loads(next(tmp_path.glob("bench-*/bench.json")).read_text())
+    rows = {r["framework"]: r for r in record["rows"]}
+    assert rows["keras-torch"]["status"] == "ok" and rows["keras-torch"]["images_per_s"] > 0
+    assert rows["keras-torch"]["compile_label"] == "Keras eager" and "keras-torch" in record["environments"]
+    assert record["environments"]["keras-torch"]["versions"]["backend"] == "torch"
+    (ratio,) = record["arm_ratios"]
+    assert ratio["kind"] == "keras-torch/torch" and ratio["low"] <= ratio["ratio"] <= ratio["high"]
+    assert "keras-torch/torch train b2 32px fp32" in out.stdout
 
 
 # ---- the bench package stays framework-free ------------------------------------------------------

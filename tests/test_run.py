@@ -156,7 +156,8 @@ def test_ctrl_c_keeps_finished_results_and_builds_the_report(tmp_path):
             steps = {st["name"]: st["status"] for st in json.loads(sessions[0].read_text())["steps"]}
         except ValueError:
             return False
-        return steps.get("train") == "running" and bool(list(sessions[0].parent.glob("train-*/run.json")))
+        runs = [*sessions[0].parent.glob("train-*/run.json"), *sessions[0].parent.glob("train-*/repeat-0/run.json")]
+        return steps.get("train") == "running" and bool(runs)  # one run, or a set's first repeat
 
     assert _wait_for(training, 900), proc.stderr.read() if proc.poll() is not None else "training never started"
     time.sleep(20)  # into the first epoch

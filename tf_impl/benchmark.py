@@ -13,7 +13,6 @@ nobody's production path and would not be a fair baseline. "jit" is ``jit_compil
 
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
 import sys
@@ -24,9 +23,8 @@ import tensorflow as tf
 from bench import measure as bm
 from bench.errors import UserError
 from bench.measure_backend import DeviceBackend
-from bench.spec import build_spec
+from tf_impl.keras_tasks import build_bench_model
 
-POLICIES = {"fp32": "float32", "tf32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 MATMUL_DTYPES = {"fp32": tf.float32, "tf32": tf.float32, "bf16": tf.bfloat16, "fp16": tf.float16}
 
 
@@ -70,20 +68,6 @@ def check_precision(precision: str, device: str) -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def policy(precision: str):
-    """Keras' global dtype policy while the model is built (mixed_bfloat16: bf16 compute, fp32
-    variables), restored afterwards."""
-    import keras
-
-    before = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(POLICIES[precision])
-    try:
-        yield POLICIES[precision]
-    finally:
-        keras.config.set_dtype_policy(before)
-
-
 def is_oom(exc: BaseException) -> bool:
     if isinstance(exc, tf.errors.ResourceExhaustedError):
         return True
@@ -94,18 +78,7 @@ def is_oom(exc: BaseException) -> bool:
 # ---- models ---------------------------------------------------------------------------------------
 def build_model(row: dict[str, Any]):
     """Ours (from bench.spec) or keras.applications.ResNet50 (weights=None), under the row's policy."""
-    import keras
-
-    keras.utils.set_random_seed(int(row.get("seed", 0)))
-    with policy(row["precision"]) as dtype:
-        if row["model"] == "ours":
-            from tf_impl import model as tfm
-
-            spec = build_spec(row.get("arch", "resnet50"), row["classes"], row["input_size"], row["pooling"])
-            return tfm.build(spec, dtype=dtype), "ours (tf_impl.model)"
-        s = row["input_size"]
-        return (keras.applications.ResNet50(weights=None, input_shape=(s, s, 3), classes=row["classes"]),
-                f"keras.applications.ResNet50 ({keras.__version__})")
+    return build_bench_model(row)
 
 
 # ---- inputs and steps -------------------------------------------------------------------------------

@@ -5,10 +5,13 @@ the model, its weights and what is read out of it are then the same code on both
 
 from __future__ import annotations
 
+import contextlib
+from typing import Any
+
 import keras
 import numpy as np
 
-from bench.spec import ModelSpec, spec_from_args
+from bench.spec import ModelSpec, build_spec, spec_from_args
 from tf_impl import model as tfm
 from tf_impl import weights as tfw
 
@@ -40,6 +43,35 @@ def set_random_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+# twinbench's precision names -> Keras dtype policies (mixed: low-precision compute, fp32 variables).
+POLICIES = {"fp32": "float32", "tf32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+TRAIN_POLICIES = {"fp32": "float32", "mixed_bf16": "mixed_bfloat16", "mixed_fp16": "mixed_float16"}  # --precision
+
+
+@contextlib.contextmanager
+def policy(precision: str):
+    """Keras' global dtype policy while a model is built, restored afterwards."""
+    before = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(POLICIES[precision])
+    try:
+        yield POLICIES[precision]
+    finally:
+        keras.config.set_dtype_policy(before)
+
+
+def build_bench_model(row: dict[str, Any]) -> tuple[keras.Model, str]:
+    """A bench row's model under its policy: ours (from bench.spec) or keras.applications.ResNet50
+    (weights=None), on whichever backend Keras runs."""
+    set_random_seed(int(row.get("seed", 0)))
+    with policy(row["precision"]) as dtype:
+        if row["model"] == "ours":
+            spec = build_spec(row.get("arch", "resnet50"), row["classes"], row["input_size"], row["pooling"])
+            return tfm.build(spec, dtype=dtype), "ours (tf_impl.model)"
+        s = row["input_size"]
+        return (keras.applications.ResNet50(weights=None, input_shape=(s, s, 3), classes=row["classes"]),
+                f"keras.applications.ResNet50 ({keras.__version__})")
 
 
 def _count(weights) -> int:

@@ -27,8 +27,8 @@ import torch
 from bench import atomic
 from bench.errors import UserError
 from bench.training import TrainConfig, peak_rss, run_training, write_pid
+from tf_impl.keras_tasks import TRAIN_POLICIES, set_random_seed
 
-POLICIES = {"fp32": "float32", "mixed_bf16": "mixed_bfloat16", "mixed_fp16": "mixed_float16"}
 
 
 class Trainer:
@@ -44,7 +44,6 @@ class Trainer:
         from tf_impl import model as tfm
         from tf_impl import optim
         from tf_impl import weights as tfw
-        from tf_impl.keras_tasks import set_random_seed
 
         self.config = config = TrainConfig(**job["config"])
         if config.devices > 1:
@@ -58,10 +57,10 @@ class Trainer:
         if config.deterministic:
             torch.use_deterministic_algorithms(True)
         set_random_seed(config.seed)  # keras.utils.set_random_seed without importing tensorflow
-        keras.config.set_dtype_policy(POLICIES[config.precision])
+        keras.config.set_dtype_policy(TRAIN_POLICIES[config.precision])
         self.spec = spec_from_args(config.spec_args())
         self.tfm, self.tfw = tfm, tfw
-        self.model = tfm.build(self.spec, dtype=POLICIES[config.precision])
+        self.model = tfm.build(self.spec, dtype=TRAIN_POLICIES[config.precision])
         if job.get("init"):
             tfw.from_bundle(self.model, self.spec, WeightBundle.load(job["init"]), source=job["init"])
         optimizer = optim.build(config.optimizer_config())
@@ -193,7 +192,7 @@ class Trainer:
         from tf_impl.keras_torch_worker import info
 
         out = info({}, {}, Path("."))[0]
-        out["policy"] = POLICIES[self.config.precision]
+        out["policy"] = TRAIN_POLICIES[self.config.precision]
         out["imported_during_training"] = {name: name in sys.modules for name in ("tensorflow", "torch_impl.model")}
         return out
 

@@ -23,6 +23,7 @@ TASKS = {
     "forward": "tf_impl.keras_tasks:forward",
     "export": "tf_impl.keras_tasks:export",
     "train": "tf_impl.keras_torch_train:train",
+    "bench_row": "tf_impl.keras_torch_benchmark:bench_row",
 }
 
 

@@ -20,8 +20,8 @@ import tensorflow as tf
 from bench import atomic
 from bench.errors import UserError
 from bench.training import TrainConfig, peak_rss, run_training, write_pid
+from tf_impl.keras_tasks import TRAIN_POLICIES
 
-POLICIES = {"fp32": "float32", "mixed_bf16": "mixed_bfloat16", "mixed_fp16": "mixed_float16"}
 
 
 def make_strategy(devices: int) -> tf.distribute.Strategy:
@@ -68,7 +68,7 @@ class Trainer:
         if config.deterministic:
             tf.config.experimental.enable_op_determinism()
         keras.utils.set_random_seed(config.seed)
-        policy = POLICIES[config.precision]
+        policy = TRAIN_POLICIES[config.precision]
         # Global policy too, so that compile() wraps Adam in a LossScaleOptimizer for
         # mixed_float16 exactly as Keras does for a mixed_float16 model.
         keras.config.set_dtype_policy(policy)
@@ -265,7 +265,7 @@ class Trainer:
         out = info({}, {}, Path("."))[0]
         out["strategy"] = type(self.strategy).__name__
         out["replicas"] = self.strategy.num_replicas_in_sync
-        out["policy"] = POLICIES[self.config.precision]
+        out["policy"] = TRAIN_POLICIES[self.config.precision]
         return out
 
 
