@@ -6,7 +6,8 @@ the model, its weights and what is read out of it are then the same code on both
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable, Iterable
 
 import keras
 import numpy as np
@@ -104,3 +105,52 @@ def export(args, inputs, job_dir):
     spec, model = model_and_bundle(args)
     tfw.to_bundle(model, spec, source=args.get("weights") or "keras init").save(args["out"])
     return {"out": args["out"]}, None
+
+
+# ---- what both Keras trainers do alike (tf_impl.train, tf_impl.keras_torch_train) -------------------
+def estimate_bn(model: keras.Model, batches: Iterable[Any]) -> None:
+    """Evaluation "precise-bn": each BN layer's moving statistics from ``batches`` (images), in
+    training mode with the current weights: momentum (k-1)/k at the k-th batch, i.e. the mean of
+    the batch means and of the biased batch variances (torch_impl does the same with 1/k)."""
+    layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    saved = [layer.momentum for layer in layers]
+    try:
+        for k, x in enumerate(batches, 1):
+            for layer in layers:
+                layer.momentum = (k - 1) / k  # read at call time (an eager call)
+            model(x, training=True)
+    finally:
+        for layer, momentum in zip(layers, saved):
+            layer.momentum = momentum
+
+
+def save_checkpoint(model: keras.Model, spec: ModelSpec, stem: Path, source: str,
+                    to_numpy: Callable[[Any], np.ndarray] = np.asarray) -> list[str]:
+    """Weights as a bundle and the optimizer's variables, each written atomically; the file names."""
+    from bench import atomic
+
+    tfw.to_bundle(model, spec, source=source).save(stem.parent / f"{stem.name}.npz")
+    arrays = {f"{i:04d}": to_numpy(v) for i, v in enumerate(model.optimizer.variables)}
+    atomic.write_npz(stem.parent / f"{stem.name}.opt.npz", arrays)
+    return [f"{stem.name}.npz", f"{stem.name}.opt.npz"]
+
+
+def load_checkpoint(model: keras.Model, spec: ModelSpec, stem: Path) -> None:
+    """What :func:`save_checkpoint` wrote, back into the model and its optimizer (one-line
+    UserErrors for a checkpoint of another configuration)."""
+    from bench.errors import UserError
+    from bench.weights import WeightBundle
+
+    bundle_path = stem.parent / f"{stem.name}.npz"
+    tfw.from_bundle(model, spec, WeightBundle.load(bundle_path), source=str(bundle_path))
+    with np.load(stem.parent / f"{stem.name}.opt.npz") as data:
+        values = [data[k] for k in sorted(data.files)]
+    variables = list(model.optimizer.variables)
+    if len(values) != len(variables):
+        raise UserError(f"{stem}.opt.npz holds {len(values)} optimizer variables, this optimizer has "
+                        f"{len(variables)}: the checkpoint is from another configuration")
+    for variable, value in zip(variables, values):
+        if tuple(variable.shape) != value.shape:
+            raise UserError(f"{stem}.opt.npz: {variable.path} has shape {value.shape}, expected "
+                            f"{tuple(variable.shape)}")
+        variable.assign(value)

@@ -23,8 +23,9 @@ import torch
 from bench.measure_backend import DeviceBackend
 from tf_impl.keras_tasks import build_bench_model
 # torch's device layer, shared with the port's benchmark (these import no model).
-from torch_impl.benchmark import (MATMUL_DTYPES, check_precision, device_for, device_label, is_oom,  # noqa: F401
-                                  make_sync, memory_counters, memory_in_use, set_tf32, threads)
+from torch_impl.benchmark import (check_precision, device_for, device_label, is_oom, make_sync,  # noqa: F401
+                                  memory_counters, memory_in_use, set_tf32, threads)
+from torch_impl.benchmark import matmul_step as torch_matmul_step
 
 
 def build_model(row: dict[str, Any]) -> tuple[keras.Model, str]:
@@ -102,10 +103,7 @@ class Backend(DeviceBackend):
         return reason
 
     def matmul_step(self, precision: str, n: int) -> Callable[[], torch.Tensor]:
-        g = torch.Generator(device="cpu").manual_seed(0)
-        a = torch.randn(n, n, generator=g).to(self.device, MATMUL_DTYPES[precision])
-        b = torch.randn(n, n, generator=g).to(self.device, MATMUL_DTYPES[precision])
-        return lambda: a @ b
+        return torch_matmul_step(self.device, precision, n)
 
 
 run_row = Backend.run_row

@@ -24,7 +24,6 @@ import keras
 import numpy as np
 import torch
 
-from bench import atomic
 from bench.errors import UserError
 from bench.training import TrainConfig, peak_rss, run_training, write_pid
 from tf_impl.keras_tasks import TRAIN_POLICIES, set_random_seed
@@ -108,22 +107,13 @@ class Trainer:
 
     @torch.no_grad()
     def estimate_bn(self) -> None:
-        """Evaluation "precise-bn", as the TF side: Keras momentum (k-1)/k at the k-th batch of
-        the configured training images, training mode, the current weights."""
+        """Evaluation "precise-bn", as the TF side (``tf_impl.keras_tasks.estimate_bn``)."""
+        from tf_impl.keras_tasks import estimate_bn
         from torch_impl.data import make_loader
 
-        layers = [layer for layer in self.model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-        saved = [layer.momentum for layer in layers]
         batches = math.ceil(self.config.bn_estimate_images / self.config.batch_size)
         loader = make_loader(self.manifest, "training", self.options.replace(order="manifest"), epoch=0)
-        try:
-            for k, (x, _) in enumerate(itertools.islice(loader, batches), 1):
-                for layer in layers:
-                    layer.momentum = (k - 1) / k
-                self.model(self._nhwc(x), training=True)
-        finally:
-            for layer, momentum in zip(layers, saved):
-                layer.momentum = momentum
+        estimate_bn(self.model, (self._nhwc(x) for x, _ in itertools.islice(loader, batches)))
 
     def evaluate(self) -> tuple[np.ndarray, np.ndarray]:
         from torch_impl.data import make_loader
@@ -151,28 +141,15 @@ class Trainer:
 
     # ---- checkpoints -----------------------------------------------------------------------------
     def save_checkpoint(self, stem: Path) -> list[str]:
-        bundle = self.tfw.to_bundle(self.model, self.spec, source=f"keras-torch {stem.name}")
-        bundle.save(stem.parent / f"{stem.name}.npz")
-        arrays = {f"{i:04d}": keras.ops.convert_to_numpy(v.value) for i, v in enumerate(self.model.optimizer.variables)}
-        atomic.write_npz(stem.parent / f"{stem.name}.opt.npz", arrays)
-        return [f"{stem.name}.npz", f"{stem.name}.opt.npz"]
+        from tf_impl.keras_tasks import save_checkpoint
+
+        return save_checkpoint(self.model, self.spec, stem, f"keras-torch {stem.name}",
+                               to_numpy=lambda v: keras.ops.convert_to_numpy(v.value))
 
     def load_checkpoint(self, stem: Path) -> None:
-        from bench.weights import WeightBundle
+        from tf_impl.keras_tasks import load_checkpoint
 
-        bundle_path = stem.parent / f"{stem.name}.npz"
-        self.tfw.from_bundle(self.model, self.spec, WeightBundle.load(bundle_path), source=str(bundle_path))
-        with np.load(stem.parent / f"{stem.name}.opt.npz") as data:
-            values = [data[k] for k in sorted(data.files)]
-        variables = list(self.model.optimizer.variables)
-        if len(values) != len(variables):
-            raise UserError(f"{stem}.opt.npz holds {len(values)} optimizer variables, this optimizer has "
-                            f"{len(variables)}: the checkpoint is from another configuration")
-        for variable, value in zip(variables, values):
-            if tuple(variable.shape) != value.shape:
-                raise UserError(f"{stem}.opt.npz: {variable.path} has shape {value.shape}, expected "
-                                f"{tuple(variable.shape)}")
-            variable.assign(value)
+        load_checkpoint(self.model, self.spec, stem)
 
     # ---- the rest --------------------------------------------------------------------------------
     def memory(self) -> dict[str, Any]:

@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from bench import atomic
 from bench.errors import UserError
 from bench.training import TrainConfig, peak_rss, run_training, write_pid
 from tf_impl.keras_tasks import TRAIN_POLICIES
@@ -163,25 +162,14 @@ class Trainer:
         return tf.nn.softmax(logits), losses
 
     def estimate_bn(self) -> None:
-        """Evaluation "precise-bn": each BN layer's moving statistics from the configured training
-        images, in training mode with the current weights (momentum (k-1)/k at the k-th batch: the
-        mean of the batch means and of the biased batch variances), as torch_impl does."""
-        import keras
-
+        """Evaluation "precise-bn" (``tf_impl.keras_tasks.estimate_bn``) on the configured training
+        images in manifest order."""
         from tf_impl.data import make_dataset
+        from tf_impl.keras_tasks import estimate_bn
 
-        layers = [layer for layer in self.model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-        saved = [layer.momentum for layer in layers]
         batches = math.ceil(self.config.bn_estimate_images / self.config.batch_size)
         ds = make_dataset(self.manifest, "training", self.options.replace(order="manifest"), epoch=0)
-        try:
-            for k, (x, _) in enumerate(ds.take(batches), 1):
-                for layer in layers:
-                    layer.momentum = (k - 1) / k  # read at call time (eager call below)
-                self.model(x, training=True)
-        finally:
-            for layer, momentum in zip(layers, saved):
-                layer.momentum = momentum
+        estimate_bn(self.model, (x for x, _ in ds.take(batches)))
 
     def weight_sample(self, indices: dict[str, np.ndarray]) -> np.ndarray:
         """The chaos control's per-step sample: ``indices`` are flat indices in Keras layout."""
@@ -216,32 +204,15 @@ class Trainer:
         return np.concatenate(probs).astype(np.float32), np.concatenate(losses).astype(np.float64)
 
     # ---- checkpoints -----------------------------------------------------------------------------
-    def _optimizer_variables(self) -> list:
-        return list(self.model.optimizer.variables)
-
     def save_checkpoint(self, stem: Path) -> list[str]:
-        bundle = self.tfw.to_bundle(self.model, self.spec, source=f"tf {stem.name}")
-        bundle.save(stem.parent / f"{stem.name}.npz")
-        arrays = {f"{i:04d}": np.asarray(v) for i, v in enumerate(self._optimizer_variables())}
-        atomic.write_npz(stem.parent / f"{stem.name}.opt.npz", arrays)
-        return [f"{stem.name}.npz", f"{stem.name}.opt.npz"]
+        from tf_impl.keras_tasks import save_checkpoint
+
+        return save_checkpoint(self.model, self.spec, stem, f"tf {stem.name}")
 
     def load_checkpoint(self, stem: Path) -> None:
-        from bench.weights import WeightBundle
+        from tf_impl.keras_tasks import load_checkpoint
 
-        bundle_path = stem.parent / f"{stem.name}.npz"
-        self.tfw.from_bundle(self.model, self.spec, WeightBundle.load(bundle_path), source=str(bundle_path))
-        with np.load(stem.parent / f"{stem.name}.opt.npz") as data:
-            values = [data[k] for k in sorted(data.files)]
-        variables = self._optimizer_variables()
-        if len(values) != len(variables):
-            raise UserError(f"{stem}.opt.npz holds {len(values)} optimizer variables, this optimizer has "
-                            f"{len(variables)}: the checkpoint is from another configuration")
-        for variable, value in zip(variables, values):
-            if tuple(variable.shape) != value.shape:
-                raise UserError(f"{stem}.opt.npz: {variable.path} has shape {value.shape}, expected "
-                                f"{tuple(variable.shape)}")
-            variable.assign(value)
+        load_checkpoint(self.model, self.spec, stem)
 
     # ---- the rest --------------------------------------------------------------------------------
     def memory(self) -> dict[str, Any]:

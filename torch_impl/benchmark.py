@@ -281,10 +281,15 @@ class Backend(DeviceBackend):
             torch.cuda.empty_cache()
 
     def matmul_step(self, precision: str, n: int) -> Callable[[], torch.Tensor]:
-        g = torch.Generator(device="cpu").manual_seed(0)
-        a = torch.randn(n, n, generator=g).to(self.device, MATMUL_DTYPES[precision])
-        b = torch.randn(n, n, generator=g).to(self.device, MATMUL_DTYPES[precision])
-        return lambda: a @ b
+        return matmul_step(self.device, precision, n)
+
+
+def matmul_step(device: torch.device, precision: str, n: int) -> Callable[[], torch.Tensor]:
+    """One n x n matmul in ``precision`` on ``device`` (the machine-peak probe)."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(device, MATMUL_DTYPES[precision])
+    b = torch.randn(n, n, generator=g).to(device, MATMUL_DTYPES[precision])
+    return lambda: a @ b
 
 
 # One row on its device, the matmul peak, and the worker task ``bench_row`` (bench.measure_backend).
