@@ -192,14 +192,14 @@ class Pipeline:
 
     # 4
     def parity(self) -> str:
-        from bench.parity import run_ablation_table
+        from bench.parity import run_record
         from bench.parity_spec import ABLATIONS, ParityConfig
 
         config = ParityConfig(model=self.model, **self.profile.parity_model, manifest=str(self.manifest_path))
         names = tuple(ABLATIONS) if self.profile.ablations is None else self.profile.ablations
-        result = run_ablation_table(config, self.workers, names=names)
-        out = self.run_dir / "parity.json"
-        envelope.write(out, result)
+        # What twinbench parity --ablation-table runs: the record, written, and its path.
+        result, out = run_record(config, self.workers, out=self.run_dir / "parity.json", ablation_table=True,
+                                 names=names)
         baseline = result["results"]["baseline"] if "results" in result else result
         verdict, first = baseline["verdict"], baseline.get("first_failure")
         del result, baseline
