@@ -78,4 +78,10 @@ def model_args(args: argparse.Namespace) -> dict:
     return {"model": args.model, "classes": args.classes, "input_size": args.input_size, "pooling": args.pooling}
 
 
-WORKER_OPTIONS = ("tf_python", "torch_python", "threads", "quiet")  # what add_worker_options adds
+def _worker_option_names() -> tuple[str, ...]:
+    parser = argparse.ArgumentParser(add_help=False)
+    add_worker_options(parser)
+    return tuple(action.dest for action in parser._actions)
+
+
+WORKER_OPTIONS = _worker_option_names()  # the dests add_worker_options adds, read from it

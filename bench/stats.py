@@ -151,7 +151,7 @@ def compare_repeats(records: Iterable[dict[str, Any]], *, margin: float, alpha: 
     frameworks: list[str] = []
     for doc in by_index.values():
         frameworks += [fw for fw in doc.get("frameworks", {}) if fw not in frameworks]
-    frameworks.sort(key=lambda fw: (fw != REFERENCE, ARMS.index(fw) if fw in ARMS else len(ARMS), fw))
+    frameworks.sort(key=lambda fw: (ARMS.index(fw) if fw in ARMS else len(ARMS), fw))  # REFERENCE is ARMS[0]
     orders = sorted({str((doc.get("config") or {}).get("order", "native")) for doc in by_index.values()})
 
     def value(i: int, fw: str, metric: str) -> float | None:
