@@ -32,6 +32,9 @@ PLOTTED = (
     ("train_peak_mb", "peak memory during training (MB)"),
 )
 
+# The package whose version a framework's row shows (keras-torch: Keras, which runs the model).
+VERSION_OF = {"tf": "tensorflow", "torch": "torch", "keras-torch": "keras"}
+
 
 def _quartiles(samples: Sequence[float]) -> tuple[float | None, float | None]:
     if len(samples) < 2:
@@ -71,7 +74,7 @@ def run_rows(run: Run) -> list[dict[str, Any]]:
         row: dict[str, Any] = {
             "when": when, "run": run.name, "path": str(run.path), "model": ",".join(run.models) or "-",
             "commit": (commit.get("id") or "")[:10] + ("+" if commit.get("dirty") else ""),
-            "framework": fw, "version": versions.get("tensorflow" if fw == "tf" else "torch", "-"),
+            "framework": fw, "version": versions.get(VERSION_OF.get(fw, fw), "-"),
             "parity": parity_verdict, "parity_worst": worst,
             # the mean over the run's repeats, with min-max (history_plot draws the band)
             "val_accuracy": (sum(acc.samples) / len(acc.samples) if acc and acc.samples else acc.value if acc else None),

@@ -468,7 +468,9 @@ def arm_ratios(rows: list[dict[str, Any]], arm: str = "keras-torch") -> list[dic
     the ratio of median throughputs and a band from the quartiles (Q1/Q3 .. Q3/Q1: the ratio of
     any typical window of one to any typical window of the other)."""
     ok = [r for r in rows if r.get("status") == "ok" and r["model"] == "ours" and r["input"] == "synthetic"]
-    key = ("mode", "batch", "input_size", "precision")
+    # The same layout and compile too: keras-torch is NHWC eager, so torch's NCHW or torch.compile
+    # rows are other settings, not other frameworks.
+    key = ("mode", "batch", "input_size", "precision", "layout", "compile")
     out = []
     for a in (r for r in ok if r["framework"] == arm):
         for b in (r for r in ok if r["framework"] != arm and all(r[k] == a[k] for k in key)):

@@ -7,9 +7,13 @@
     twinbench parity --checks all --steps 20         # adds the K-step training trajectory
     twinbench parity --ablate bn-eps                 # switch one alignment off on the torch side
     twinbench parity --ablation-table                # every ablation alone: what each mismatch costs
+    twinbench parity --arms tf,keras-torch           # the Keras model on Keras' torch backend against TF
+    twinbench parity --arms keras-torch,torch        # ... and as the reference the port is compared with
 
-Both frameworks load one weight bundle and read one input batch, each in its own worker; TF is the
-reference. Rows are the probe points plus ``input`` and ``loss``; columns are the checks
+Both sides load one weight bundle and read one input batch, each in its own worker; TF is the
+reference, the torch port the candidate (``--arms`` picks another pair of bench.parity_spec.PARITY_ARMS;
+the record's ``tf``/``torch`` slots are then the reference's and the candidate's, ``config.arms``
+names them). Rows are the probe points plus ``input`` and ``loss``; columns are the checks
 (``bench.parity_spec.CHECK_GROUPS``). A float32 cell passes when its cross-framework error is at
 most K = 2 times the larger of the two frameworks' own float32-vs-float64 errors, measured in the
 same run; float64 and ``--fixed-tolerances`` use the fixed table. The first failing cell (checks in
@@ -35,8 +39,10 @@ from bench import atomic, envelope
 from bench import parity_metrics as pm
 from bench import parity_spec as ps
 from bench.errors import CheckFailed, UserError
+from bench.frameworks import KERAS_TORCH
 from bench.options import add_model_options, add_worker_options, positive_int, worker_config
-from bench.parity_spec import ABLATIONS, CHECK_GROUPS, DEFAULT_CHECKS, DEFAULT_STEPS, TOLERANCES, ParityConfig
+from bench.parity_spec import (ABLATIONS, CHECK_GROUPS, DEFAULT_CHECKS, DEFAULT_STEPS, PARITY_ARMS, TOLERANCES,
+                               ParityConfig)
 from bench.parity_table import (CALIBRATED_METRIC, build_table, failures, first_divergent, format_ablation_table,
                                 format_table, summarize, trajectory_curve, trajectory_own)
 from bench.runner import WorkerConfig, WorkerResult, run_worker
@@ -169,9 +175,12 @@ def _manifest_inputs(config: ParityConfig, workers: WorkerConfig, spec: ModelSpe
         ablation = ABLATIONS[name]
         if ablation.pipeline:
             options[ablation.pipeline].update(ablation.options)
-    _say(workers, f"decoding {config.batch} validation images from {config.manifest} (both pipelines)")
-    tf_out = run_worker("tf", "parity_inputs", {**args, "options": options["tf"]}, job_dir=root / "inputs-tf",
-                        config=workers)
+    # The input row compares the two pipelines; without TF among the arms only torch's decodes.
+    with_tf = "tf" in config.arms
+    _say(workers, f"decoding {config.batch} validation images from {config.manifest} "
+                  f"({'both pipelines' if with_tf else 'the torch pipeline'})")
+    tf_out = (run_worker("tf", "parity_inputs", {**args, "options": options["tf"]}, job_dir=root / "inputs-tf",
+                         config=workers) if with_tf else None)
     torch_out = run_worker("torch", "parity_inputs", {**args, "options": options["torch"],
                                                       "traj_indices": traj_indices},
                            job_dir=root / "inputs-torch", config=workers)
@@ -187,7 +196,16 @@ def _manifest_inputs(config: ParityConfig, workers: WorkerConfig, spec: ModelSpe
         b = config.batch
         traj = (torch_out.arrays[ps.TRAJ_X].reshape(config.steps, b, *x.shape[1:]),
                 torch_out.arrays[ps.TRAJ_Y].reshape(config.steps, b))
-    return x, y, info, tf_out.arrays[ps.X], traj
+    return x, y, info, (tf_out.arrays[ps.X] if tf_out is not None else None), traj
+
+
+def _optimizer(session: _Session, arm: str, optimizer: dict) -> dict:
+    """The optimizer config one side gets: Keras' Adam on the torch backend corrects its float64
+    bias correction to TF's (tf_impl.optim.TFBetaCorrection), the one alignment this arm needs;
+    float32 unchanged."""
+    if arm == KERAS_TORCH and session.config.dtype == "float64" and optimizer.get("name") == "adam":
+        return {**optimizer, "tf_beta_correction": True}
+    return optimizer
 
 
 def _probe_args(session: _Session, checks: list[str], optimizer: dict, own: bool = True) -> dict[str, Any]:
@@ -208,25 +226,29 @@ def _batches(session: _Session) -> dict[str, np.ndarray]:
 
 
 def _reference(session: _Session) -> WorkerResult:
-    """The TF worker's arrays for every requested check."""
+    """The reference worker's (TF's unless ``--arms`` says otherwise) arrays for every requested check."""
     checks = list(session.config.checks)
     if "step" in checks and "train" not in checks and "grad" not in checks:
         checks.append("grad")  # the step starts from the reference gradients
-    _say(session.workers, f"TF reference ({', '.join(session.config.checks)})")
-    return run_worker("tf", "parity_probe", _probe_args(session, checks, ps.ADAM_CONFIG), arrays=_batches(session),
-                      job_dir=session.root / "tf", config=session.workers)
+    arm = session.config.arms[0]
+    _say(session.workers, f"{arm} reference ({', '.join(session.config.checks)})")
+    optimizer = _optimizer(session, arm, ps.ADAM_CONFIG)
+    return run_worker(arm, "parity_probe", _probe_args(session, checks, optimizer), arrays=_batches(session),
+                      job_dir=session.root / arm, config=session.workers)
 
 
 def _candidate(session: _Session, ref: WorkerResult, ablations: tuple[str, ...], own: bool = True) -> WorkerResult:
-    """The torch worker's arrays, with the given ablations, fed TF's references; with ``own``
-    (and calibrated tolerances) also its own float32 error and chaos baseline."""
+    """The candidate worker's (the torch port's unless ``--arms`` says otherwise) arrays, with the
+    given ablations (torch only), fed the reference's arrays; with ``own`` (and calibrated
+    tolerances) also its own float32 error and chaos baseline."""
     align: dict[str, Any] = {}
     optimizer = dict(ps.ADAM_CONFIG)
     for name in ablations:
         align.update(ABLATIONS[name].align)
         if ABLATIONS[name].optimizer:
             optimizer.update(ABLATIONS[name].optimizer)
-    args = _probe_args(session, list(session.config.checks), optimizer, own)
+    args = _probe_args(session, list(session.config.checks), _optimizer(session, session.config.arms[1], optimizer),
+                       own)
     args["align"] = align
     arrays = _batches(session)
     # Only the references the requested checks read: the gradients alone are 100 MB (float32).
@@ -238,9 +260,10 @@ def _candidate(session: _Session, ref: WorkerResult, ablations: tuple[str, ...],
         if wanted and key.startswith(wanted) and key != ps.TRAIN_LOSS:
             arrays[ps.key(ps.REF, key)] = value
     label = f" with {', '.join(ablations)} off" if ablations else ""
-    _say(session.workers, f"torch{label}")
-    return run_worker("torch", "parity_probe", args, arrays=arrays,
-                      job_dir=session.root / ("torch-" + "-".join(ablations) if ablations else "torch"),
+    arm = session.config.arms[1]
+    _say(session.workers, f"{arm}{label}")
+    return run_worker(arm, "parity_probe", args, arrays=arrays,
+                      job_dir=session.root / (f"{arm}-" + "-".join(ablations) if ablations else arm),
                       config=session.workers)
 
 
@@ -282,6 +305,7 @@ def _assemble(session: _Session, ref: WorkerResult, other: WorkerResult, ablatio
     config = asdict(c)
     config["checks"] = list(c.checks)
     config["ablations"] = list(ablations)
+    config["arms"] = list(c.arms)
     return atomic.json_safe(envelope.record(FORMAT, FORMAT_VERSION, {
         "verdict": "fail" if fails else "pass",
         "first_failure": fails[0] if fails else None,
@@ -289,6 +313,14 @@ def _assemble(session: _Session, ref: WorkerResult, other: WorkerResult, ablatio
         "first_divergent": first_divergent(table, columns),
         "config": config,
         "ablation": {name: ABLATIONS[name].description for name in ablations},
+        "arms": {"reference": c.arms[0], "candidate": c.arms[1]},
+        # float64 only: the keras-torch side's Adam takes TF's bias correction (tf_impl.optim).
+        "keras_torch_alignment": (["adam-tf-beta-correction"] if KERAS_TORCH in c.arms and c.dtype == "float64"
+                                  else []),
+        # Keras keeps float64 on TF only; a keras-torch side restores it (tf_impl.tape.exact_float64).
+        "float64_promotion_patched": {side: w.result.get("float64_promotion_patched")
+                                      for side, w in (("reference", ref), ("candidate", other))
+                                      if "float64_promotion_patched" in w.result},
         "rows": table["rows"], "columns": columns,
         "tolerances": {col: tolerances[col] for col in columns},  # the fixed table (the fallback)
         "judge": {"mode": "calibrated" if own is not None else "fixed", "k": pm.K, "floor": pm.FLOOR,
@@ -340,6 +372,9 @@ def run_ablation_table(config: ParityConfig, workers: WorkerConfig | None = None
     ablation's torch side runs only the check groups up to its expected check (faster; the
     later columns stay empty)."""
     started = time.perf_counter()
+    if config.arms[1] != "torch":
+        raise UserError(f"--ablation-table switches alignments off in the torch port: with --arms "
+                        f"{','.join(config.arms)} the candidate is not the port; use --arms tf,torch")
     workers = parity_workers(workers)
     config = replace(config, ablations=())
     spec = config.validate()
@@ -414,6 +449,9 @@ def register(sub) -> None:
                                       "optimizer step, trajectory",
                        description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", metavar="BUNDLE|H5", help="weight file (default: calibrated random weights)")
+    p.add_argument("--arms", default="tf,torch", metavar="REF,CAND",
+                   help="reference and candidate: " + "; ".join(",".join(a) for a in PARITY_ARMS)
+                        + " (default tf,torch)")
     p.add_argument("--manifest", metavar="M", help="read the parity batch from this manifest's validation split")
     p.add_argument("--dtype", choices=tuple(TOLERANCES), default="float32", help="precision of both sides")
     p.add_argument("--batch", type=positive_int, default=2, help="images in the parity batch (default 2)")
@@ -447,7 +485,8 @@ def config_from_args(args: argparse.Namespace) -> ParityConfig:
                         dtype=args.dtype, batch=args.batch, seed=args.seed, checks=tuple(checks),
                         ablations=tuple(dict.fromkeys(args.ablate)), steps=args.steps, weights=args.weights,
                         manifest=args.manifest, calibrate=args.calibrate, work_dir=args.work_dir,
-                        fixed_tolerances=args.fixed_tolerances)
+                        fixed_tolerances=args.fixed_tolerances,
+                        arms=tuple(a.strip() for a in args.arms.split(",")))
 
 
 def cmd_parity(args: argparse.Namespace) -> int:

@@ -52,6 +52,12 @@ ADAM_CONFIG = {"name": "adam", "learning_rate": 1e-3, "beta_1": 0.9, "beta_2": 0
 SGD_CONFIG = {"name": "sgd", "learning_rate": 1e-3, "momentum": 0.0}
 
 
+# (reference, candidate) pairs ``twinbench parity --arms`` compares: the port against the Keras
+# original; the seed's Keras model on Keras' torch backend against the original (same Keras code,
+# another backend) and as the reference the port is compared with (same backend, another model).
+PARITY_ARMS = (("tf", "torch"), ("tf", "keras-torch"), ("keras-torch", "torch"))
+
+
 # ---- ablations -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Ablation:
@@ -121,6 +127,7 @@ class ParityConfig:
     calibrate: bool | None = None  # None: calibrate random weights only
     work_dir: str | None = None  # keep jobs and arrays here (default: a temporary directory)
     fixed_tolerances: bool = False  # float32 judged by TOLERANCES instead of calibrated in the run
+    arms: tuple[str, str] = ("tf", "torch")  # (reference, candidate): PARITY_ARMS
 
     def calibrated(self) -> bool:
         """Tolerances calibrated in the run (float32; float64 keeps the fixed table)."""
@@ -137,6 +144,12 @@ class ParityConfig:
         if bad or not self.checks:
             raise UserError(f"--checks {','.join(self.checks) or '(empty)'}: choose from "
                             f"{', '.join(CHECK_GROUPS)} or 'all'")
+        if tuple(self.arms) not in PARITY_ARMS:
+            raise UserError(f"--arms {','.join(self.arms)}: choose one of "
+                            f"{'; '.join(','.join(p) for p in PARITY_ARMS)} (reference first)")
+        if self.ablations and self.arms[1] != "torch":
+            raise UserError(f"--ablate switches alignments off in the torch port: with --arms {','.join(self.arms)} "
+                            "the candidate is not the port; drop --ablate")
         bad = [a for a in self.ablations if a not in ABLATIONS]
         if bad:
             raise UserError(f"--ablate {bad[0]!r}: choose one of {', '.join(ABLATIONS)}")
@@ -156,7 +169,7 @@ class ParityConfig:
 
     def columns(self) -> list[str]:
         wanted = {c for g in self.checks for c in CHECK_GROUPS[g]}
-        if self.manifest:
+        if self.manifest and "tf" in self.arms:  # the input row compares TF's pipeline with torch's
             wanted.add("input")
         return [c for c in COLUMNS if c in wanted]
 

@@ -20,6 +20,9 @@ from bench.spec import ModelSpec
 # The metric that decides a calibrated cell. Gradients and the trajectory by the normwise error per
 # tensor: their max_rel is one element's (a ReLU or max-pool derivative flipped by the last bit).
 CALIBRATED_METRIC = {"grad-iso": "norm_rel", "grad": "norm_rel", "traj": "norm_rel"}
+# The arms in the printed table; the record's "tf"/"torch" slots are the reference's and the
+# candidate's (config.arms names them).
+SHORT = {"tf": "TF", "torch": "torch", "keras-torch": "kt"}
 FIXED_ONLY = ("input",)  # two data pipelines: there is no float64 of a JPEG decoder
 
 
@@ -254,13 +257,17 @@ def format_table(result: dict[str, Any]) -> str:
     """The block x check tables ('!' marking a failing cell) and the per-check summary."""
     c = result["config"]
     columns = result["columns"]
+    ref_arm, cand_arm = c.get("arms") or ("tf", "torch")
+    R, C = SHORT[ref_arm], SHORT[cand_arm]
     width = {col: max(9, len(col) + 1) for col in columns}
     source = c["weights"] or f"random weights (seed {c['seed']})"
     if result.get("calibration"):
         source += ", calibrated"
     calibrated = result.get("judge", {}).get("mode") == "calibrated"
     lines = [f"parity {c['model']} {c['dtype']}: batch {c['batch']} at {c['input_size']} px, {source}; "
-             f"TF reference vs torch" + (f" with {', '.join(result['ablation'])} off" if result["ablation"] else ""),
+             f"{R} reference vs {C}"
+             + (" (kt: the seed's Keras model on Keras' torch backend)" if "keras-torch" in (ref_arm, cand_arm) else "")
+             + (f" with {', '.join(result['ablation'])} off" if result["ablation"] else ""),
              "cross-framework error per block and check: max|a-b|/max|ref|; grad-iso, grad, traj"
              + (": ||a-b||/||ref|| of the worst tensor" if calibrated else " too") + " ('!' = failing)", ""]
 
@@ -273,13 +280,13 @@ def format_table(result: dict[str, Any]) -> str:
     grid("value")
     if calibrated:
         j = result["judge"]
-        lines += ["", f"ratio cross / max(own TF, own torch): each framework's float32 against its own float64"
+        lines += ["", f"ratio cross / max(own {R}, own {C}): each side's float32 against its own float64"
                       f" (traj: against itself from the bundle moved one ulp); pass <= {j['k']:g}, floor {j['floor']:.1e}",
                   ""]
         grid("ratio")
     lines += ["", "per check: the cell nearest its limit (cross, own errors, ratio, limit there); the median and "
                   "loosest limit over the cells; the fixed table's tolerance, and how much tighter (median/loosest)",
-              f"{'check':<10}{'metric':>9}{'worst at':>9}{'cross':>9}{'own TF':>9}{'own torch':>10}{'ratio':>7}"
+              f"{'check':<10}{'metric':>9}{'worst at':>9}{'cross':>9}{'own ' + R:>9}{'own ' + C:>10}{'ratio':>7}"
                   f"{'limit':>9}{'median':>9}{'loosest':>9}{'fixed':>8}{'tighter':>14}"]
     for column, s in check_summary(result).items():
         fixed, loosest, median = s["fixed_tol"], s["loosest_limit"], s["median_limit"]
@@ -294,17 +301,17 @@ def format_table(result: dict[str, Any]) -> str:
     loss = result.get("loss")
     if loss:
         lines.append("")
-        lines.append(f"loss: TF {loss['tf']:.8g} (exact CE of the logits {loss['tf_from_logits']:.8g}: Keras "
+        lines.append(f"loss: {R} {loss['tf']:.8g} (exact CE of the logits {loss['tf_from_logits']:.8g}: Keras "
                      f"{'recovers' if loss['keras_logits_recovered'] else 'does NOT recover'} the logits "
-                     f"from the softmax), torch {loss['torch']:.8g}")
+                     f"from the softmax), {C} {loss['torch']:.8g}")
     curve = result.get("trajectory")
     if curve:
         lines.append("")
         lines.append(f"trajectory: loss and weights within {curve['onset']:.0e} for the first "
                      f"{curve['agree_steps']} of {curve['steps']} steps")
         chaos = "chaos_tf" in curve and "chaos_torch" in curve
-        lines.append(f"{'':<16}{'step':>4} {'loss TF':>12} {'loss torch':>12} {'loss rel':>9} {'param rel':>9} "
-                     f"{'bn rel':>9}" + (f" {'TF 1ulp':>9} {'torch 1ulp':>10}" if chaos else ""))
+        lines.append(f"{'':<16}{'step':>4} {'loss ' + R:>12} {'loss ' + C:>12} {'loss rel':>9} {'param rel':>9} "
+                     f"{'bn rel':>9}" + (f" {R + ' 1ulp':>9} {C + ' 1ulp':>10}" if chaos else ""))
         for i in range(curve["steps"]):
             line = (f"{'':<16}{i + 1:>4} {curve['loss_tf'][i]:>12.6f} {curve['loss_torch'][i]:>12.6f} "
                     f"{curve['loss_rel'][i]:>9.1e} {curve['param_rel'][i]:>9.1e} "

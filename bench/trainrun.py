@@ -14,11 +14,11 @@ import shutil
 import statistics
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from bench import __version__, atomic
 from bench.errors import CheckFailed, TwinbenchError, UserError, WorkerError, one_line
-from bench.frameworks import FRAMEWORK_LABELS
+from bench.frameworks import FRAMEWORK_LABELS, KERAS_TORCH
 from bench.options import worker_config
 from bench.profiles import PROFILES
 from bench.training import TrainConfig, read_state, torch_alignment, validate_config
@@ -80,7 +80,7 @@ def start_run(config: TrainConfig, sources: dict[str, str], frameworks: list[str
             record.init = {"kind": "bundle", "init": config.init, "weights": None, "path": "init.npz",
                            "sha256": sha256_file(run_dir / "init.npz"), "source": str(init_bundle)}
         else:
-            record.init = prepare_init(config, run_dir, args)
+            record.init = prepare_init(config, run_dir, args, frameworks)
     except (TwinbenchError, KeyboardInterrupt) as exc:
         # No framework started: the record must not stay "running" with "pending" frameworks.
         interrupted = isinstance(exc, KeyboardInterrupt)
@@ -191,8 +191,12 @@ class RunLock:
 
 
 # ---- starting weights ----------------------------------------------------------------------------
-def prepare_init(config: TrainConfig, run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """Write ``init.npz``, the one bundle both sides start from; return the record's ``init``."""
+def prepare_init(config: TrainConfig, run_dir: Path, args: argparse.Namespace,
+                 frameworks: Sequence[str] = ("tf", "torch")) -> dict[str, Any]:
+    """Write ``init.npz``, the one bundle every side starts from; return the record's ``init``.
+    Keras' initialisers run in the TF worker, or, when the run trains no TF side (a machine
+    without TensorFlow), in the keras-torch worker: the same Keras code on its torch backend
+    (other random streams, so other numbers; the record says which worker drew them)."""
     from bench.dataset import sha256_file
     from bench.runner import run_worker
     from bench.spec import spec_from_args
@@ -200,6 +204,8 @@ def prepare_init(config: TrainConfig, run_dir: Path, args: argparse.Namespace) -
 
     spec = spec_from_args(config.spec_args())
     path = run_dir / "init.npz"
+    keras_worker = KERAS_TORCH if KERAS_TORCH in frameworks and "tf" not in frameworks else "tf"
+    drawn_by = None
     wconfig = _worker_config(args, config)
     wconfig.quiet = True
     margs = {**config.spec_args(), "seed": config.seed}
@@ -209,11 +215,12 @@ def prepare_init(config: TrainConfig, run_dir: Path, args: argparse.Namespace) -
     if config.init == "random":
         base = random_bundle(spec, seed=config.seed)
     elif config.init in ("keras", "torch"):
-        fw = "tf" if config.init == "keras" else "torch"
-        run_worker(fw, "export", {**margs, "out": str(path)}, config=wconfig, job_dir=run_dir / "init-job")
+        drawn_by = keras_worker if config.init == "keras" else "torch"
+        run_worker(drawn_by, "export", {**margs, "out": str(path)}, config=wconfig, job_dir=run_dir / "init-job")
         base = WeightBundle.load(path)
     else:  # independent + --weights: the head (if skipped) comes from Keras' initialisers
-        run_worker("tf", "export", {**margs, "out": str(path)}, config=wconfig, job_dir=run_dir / "init-job")
+        drawn_by = keras_worker
+        run_worker(drawn_by, "export", {**margs, "out": str(path)}, config=wconfig, job_dir=run_dir / "init-job")
         base = WeightBundle.load(path)
     shutil.rmtree(run_dir / "init-job", ignore_errors=True)
     kind = config.init
@@ -248,7 +255,7 @@ def prepare_init(config: TrainConfig, run_dir: Path, args: argparse.Namespace) -
                   f"initialisation ({config.classes} classes)", file=sys.stderr)
     base.save(path)
     return {"kind": kind, "init": config.init, "weights": config.weights, "path": path.name,
-            "sha256": sha256_file(path), "source": base.meta.get("source")}
+            "sha256": sha256_file(path), "source": base.meta.get("source"), "drawn_by": drawn_by}
 
 
 # ---- orchestration -------------------------------------------------------------------------------

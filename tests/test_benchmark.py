@@ -335,17 +335,20 @@ def test_ratios_compare_ours_with_the_reference_per_image_and_per_flop():
 
 
 def test_keras_on_torch_is_set_against_each_framework_by_median_with_a_quartile_band():
-    def row(fw, median, q1, q3, precision="fp32", model="ours"):
+    def row(fw, median, q1, q3, precision="fp32", model="ours", layout="nhwc", comp="eager"):
         r = {"framework": fw, "model": model, "mode": "train", "input": "synthetic", "batch": 8, "input_size": 224,
-             "precision": precision, "layout": "nhwc", "compile": "eager", "status": "ok",
+             "precision": precision, "layout": layout, "compile": comp, "status": "ok",
              "timing": {"throughput": {"median": median, "q1": q1, "q3": q3, "windows": [median] * 5}}}
         r["id"] = bm.row_id(r)
         return r
 
     rows = [row("tf", 4.0, 3.8, 4.2), row("torch", 6.0, 5.9, 6.1), row("keras-torch", 5.0, 4.9, 5.2),
-            row("keras-torch", 9.0, 8.0, 10.0, "bf16"), row("keras-torch", 7.0, 7.0, 7.0, model="reference")]
-    by_kind = {q["kind"]: q for q in bm.arm_ratios(rows)}
-    assert set(by_kind) == {"keras-torch/tf", "keras-torch/torch"}  # bf16 has no partner, the reference no part
+            row("keras-torch", 9.0, 8.0, 10.0, "bf16"), row("keras-torch", 7.0, 7.0, 7.0, model="reference"),
+            # Other settings of the port: not the NHWC eager row keras-torch is set against.
+            row("torch", 3.0, 3.0, 3.0, layout="nchw"), row("torch", 12.0, 12.0, 12.0, comp="jit")]
+    ratios = bm.arm_ratios(rows)
+    by_kind = {q["kind"]: q for q in ratios}
+    assert len(ratios) == 2 and set(by_kind) == {"keras-torch/tf", "keras-torch/torch"}  # bf16: no partner
     q = by_kind["keras-torch/torch"]
     assert q["ratio"] == pytest.approx(5.0 / 6.0) and q["low"] == pytest.approx(4.9 / 6.1)
     assert q["high"] == pytest.approx(5.2 / 5.9) and q["images_per_s"] == [5.0, 6.0]
@@ -570,10 +573,16 @@ def test_gpu_check_smoke_runs_from_the_source_tree_with_torch_alone(tmp_path, re
     payload = json.loads((tmp_path / "gpu_check.json").read_text())
     assert payload["format"] == "twinbench.gpu-check" and payload["smoke"] is True
     assert payload["versions"]["torchvision"] is None and payload["versions"]["torch"]
-    status = {(r["model"], r["mode"], r["precision"]): r["status"] for r in payload["rows"]}
-    assert status == {("ours", "train", "fp32"): "ok", ("reference", "train", "fp32"): "ok",
-                      ("ours", "infer", "bf16"): "ok", ("reference", "infer", "bf16"): "ok",
-                      ("ours", "train", "tf32"): "skipped", ("reference", "train", "tf32"): "skipped"}
+    status = {(r["framework"], r["model"], r["mode"], r["precision"]): r["status"] for r in payload["rows"]}
+    assert status == {("torch", "ours", "train", "fp32"): "ok", ("torch", "reference", "train", "fp32"): "ok",
+                      ("torch", "ours", "infer", "bf16"): "ok", ("torch", "reference", "infer", "bf16"): "ok",
+                      ("torch", "ours", "train", "tf32"): "skipped", ("torch", "reference", "train", "tf32"): "skipped",
+                      # No Keras in a torch-only site: the arm's rows say what to do instead of failing.
+                      ("keras-torch", "ours", "train", "fp32"): "skipped",
+                      ("keras-torch", "ours", "infer", "bf16"): "skipped",
+                      ("keras-torch", "ours", "train", "tf32"): "skipped"}
+    kt = [r for r in payload["rows"] if r["framework"] == "keras-torch"]
+    assert all("make gpu-vendor" in r["error"] for r in kt[:2]), kt
     ok = [r for r in payload["rows"] if r["status"] == "ok"]
     assert all(r["batch_used"] == 2 and r["mfu"] > 0 and r["memory"]["reset"] for r in ok)
     assert "copy" in next(r for r in ok if r["model"] == "reference")["model_label_full"]
@@ -581,16 +590,47 @@ def test_gpu_check_smoke_runs_from_the_source_tree_with_torch_alone(tmp_path, re
     assert "ours/torchvision train fp32 eager: throughput" in proc.stdout
 
 
+@pytest.mark.slow
+def test_gpu_check_smoke_measures_the_keras_torch_arm_in_its_own_process(tmp_path, repo_root):
+    """The keras-torch rows of ``gpu_check --smoke``: each in a child with Keras on the torch backend
+    that imports neither TensorFlow nor our torch model; beside the port's rows, with a ratio."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(repo_root / "torch_impl" / "gpu_check.py"), "--smoke", "--quiet",
+                           "--budget-s", "900", "--out", str(tmp_path / "g.json")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    payload = json.loads((tmp_path / "g.json").read_text())
+    kt = {(r["mode"], r["precision"]): r for r in payload["rows"] if r["framework"] == "keras-torch"}
+    assert kt[("train", "fp32")]["status"] == "ok" and kt[("infer", "bf16")]["status"] == "ok"
+    assert kt[("train", "tf32")]["status"] == "skipped"  # TF32 is CUDA's
+    assert all(r["imported"] == {"tensorflow": False, "torch_impl.model": False}
+               for r in kt.values() if r["status"] == "ok")
+    assert all(r["memory"]["peak_bytes"] > 0 and r["mfu"] > 0 for r in kt.values() if r["status"] == "ok")
+    assert {(q["kind"], q["mode"], q["precision"]) for q in payload["arm_ratios"]} == {
+        ("keras-torch/torch", "train", "fp32"), ("keras-torch/torch", "infer", "bf16")}
+
+
 def test_gpu_check_plans_the_anchor_settings_first_and_keeps_to_its_budget():
     from torch_impl import gpu_check
 
     rows = gpu_check.make_rows(gpu_check.settings(smoke=False, batch=None))
-    assert {(r["batch"], r["input_size"], r["layout"]) for r in rows} == {(256, 224, "nhwc")}
-    assert [(r["mode"], r["precision"], r["compile"]) for r in rows[:4:2]] == [("train", "tf32", "eager"),
+    assert {(r["batch"], r["input_size"], r["layout"]) for r in rows} == {(256, 224, "nhwc"), (8, 224, "nhwc")}
+    # Per setting: our torch model, torchvision's, then the Keras model on the torch backend (eager only).
+    assert [(r["framework"], r["model"]) for r in rows[:3]] == [("torch", "ours"), ("torch", "reference"),
+                                                                ("keras-torch", "ours")]
+    assert [(r["mode"], r["precision"], r["compile"]) for r in rows[:6:3]] == [("train", "tf32", "eager"),
                                                                              ("train", "bf16", "eager")]
     assert {r["compile"] for r in rows} == {"eager", "jit"} and {r["precision"] for r in rows} >= {"fp32", "tf32", "bf16"}
+    assert {r["compile"] for r in rows if r["framework"] == "keras-torch"} == {"eager"}
+    seed = [(r["framework"], r["precision"]) for r in rows if r["batch"] == 8]
+    assert seed == [(fw, p) for p in ("fp32", "tf32", "bf16") for fw in ("torch", "torch", "keras-torch")]
+    # The eager rows of both batches come before any torch.compile row (the budget skips from the end).
+    first_jit = next(i for i, r in enumerate(rows) if r["compile"] == "jit")
+    assert all(r["compile"] == "eager" for r in rows[:first_jit]) and rows[first_jit - 1]["batch"] == 8
+    assert [r["framework"] for r in gpu_check.make_rows(gpu_check.settings(smoke=True, batch=None), ("torch",))] \
+        == ["torch"] * 6
     # A compile row is estimated from its eager twin's steps plus the compile allowance.
-    eager = {**rows[2], "status": "ok", "step_s": [0.1] * 5}
+    eager = {**rows[3], "status": "ok", "step_s": [0.1] * 5}
     jit = next(r for r in rows if r["compile"] == "jit" and r["mode"] == "train" and r["model"] == "ours")
     steps = jit["warmup"] + jit["repeats"] * jit["steps"] + jit["memory_steps"]
     assert gpu_check.estimate_s(jit, [eager]) == pytest.approx(steps * 0.1 * 1.5 + 200 + 2)

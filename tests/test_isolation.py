@@ -90,6 +90,40 @@ def test_keras_torch_worker_imports_neither_tensorflow_nor_our_torch_model(tmp_p
     assert info["imported"] == {"tensorflow": False, "torch_impl.model": False}
 
 
+BN_FLOAT64 = """
+import os, sys
+os.environ["KERAS_BACKEND"] = "torch"
+import keras, numpy as np
+from tf_impl import tape
+keras.config.set_floatx("float64")
+rng = np.random.default_rng(0)
+x = rng.normal(size=(2, 8, 8, 16)) * 3 + 1
+gamma, beta, mean, var = rng.normal(size=16), rng.normal(size=16), rng.normal(size=16), rng.uniform(0.5, 2, 16)
+exact = (x - mean) / np.sqrt(var + 1.001e-5) * gamma + beta
+def error():
+    bn = keras.layers.BatchNormalization(epsilon=1.001e-5, dtype="float64")
+    bn.build(x.shape)
+    bn.set_weights([gamma, beta, mean, var])
+    y = keras.ops.convert_to_numpy(bn(keras.ops.convert_to_tensor(x), training=False))
+    return float(np.abs(y - exact).max() / np.abs(exact).max())
+before = error()
+changed = tape.exact_float64()
+print(before, changed, error(), "tensorflow" in sys.modules)
+"""
+
+
+def test_keras_torch_float64_batch_norm():
+    """Keras maps float64 to float32 in its type promotion on every backend but TF, so its
+    BatchNormalization normalises a float64 model in float32 on torch (tf_impl.tape). If this
+    starts failing on its first assertion, Keras changed: exact_float64 may no longer be needed."""
+    out = subprocess.run([sys.executable, "-c", BN_FLOAT64], capture_output=True, text=True, timeout=300,
+                         cwd=Path(bench.__file__).resolve().parent.parent)
+    assert out.returncode == 0, out.stderr[-2000:]
+    before, changed, after, tf_imported = out.stdout.split()
+    assert 1e-8 < float(before) < 1e-6  # float32 arithmetic (2^-24 = 6e-8 per operation)
+    assert changed == "True" and float(after) < 1e-14 and tf_imported == "False"
+
+
 def test_worker_user_error_comes_back_as_user_error(tmp_path):
     # A real torch worker, asked for a model that does not exist: exit 2 material, no traceback.
     with pytest.raises(UserError, match="unknown pooling 'max'"):

@@ -325,6 +325,46 @@ def test_cli_exit_1_names_first_block_and_check(tmp_path):
     assert "FAIL: first divergent block stem, check isolated" in proc.stdout
 
 
+# ---- the keras-torch arm: the seed's Keras code on Keras' torch backend ----------------------------------
+def test_keras_torch_float64_agrees_with_tf_as_tf_with_the_port(tmp_path):
+    """The same Keras code on another backend, in float64: every default check as tight as the
+    fixed float64 table demands. Fails without tf_impl.tape.exact_float64 (Keras' torch backend
+    would normalise in float32: bn_conv1 1.5e-7 off)."""
+    config = ps.ParityConfig(**{**SMALL, "dtype": "float64"}, arms=("tf", "keras-torch"), work_dir=str(tmp_path))
+    from bench.runner import WorkerConfig
+    result = parity.run_parity(config, WorkerConfig(quiet=True))
+    assert result["verdict"] == "pass", parity_table.format_table(result)
+    assert result["arms"] == {"reference": "tf", "candidate": "keras-torch"}
+    assert result["float64_promotion_patched"] == {"reference": False, "candidate": True}
+    worst = parity_table.summarize(result)["worst"]
+    assert worst["forward"] < 1e-12 and worst["grad"] < 1e-10 and worst["adam"] < 1e-14
+    assert "kt reference" not in parity_table.format_table(result) and "TF reference vs kt" in \
+        parity_table.format_table(result)
+
+
+def test_parity_arms_are_checked():
+    with pytest.raises(UserError, match="--arms torch,tf: choose one of"):
+        ps.ParityConfig(arms=("torch", "tf")).validate()
+    with pytest.raises(UserError, match="the candidate is not the port"):
+        ps.ParityConfig(arms=("tf", "keras-torch"), ablations=("bn-eps",)).validate()
+    assert "input" not in ps.ParityConfig(arms=("keras-torch", "torch"), manifest="m.json").columns()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arms", [("tf", "keras-torch"), ("keras-torch", "torch")])
+def test_keras_torch_float32_passes_every_calibrated_check(tmp_path, arms):
+    """float32, calibrated: keras-torch as the candidate against TF, and as the reference of the
+    port (then the keras-torch side runs TF's reference role on torch)."""
+    config = ps.ParityConfig(**SMALL, checks=tuple(ps.CHECK_GROUPS), steps=3, arms=arms, work_dir=str(tmp_path))
+    from bench.runner import WorkerConfig
+    result = parity.run_parity(config, WorkerConfig(quiet=True))
+    assert result["verdict"] == "pass", parity_table.format_table(result)
+    assert result["judge"]["mode"] == "calibrated"
+    cells = [c for r in result["rows"] for c in result["table"][r].values() if c]
+    assert all(c["own_tf"] > 0 and c["own_torch"] > 0 for c in cells if c["value"] > 0)
+    assert max(c["ratio"] for c in cells) <= pm.K * pm.SLACK
+
+
 # ---- slow: float64, the trajectory, real images ---------------------------------------------------------
 @pytest.mark.slow
 def test_float64_parity_is_tight_everywhere(tmp_path):

@@ -80,7 +80,11 @@ def _count(weights) -> int:
 
 
 def forward(args, inputs, job_dir):
-    """Inference forward pass: logits, probabilities, counts, names and probe-point shapes."""
+    """Inference forward pass: logits, probabilities, counts, names and probe-point shapes. In
+    float64, Keras keeps float64 on every backend (``tf_impl.tape.exact_float64``)."""
+    from tf_impl.tape import exact_float64
+
+    patched = exact_float64() if args.get("dtype") == "float64" else False
     spec, model = model_and_bundle(args)
     x = keras.ops.convert_to_tensor(inputs["x"], dtype=args.get("dtype", "float32"))
     features = tfm.features_model(model, spec)(x, training=False)
@@ -95,6 +99,7 @@ def forward(args, inputs, job_dir):
         "layers": [layer.name for layer in model.layers],
         "shapes": shapes,
         "backend": keras.backend.backend(),
+        "float64_promotion_patched": patched,
     }
     arrays = {"logits": logits, "probs": probs, "features": features}
     return result, {k: keras.ops.convert_to_numpy(v) for k, v in arrays.items()}

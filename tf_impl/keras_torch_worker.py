@@ -24,6 +24,7 @@ TASKS = {
     "export": "tf_impl.keras_tasks:export",
     "train": "tf_impl.keras_torch_train:train",
     "bench_row": "tf_impl.keras_torch_benchmark:bench_row",
+    "parity_probe": "tf_impl.probes:probe",  # the TF side's probes; gradients through tf_impl.tape
 }
 
 

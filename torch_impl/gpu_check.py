@@ -1,7 +1,14 @@
-"""GPU check: our torch ResNet-50 against torchvision's on a lent NVIDIA GPU (an H200), torch only.
+"""GPU check: our torch ResNet-50 against torchvision's, and the seed's Keras model on Keras 3's torch
+backend (the keras-torch arm), on a lent NVIDIA GPU (an H200) with PyTorch and no TensorFlow.
 
     python3 torch_impl/gpu_check.py          # or: python3 -m torch_impl.gpu_check, or: make gpu-check
     python3 torch_impl/gpu_check.py --smoke  # a tiny CPU run of the same code (what the tests run)
+    python3 torch_impl/gpu_check.py --arms torch   # without the keras-torch rows
+
+The keras-torch rows run one child process each (``KERAS_BACKEND=torch``; the child imports Keras and
+torch's device layer, never our torch model). Keras is not on the lent machine: ``make gpu-vendor``
+unpacks Keras and the two of its needs the machine lacks (namex, optree for its Python 3.12) into
+``.gpu-vendor/site``, which travels with the tree (``carry``) and goes first on the child's path.
 
 Runs from the source tree on a machine with PyTorch alone (no TensorFlow, maybe no numpy or
 torchvision); imports only the standard library, ``bench.measure`` (stdlib-only at import) and,
@@ -47,22 +54,37 @@ FULL_PLAN = [
     ("train", "tf32", "jit"), ("infer", "tf32", "jit"),
 ]
 SMOKE_PLAN = [("train", "fp32", "eager"), ("infer", "bf16", "eager"), ("train", "tf32", "eager")]
+# The seed's batch 8 (train, the three precisions the keras-torch arm is measured in), after the
+# batch-256 plan's eager rows and before its torch.compile ones.
+SEED_BATCH = 8
+SEED_PLAN = [("train", "fp32", "eager"), ("train", "tf32", "eager"), ("train", "bf16", "eager")]
+ARMS = ("torch", "keras-torch")
+ROOT = Path(__file__).resolve().parent.parent
+VENDOR = ROOT / ".gpu-vendor" / "site"  # make gpu-vendor
 
 
 def settings(smoke: bool, batch: int | None) -> dict[str, Any]:
     if smoke:  # seconds on a CPU: the code paths, not the figures
         return {"batch": batch or 2, "input_size": 32, "pooling": "global", "warmup": 1, "repeats": bm.MIN_REPEATS,
-                "steps": 1, "memory_steps": 1, "peak_size": 256, "plan": SMOKE_PLAN}
+                "steps": 1, "memory_steps": 1, "peak_size": 256, "plan": [(batch or 2, p) for p in SMOKE_PLAN]}
+    eager = [p for p in FULL_PLAN if p[2] == "eager"]
+    plan = ([(batch or 256, p) for p in eager] + [(SEED_BATCH, p) for p in SEED_PLAN]
+            + [(batch or 256, p) for p in FULL_PLAN if p[2] != "eager"])
     return {"batch": batch or 256, "input_size": 224, "pooling": "avg7", "warmup": 10, "repeats": bm.MIN_REPEATS,
-            "steps": 10, "memory_steps": 3, "peak_size": 8192, "plan": FULL_PLAN}
+            "steps": 10, "memory_steps": 3, "peak_size": 8192, "plan": plan}
 
 
-def make_rows(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+def make_rows(cfg: dict[str, Any], arms: tuple[str, ...] = ARMS) -> list[dict[str, Any]]:
+    """Per setting, back to back (drift hits both sides of a ratio alike): our torch model and
+    torchvision's, then the Keras model on the torch backend (eager only: what ``fit`` runs)."""
     rows = []
-    for mode, precision, comp in cfg["plan"]:
-        for model in ("ours", "reference"):  # back to back: drift hits both sides of the ratio alike
+    for batch, (mode, precision, comp) in cfg["plan"]:
+        sides = [("torch", "ours"), ("torch", "reference")] if "torch" in arms else []
+        if "keras-torch" in arms and comp == "eager":
+            sides.append(("keras-torch", "ours"))
+        for framework, model in sides:
             rows.append(bm.new_row(
-                framework="torch", model=model, mode=mode, input_kind="synthetic", batch=cfg["batch"],
+                framework=framework, model=model, mode=mode, input_kind="synthetic", batch=batch,
                 input_size=cfg["input_size"], pooling=cfg["pooling"], classes=1000, arch="resnet50",
                 precision=precision, layout="nhwc", comp=comp, warmup=cfg["warmup"], repeats=cfg["repeats"],
                 steps=cfg["steps"], memory_steps=cfg["memory_steps"], device="auto"))
@@ -74,8 +96,8 @@ def estimate_s(row: dict[str, Any], done: list[dict[str, Any]]) -> float:
     FLOPs) times its steps, plus compilation. Unknown: 30 s."""
     steps = row["warmup"] + row["repeats"] * row["steps"] + row["memory_steps"]
     measured = [r for r in done if r.get("status") == "ok"]
-    twin = next((r for r in measured if (r["mode"], r["precision"], r["model"]) ==
-                 (row["mode"], row["precision"], row["model"])), None)
+    twin = next((r for r in measured if (r["mode"], r["precision"], r["model"], r["framework"], r["batch"]) ==
+                 (row["mode"], row["precision"], row["model"], row["framework"], row["batch"])), None)
     if twin is not None:
         per_step = min(twin["step_s"])
     elif measured:
@@ -84,7 +106,62 @@ def estimate_s(row: dict[str, Any], done: list[dict[str, Any]]) -> float:
     else:
         return 30.0
     compile_s = COMPILE_ESTIMATE_S[row["mode"]] if row["compile"] == "jit" else 0.0
-    return steps * per_step * 1.5 + compile_s + 2.0
+    start_s = 15.0 if row["framework"] == "keras-torch" else 0.0  # its own process: Python, torch, Keras
+    return steps * per_step * 1.5 + compile_s + start_s + 2.0
+
+
+def vendor_needed() -> bool:
+    """``.gpu-vendor/site`` goes on the child's path only where this Python has no Keras of its own
+    (its optree is built for the lent machine's Python, not necessarily this one)."""
+    import importlib.util
+
+    return VENDOR.is_dir() and importlib.util.find_spec("keras") is None
+
+
+def keras_torch_row(row: dict[str, Any], timeout_s: float, quiet: bool) -> dict[str, Any]:
+    """One keras-torch row in a child process (``--keras-torch-row``): Keras on its torch backend,
+    ``.gpu-vendor/site`` first on its path when it exists. Its progress goes to our stderr."""
+    import subprocess
+
+    with tempfile.TemporaryDirectory(prefix="gpu-check-kt-") as tmp:
+        job, out = Path(tmp) / "row.json", Path(tmp) / "result.json"
+        job.write_text(json.dumps(row))
+        path = [str(VENDOR)] if vendor_needed() else []
+        env = {**os.environ, "KERAS_BACKEND": "torch",
+               "PYTHONPATH": os.pathsep.join(path + [str(ROOT)] + ([os.environ["PYTHONPATH"]]
+                                                                   if os.environ.get("PYTHONPATH") else []))}
+        argv = [sys.executable, str(Path(__file__).resolve()), "--keras-torch-row", str(job), "--out", str(out)]
+        try:
+            proc = subprocess.run(argv + (["--quiet"] if quiet else []), env=env, timeout=timeout_s,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        except subprocess.TimeoutExpired:
+            return bm.failed_row(row, f"keras-torch child: no result within {timeout_s:.0f} s")
+        if not quiet and proc.stderr:
+            sys.stderr.write(proc.stderr)
+        if proc.returncode != 0 or not out.exists():
+            last = (proc.stderr or "").strip().splitlines()[-1:] or ["no output"]
+            return bm.failed_row(row, f"keras-torch child exited {proc.returncode}: {last[0][:300]}")
+        return json.loads(out.read_text())
+
+
+def keras_torch_child(job: str, out: str, quiet: bool) -> int:
+    """``--keras-torch-row JOB --out OUT``: measure one row with tf_impl.keras_torch_benchmark."""
+    if os.environ.get("KERAS_BACKEND") != "torch":
+        os.environ["KERAS_BACKEND"] = "torch"  # before keras is imported
+    row = json.loads(Path(job).read_text())
+    try:
+        import keras  # noqa: F401
+    except ImportError as exc:
+        write_json(Path(out), bm.skipped_row(row, f"Keras is not importable here ({exc}): run make gpu-vendor "
+                                                  "and carry .gpu-vendor"))
+        return 0
+    from tf_impl import keras_torch_benchmark as kb
+
+    log = (lambda m: None) if quiet else (lambda m: print("    " + m, file=sys.stderr, flush=True))
+    result = kb.run_row(row, progress=log)
+    result["imported"] = {name: name in sys.modules for name in ("tensorflow", "torch_impl.model")}
+    write_json(Path(out), result)
+    return 0
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -130,17 +207,20 @@ def summary_lines(payload: dict[str, Any]) -> list[str]:
              f"torchvision {payload['versions'].get('torchvision') or 'absent (architecture copy used)'}"]
     if payload["peaks"]:
         lines.append("matmul peak: " + ", ".join(f"{k} {v / 1e12:.1f} TFLOP/s" for k, v in payload["peaks"].items()))
-    lines.append(f"{'model':<9} {'mode':<5} {'prec':<4} {'compile':<13} {'batch':>5} {'img/s':>9} {'IQR':>7} "
+    lines.append(f"{'arm':<11} {'model':<9} {'mode':<5} {'prec':<4} {'compile':<13} {'batch':>5} {'img/s':>9} {'IQR':>7} "
                  f"{'first s':>7} {'MFU':>6} {'peak MB':>8}")
     for r in payload["rows"]:
-        head = (f"{r['model']:<9} {r['mode']:<5} {r['precision']:<4} "
-                f"{bm.COMPILE_LABELS[('torch', r['compile'])]:<13} {r['batch']:>5}")
+        head = (f"{r['framework']:<11} {r['model']:<9} {r['mode']:<5} {r['precision']:<4} "
+                f"{bm.COMPILE_LABELS[(r['framework'], r['compile'])]:<13} {r['batch']:>5}")
         if r.get("status") != "ok":
             lines.append(f"{head} {r.get('status', '?').upper()}: {r.get('error')}")
             continue
         mfu = "-" if r.get("mfu") is None else f"{100 * r['mfu']:.1f}%"
         lines.append(f"{head} {r['images_per_s']:>9.1f} {r['images_per_s_iqr']:>7.1f} "
                      f"{r['timing']['first_step_s']:>7.1f} {mfu:>6} {r['memory']['peak_bytes'] / 2**20:>8,.0f}")
+    for q in payload.get("arm_ratios", []):
+        lines.append(f"{q['kind']} {q['mode']} {q['precision']} batch {q['batch']}: {q['ratio']:.3f}x "
+                     f"[{q['low']:.2f}-{q['high']:.2f}]")
     for q in payload["ratios"]:
         r = next(x for x in payload["rows"] if x["id"] == q["id"])
         verdict = "ok" if q["throughput"] >= q["target"] else "BELOW TARGET"
@@ -159,7 +239,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=420.0, help="seconds for all rows (default 420)")
     parser.add_argument("--out", help="JSON path (default $OUT/gpu_check.json, else runs/gpu-check-*.json)")
     parser.add_argument("--quiet", action="store_true", help="no per-window progress")
+    parser.add_argument("--arms", default=",".join(ARMS),
+                        help="torch (ours and torchvision), keras-torch (the Keras model on Keras' torch backend); "
+                             "default both")
+    parser.add_argument("--keras-torch-row", metavar="JOB", help=argparse.SUPPRESS)  # the child's job
     args = parser.parse_args(argv)
+    if args.keras_torch_row:
+        return keras_torch_child(args.keras_torch_row, args.out, args.quiet)
+    arms = tuple(a.strip() for a in args.arms.split(",") if a.strip())
+    if not arms or any(a not in ARMS for a in arms):
+        print(f"gpu_check: --arms {args.arms}: choose from {', '.join(ARMS)}", file=sys.stderr)
+        return 2
     started = time.monotonic()
 
     from torch_impl import benchmark as tb  # imports torch: only now, never with the bench package
@@ -168,13 +258,14 @@ def main(argv: list[str] | None = None) -> int:
     device = tb.device_for("auto")
     out_path = output_path(args.out)
     log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
-    rows = make_rows(cfg)
+    rows = make_rows(cfg, arms)
     payload: dict[str, Any] = {
         "format": FORMAT, "version": VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "smoke": args.smoke, "device": tb.device_label(device), "versions": tb.versions(),
         "threads": tb.threads(), "machine": {"node": platform.node(), "system": platform.system(),
                                              "python": platform.python_version(), "cpus": os.cpu_count()},
-        "settings": {k: v for k, v in cfg.items() if k != "plan"}, "budget_s": args.budget_s,
+        "settings": {k: v for k, v in cfg.items() if k != "plan"}, "budget_s": args.budget_s, "arms": list(arms),
+        "keras_vendor": str(VENDOR.relative_to(ROOT)) if vendor_needed() else None,
         "peaks": {}, "rows": [], "ratios": [], "anchors": [], "anchor_source":
             "NVIDIA DeepLearningExamples PyTorch ResNet-50 v1.5, 1x A100 80GB, batch 256 (DALI, end-to-end)",
     }
@@ -195,14 +286,17 @@ def main(argv: list[str] | None = None) -> int:
             log(f"[{i + 1}/{len(rows)}] {bm.describe(row)} (about {need:.0f} s; {left:.0f} s left)")
             t0 = time.monotonic()
             try:
-                done.append(tb.run_row(row, progress=None if args.quiet else (lambda m: log("    " + m))))
+                if row["framework"] == "keras-torch":
+                    done.append(keras_torch_row(row, max(left, 60.0), args.quiet))
+                else:
+                    done.append(tb.run_row(row, progress=None if args.quiet else (lambda m: log("    " + m))))
             except Exception as exc:  # one broken row must not lose the others
                 done.append(bm.failed_row(row, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"))
             r = done[-1]
             log(f"    {r['images_per_s']:.1f} img/s in {time.monotonic() - t0:.0f} s" if r["status"] == "ok"
                 else f"    {r['status']}: {r['error']}")
-        bm.add_mfu(done, {"torch": payload["peaks"]})
-        payload.update(rows=done, ratios=bm.ratios(done), anchors=anchor_ratios(done),
+        bm.add_mfu(done, {"torch": payload["peaks"], "keras-torch": payload["peaks"]})  # one device
+        payload.update(rows=done, ratios=bm.ratios(done), arm_ratios=bm.arm_ratios(done), anchors=anchor_ratios(done),
                        wall_s=time.monotonic() - started)
         write_json(out_path, payload)
     print("\n".join(summary_lines(payload)))
