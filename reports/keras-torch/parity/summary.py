@@ -24,7 +24,7 @@ def main() -> None:
     for path in sorted(HERE.glob("*.json"), key=lambda p: (ORDER.index(p.stem.rsplit("-float", 1)[0]), p.stem)):
         result = json.loads(path.read_text())
         arms = result["arms"]
-        cells = {col: f"{s['value']:.1e} / {s['limit']:.0e}" if s["value"] is not None else "-"
+        cells = {col: f"{s['value']:.1e} / {s['limit']:.1e}" if s["value"] is not None else "-"
                  for col, s in check_summary(result).items()}
         rows.append({"reference": arms["reference"], "candidate": arms["candidate"], "dtype": result["config"]["dtype"],
                      "record": path.name, "verdict": result["verdict"], **cells,
