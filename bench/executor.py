@@ -107,13 +107,21 @@ def from_args(args: argparse.Namespace) -> Executor:
                                retries=getattr(args, "ray_retries", DEFAULT_RETRIES),
                                data_root=getattr(args, "data_root", None))
     else:
-        if getattr(args, "ray_address", None):
-            from bench.errors import UserError
-
-            raise UserError(f"--ray-address {args.ray_address} needs --executor ray")
+        check_options(args)
         executor = LocalExecutor()
     args._executor = executor
     return executor
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """The Ray options only with --executor ray (checked before any work starts)."""
+    from bench.errors import UserError
+
+    if (getattr(args, "executor", None) or "local") == "ray":
+        return
+    for flag, dest in (("--ray-address", "ray_address"), ("--ray-cpus", "ray_cpus")):
+        if getattr(args, dest, None):
+            raise UserError(f"{flag} {getattr(args, dest)} needs --executor ray")
 
 
 def close(args: argparse.Namespace) -> None:

@@ -25,13 +25,15 @@ that ended are already written, ``twinbench train --resume SET`` runs the rest.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import sys
 import tempfile
-import time
+import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from bench import atomic
 from bench.errors import UserError, WorkerError, one_line
@@ -125,15 +127,16 @@ class RayExecutor:
                 self._show_starts(cells, shown, started, on_start)
                 for ref in done:
                     cell = refs[ref]
-                    outcome = self._collect(ref, cell)
-                    if cell.key not in started:
+                    if cell.key not in started:  # ended before a poll saw it start
                         started.add(cell.key)
                         on_start(cell)
+                    with _ctrl_c_deferred():  # its files and its record: both, or (after Ctrl-C) neither
+                        outcome = self._collect(ref, cell)
+                        on_done(cell, outcome)  # the record first: the line below means it is written
                     done_count += 1
                     print(f"ray: {cell.key} ended ({'ok' if outcome.error is None else 'failed'}, attempt "
                           f"{outcome.executor.get('attempts')}); {done_count}/{len(cells)} cells done",
                           file=sys.stderr, flush=True)
-                    on_done(cell, outcome)
         except BaseException:
             for ref in refs:
                 try:
@@ -216,6 +219,22 @@ class RayExecutor:
     def close(self) -> None:
         if self.started_cluster and self.ray.is_initialized():
             self.ray.shutdown()
+
+
+@contextlib.contextmanager
+def _ctrl_c_deferred() -> Iterator[None]:
+    """A Ctrl-C in the block is raised when it ends (main thread only; elsewhere nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def _worker_fields(wconfig) -> dict[str, Any]:

@@ -154,6 +154,7 @@ def train(args: argparse.Namespace, run_dir: Path | None = None) -> Path:
 
 
 def _train(args: argparse.Namespace, run_dir: Path | None) -> Path:
+    executor.check_options(args)
     if args.resume:
         return resume_run(args)
     config, sources = trainrun.resolve_config(args)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from bench import __version__, atomic
-from bench.errors import CheckFailed, TwinbenchError, UserError, WorkerError, one_line
+from bench.errors import CheckFailed, TwinbenchError, UserError, one_line
 from bench.frameworks import FRAMEWORK_LABELS, KERAS_TORCH
 from bench.options import worker_config
 from bench.profiles import PROFILES
