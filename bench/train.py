@@ -75,8 +75,7 @@ def register(sub) -> None:
                         "model unchanged on Keras 3's torch backend); default tf,torch")
     p.add_argument("--manifest", metavar="MANIFEST",
                    help="the data split (twinbench manifest DATA_DIR -o MANIFEST); default: the demo data")
-    p.add_argument("--data-root", metavar="DIR", help="where the manifest's images are now, if they moved; with --executor ray, a path every "
-                        "node mounts (each node checks the files' sha256 there) instead of shipping the images")
+    p.add_argument("--data-root", metavar="DIR", help="where the images are now, if they moved (--executor ray: a path all nodes mount)")
     p.add_argument("--verify", choices=("hash", "size", "none"), default="hash",
                    help="check the files against the manifest first (default hash)")
     p.add_argument("--profile", choices=sorted(PROFILES), default="seed", help="settings to start from (default seed)")
