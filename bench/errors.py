@@ -27,9 +27,10 @@ class WorkerError(TwinbenchError):
 
     exit_code = 1
 
-    def __init__(self, message: str, exit_code: int = 1):
+    def __init__(self, message: str, exit_code: int = 1, *, killed_by: str | None = None):
         super().__init__(message)
         self.exit_code = exit_code
+        self.killed_by = killed_by  # the signal's name when the worker was killed (SIGKILL, ...)
 
 
 def one_line(message: str, *, tail: int = 3) -> str:

@@ -15,6 +15,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Callable, Sequence
 
+from bench.executor import DEFAULT_RETRIES, EXECUTORS
 from bench.spec import MODELS, POOLINGS, build_spec
 
 if TYPE_CHECKING:
@@ -53,6 +54,21 @@ def add_worker_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--threads", type=positive_int, default=None,
                        help="intra-op threads for both frameworks (default: all cores)")
     group.add_argument("--quiet", action="store_true", help="no per-step progress (for CI)")
+
+
+def add_executor_options(parser: argparse.ArgumentParser) -> None:
+    """--executor and the Ray options (beside the worker options: bench.options.add_worker_options)."""
+    group = parser.add_argument_group("executor")
+    group.add_argument("--executor", choices=EXECUTORS, default="local",
+                       help="local: worker subprocesses here, one after the other (default); ray: one Ray task per "
+                            "repeat x framework, run side by side as the cluster's CPUs allow")
+    group.add_argument("--ray-address", default=None, metavar="ADDR",
+                       help="(ray) join the running cluster at ADDR (e.g. 10.0.0.5:6379 or auto); "
+                            "default: start a local one")
+    group.add_argument("--ray-cpus", type=positive_int, default=None, metavar="N",
+                       help="(ray) CPUs of the local cluster started without --ray-address (default: all cores)")
+    group.add_argument("--ray-retries", type=int, default=DEFAULT_RETRIES, metavar="N",
+                       help=f"(ray) attempts after the first when a task's worker or node dies (default {DEFAULT_RETRIES})")
 
 
 def worker_config(args: argparse.Namespace) -> WorkerConfig:

@@ -11,6 +11,7 @@ seed). The set directory and resume: docs/profiles.md (repeated runs).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
@@ -107,8 +108,32 @@ def resume_set(set_dir: Path, args: argparse.Namespace) -> int:
 
 
 def _run_set(set_dir: Path, plan: SetPlan, config, sources, frameworks, manifest, args, *, resume: bool) -> int:
+    from bench import executor as executors
+
     trace_steps = plan.chaos_steps or 10**9
     chaos_in_repeat = plan.chaos and config.order == "manifest" and "tf" in frameworks and "torch" in frameworks
+    together = executors.from_args(args).concurrent
+    run_repeats = _run_repeats_together if together else _run_repeats_in_turn
+    problems = run_repeats(set_dir, plan, config, sources, frameworks, manifest, args,
+                           trace_steps=trace_steps, chaos_in_repeat=chaos_in_repeat)
+    if plan.chaos:
+        try:
+            run_chaos(set_dir, plan, config, sources, manifest, args, in_repeat=chaos_in_repeat)
+        except CheckFailed as exc:
+            problems.append(f"chaos control: {exc}")
+    doc = write_set_record(set_dir, plan)
+    from bench.stats import format_verdicts
+
+    print(format_verdicts(doc["statistics"]))
+    print(f"set record: {set_dir / SET_NAME}")
+    if problems:
+        raise CheckFailed("; ".join(problems) + f"; continue with: twinbench train --resume {set_dir}")
+    return 0
+
+
+def _run_repeats_in_turn(set_dir: Path, plan: SetPlan, config, sources, frameworks, manifest, args, *,
+                         trace_steps: int, chaos_in_repeat: bool) -> list[str]:
+    """The local executor: repeat after repeat, each framework in turn."""
     problems: list[str] = []
     for i in range(plan.repeats):
         run_dir = set_dir / repeat_dir_name(i)
@@ -133,19 +158,54 @@ def _run_set(set_dir: Path, plan: SetPlan, config, sources, frameworks, manifest
             write_set_record(set_dir, plan)
         if code:
             problems.append(f"repeat {i}: exit {code}")
-    if plan.chaos:
-        try:
-            run_chaos(set_dir, plan, config, sources, manifest, args, in_repeat=chaos_in_repeat)
-        except CheckFailed as exc:
-            problems.append(f"chaos control: {exc}")
-    doc = write_set_record(set_dir, plan)
-    from bench.stats import format_verdicts
+    return problems
 
-    print(format_verdicts(doc["statistics"]))
-    print(f"set record: {set_dir / SET_NAME}")
-    if problems:
-        raise CheckFailed("; ".join(problems) + f"; continue with: twinbench train --resume {set_dir}")
-    return 0
+
+def _run_repeats_together(set_dir: Path, plan: SetPlan, config, sources, frameworks, manifest, args, *,
+                          trace_steps: int, chaos_in_repeat: bool) -> list[str]:
+    """A concurrent executor (Ray): every repeat's record and starting bundle first, then every
+    repeat x framework cell that is not complete at once; each record is written by this process
+    as its cells end, so a repeat is counted once whichever node (or attempt) trained it."""
+    from bench import executor as executors
+
+    problems: list[str] = []
+    prepared: list[tuple[int, trainrun.PreparedRun]] = []
+    with contextlib.ExitStack() as stack:
+        for i in range(plan.repeats):
+            run_dir = set_dir / repeat_dir_name(i)
+            run_dir.mkdir(exist_ok=True)
+            stack.enter_context(trainrun.RunLock(run_dir))
+            if _finished(run_dir, config.epochs):
+                print(f"repeat {i}: complete, skipped", file=sys.stderr)
+                continue
+            print(f"repeat {i + 1}/{plan.repeats} (seed {config.seed + i}): {run_dir}", file=sys.stderr, flush=True)
+            if (run_dir / trainrun.CONFIG_NAME).is_file():
+                run = trainrun.prepare_resume(run_dir, _resume_args(args, run_dir))
+                stack.callback(run.release)
+            else:
+                trace = {"steps": trace_steps} if chaos_in_repeat and i == 0 else None
+                repeat = {"set": set_dir.name, "index": i, "of": plan.repeats, "seed": config.seed + i}
+                run = trainrun.prepare_run(repeat_config(config, i), sources, frameworks, manifest, run_dir, args,
+                                           repeat=repeat, trace=trace)
+            prepared.append((i, run))
+        write_set_record(set_dir, plan)
+        cells = [cell for _, run in prepared for cell in trainrun.plan_cells(run)]
+        print(f"{len(cells)} cell(s) to train on {executors.from_args(args).name}", file=sys.stderr, flush=True)
+        try:
+            interrupted = trainrun.run_cells(executors.from_args(args), cells)
+        finally:
+            write_set_record(set_dir, plan)
+        for i, run in prepared:
+            trainrun.settle_record(run.record, interrupted=interrupted)
+        write_set_record(set_dir, plan)
+        if interrupted:
+            raise KeyboardInterrupt
+        for i, run in prepared:
+            try:
+                trainrun.report_run(run.record, run.run_dir, interrupted=False)
+            except CheckFailed as exc:  # a stopped or failed repeat: recorded, the set goes on
+                problems.append(f"repeat {i}: {exc}")
+    return problems
 
 
 def _finished(run_dir: Path, epochs: int) -> bool:
@@ -233,8 +293,13 @@ def write_set_record(set_dir: Path, plan: SetPlan) -> dict[str, Any]:
             continue
         record = load_record(run_dir)
         records.append(record.to_dict())
-        entries.append({"index": i, "seed": record.repeat.get("seed"), "status": record.status,
-                        "record": f"{repeat_dir_name(i)}/run.json"})
+        entry = {"index": i, "seed": record.repeat.get("seed"), "status": record.status,
+                 "record": f"{repeat_dir_name(i)}/run.json"}
+        # Ray: how many attempts each cell took (a retried cell is still one repeat: its record is written once).
+        attempts = {fw: run["executor"].get("attempts") for fw, run in record.frameworks.items() if run.get("executor")}
+        if attempts:
+            entry["attempts"] = attempts
+        entries.append(entry)
     doc = envelope.record(FORMAT, VERSION, {
         "set": set_dir.name, "updated": envelope.now_iso(), "plan": dataclasses.asdict(plan), "repeats": entries,
         "statistics": compare_repeats(records, margin=plan.margin),

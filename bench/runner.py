@@ -42,6 +42,9 @@ class WorkerConfig:
     threads: int | None = None  # intra-op threads on both sides; None: all cores
     quiet: bool = False  # do not echo the worker's stderr (progress) to ours
     env: dict[str, str] = field(default_factory=dict)
+    # The worker gets SIGKILL when this process dies (Linux): a Ray task's worker must not outlive
+    # the task's process when Ray kills it (node lost, task cancelled).
+    die_with_parent: bool = False
 
     def python(self, framework: str) -> str:
         return self.tf_python if framework == "tf" else self.torch_python  # keras-torch needs torch
@@ -144,7 +147,8 @@ def wait_for_worker(framework: str, task: str, job_path: Path, config: WorkerCon
     cmd = [config.python(framework), "-m", WORKER_MODULES[framework], str(job_path)]
     try:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                env=worker_env(config), text=True, errors="replace")
+                                env=worker_env(config), text=True, errors="replace",
+                                preexec_fn=_die_with_parent if config.die_with_parent else None)
     except OSError as exc:
         raise UserError(f"cannot start the {label} worker with {config.python(framework)!r}: {exc.strerror}; "
                         f"pass a working Python with --{framework}-python") from None
@@ -197,7 +201,7 @@ def read_result(job_dir: Path, label: str, task: str, returncode: int, tail: Ite
                           + "\n".join(tail), exit_code=1)
     if returncode != 0 or payload is None:
         raise WorkerError(f"{label} worker ({task}) {describe_exit(returncode)}{memory_hint('', tail)}; last output:\n"
-                          + ("\n".join(tail) if tail else "(nothing)"))
+                          + ("\n".join(tail) if tail else "(nothing)"), killed_by=signal_name(returncode))
     arrays_out: dict[str, np.ndarray] = {}
     if payload.get("arrays"):
         with np.load(job_dir / payload["arrays"], allow_pickle=False) as data:
@@ -219,12 +223,28 @@ def memory_hint(message: str, tail: Iterable[str]) -> str:
     return ""
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the parent dies (prctl PR_SET_PDEATHSIG, Linux only)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    except OSError:
+        pass  # not Linux: the worker may outlive a killed parent
+
+
+def signal_name(returncode: int) -> str | None:
+    if returncode >= 0:
+        return None
+    try:
+        return signal.Signals(-returncode).name
+    except ValueError:
+        return f"signal {-returncode}"
+
+
 def describe_exit(returncode: int) -> str:
     if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
+        name = signal_name(returncode)
         hint = " (out of memory?)" if name == "SIGKILL" else ""
         return f"was killed by {name}{hint}"
     if returncode == 0:

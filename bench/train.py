@@ -17,11 +17,11 @@ import math
 import os
 from pathlib import Path
 
-from bench import repeats, trainrun
+from bench import executor, repeats, trainrun
 from bench.errors import UserError
 from bench.frameworks import ARMS, FRAMEWORKS, KERAS_TORCH
 from bench.results import RECORD_NAME
-from bench.options import add_model_options, add_worker_options, csv_choices, positive_int
+from bench.options import add_executor_options, add_model_options, add_worker_options, csv_choices, positive_int
 from bench.schedule import SCHEDULES
 from bench.profiles import PROFILES, QuickProfile
 from bench.training import EVALUATIONS, INITS, OPTIMIZERS, PRECISIONS, validate_config
@@ -75,7 +75,7 @@ def register(sub) -> None:
                         "model unchanged on Keras 3's torch backend); default tf,torch")
     p.add_argument("--manifest", metavar="MANIFEST",
                    help="the data split (twinbench manifest DATA_DIR -o MANIFEST); default: the demo data")
-    p.add_argument("--data-root", metavar="DIR", help="where the manifest's images are now, if they moved")
+    p.add_argument("--data-root", metavar="DIR", help="where the images are now, if they moved (--executor ray: a path all nodes mount)")
     p.add_argument("--verify", choices=("hash", "size", "none"), default="hash",
                    help="check the files against the manifest first (default hash)")
     p.add_argument("--profile", choices=sorted(PROFILES), default="seed", help="settings to start from (default seed)")
@@ -132,6 +132,7 @@ def register(sub) -> None:
     stats.add_argument("--chaos-steps", type=positive_int, default=None,
                        help="steps the chaos control traces (default: the whole run)")
     add_worker_options(p)
+    add_executor_options(p)
     p.set_defaults(func=cmd_train, model=None, pooling=None)
 
 
@@ -145,6 +146,14 @@ def train(args: argparse.Namespace, run_dir: Path | None = None) -> Path:
     ``RUN/run.json`` or a set's ``repeats.json``. ``run_dir``: a new, empty directory to train in
     (default: a new one under ``--out``). Raises CheckFailed when a framework or a repeat failed,
     after its record is saved."""
+    try:
+        return _train(args, run_dir)
+    finally:
+        executor.close(args)  # a Ray cluster this command started stops with it
+
+
+def _train(args: argparse.Namespace, run_dir: Path | None) -> Path:
+    executor.check_options(args)
     if args.resume:
         return resume_run(args)
     config, sources = trainrun.resolve_config(args)

@@ -13,11 +13,12 @@ import os
 import shutil
 import statistics
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from bench import __version__, atomic
-from bench.errors import CheckFailed, TwinbenchError, UserError, WorkerError, one_line
+from bench.errors import CheckFailed, TwinbenchError, UserError, one_line
 from bench.frameworks import FRAMEWORK_LABELS, KERAS_TORCH
 from bench.options import worker_config
 from bench.profiles import PROFILES
@@ -45,11 +46,38 @@ def resolve_config(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, str
     return config, sources
 
 
+@dataclass
+class PreparedRun:
+    """A run directory ready to train: its record (saved), config and what the workers need."""
+
+    record: Any
+    config: TrainConfig
+    run_dir: Path
+    args: argparse.Namespace
+    resume: bool = False
+    trace: dict[str, Any] | None = None
+    lock: "RunLock | None" = None  # resume: the lock prepare_resume took
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.__exit__(None, None, None)
+            self.lock = None
+
+
 def start_run(config: TrainConfig, sources: dict[str, str], frameworks: list[str], manifest, run_dir: Path,
               args: argparse.Namespace, *, repeat: dict[str, Any] | None = None, kind: str = "train",
               init_bundle: Path | None = None, trace: dict[str, Any] | None = None) -> int:
     """One training run in ``run_dir`` (locked by the caller): the record, the starting bundle
     (``init_bundle``: copy this one instead of making it), each framework's worker."""
+    prepared = prepare_run(config, sources, frameworks, manifest, run_dir, args, repeat=repeat, kind=kind,
+                           init_bundle=init_bundle, trace=trace)
+    return train_frameworks(prepared.record, config, run_dir, args, trace=trace)
+
+
+def prepare_run(config: TrainConfig, sources: dict[str, str], frameworks: list[str], manifest, run_dir: Path,
+                args: argparse.Namespace, *, repeat: dict[str, Any] | None = None, kind: str = "train",
+                init_bundle: Path | None = None, trace: dict[str, Any] | None = None) -> PreparedRun:
+    """``start_run`` up to the workers: the config, the record and the starting bundle."""
     manifest_path = run_dir / "manifest.json"
     atomic.write_text(manifest_path, manifest.to_text(manifest_path))
     atomic.write_json(run_dir / CONFIG_NAME, {"config": dataclasses.asdict(config), "sources": sources,
@@ -91,10 +119,21 @@ def start_run(config: TrainConfig, sources: dict[str, str], frameworks: list[str
         results.save_record(record)
         raise
     results.save_record(record)
-    return train_frameworks(record, config, run_dir, args, trace=trace)
+    return PreparedRun(record, config, run_dir, args, trace=trace)
 
 
 def resume_one(run_dir: Path, args: argparse.Namespace) -> int:
+    prepared = prepare_resume(run_dir, args)
+    try:
+        return train_frameworks(prepared.record, prepared.config, run_dir, prepared.args, resume=True,
+                                trace=prepared.trace)
+    finally:
+        prepared.release()
+
+
+def prepare_resume(run_dir: Path, args: argparse.Namespace) -> PreparedRun:
+    """``resume_one`` up to the workers: the saved config checked against ``args``, the record
+    marked running, the data checked against the run's manifest."""
     from bench import results
 
     if not (run_dir / CONFIG_NAME).is_file():
@@ -114,7 +153,8 @@ def resume_one(run_dir: Path, args: argparse.Namespace) -> int:
         config.epochs = args.epochs  # extending (or shortening) a run: the loop picks up after the last epoch
         saved["sources"]["epochs"] = "command line (resume)"
     validate_config(config)
-    with RunLock(run_dir):
+    lock = RunLock(run_dir).__enter__()  # held until PreparedRun.release(), after the workers
+    try:
         record = results.load_record(run_dir)
         record.config = dataclasses.asdict(config)
         record.config_sources = saved["sources"]
@@ -127,7 +167,10 @@ def resume_one(run_dir: Path, args: argparse.Namespace) -> int:
         load_train_manifest(args)  # the data must still be what the run trained on
         results.save_record(record)
         _say(f"resuming {run_dir}", args)
-        return train_frameworks(record, config, run_dir, args, resume=True, trace=saved.get("trace"))
+    except BaseException:
+        lock.__exit__(None, None, None)
+        raise
+    return PreparedRun(record, config, run_dir, args, resume=True, trace=saved.get("trace"), lock=lock)
 
 
 def _say(text: str, args: argparse.Namespace) -> None:
@@ -269,12 +312,24 @@ def _worker_config(args: argparse.Namespace, config: TrainConfig):
 
 def train_frameworks(record, config: TrainConfig, run_dir: Path, args: argparse.Namespace,
                      resume: bool = False, trace: dict[str, Any] | None = None) -> int:
-    """Train each framework in turn in its worker; merge what it reports into the record."""
-    from bench import results
-    from bench.runner import run_worker
+    """Train each framework in its worker (through the command's executor: in turn here, side by
+    side on Ray); merge what each reports into the record."""
+    from bench import executor as executors
 
+    prepared = PreparedRun(record, config, run_dir, args, resume=resume, trace=trace)
+    cells = plan_cells(prepared)
+    interrupted = run_cells(executors.from_args(args), cells)
+    settle_record(record, interrupted=interrupted)
+    return report_run(record, run_dir, interrupted=interrupted)
+
+
+def plan_cells(prepared: PreparedRun) -> list:
+    """A Cell per framework of the run that has epochs left (a complete one is skipped)."""
+    from bench.executor import Cell
+
+    record, config, run_dir, args = prepared.record, prepared.config, prepared.run_dir, prepared.args
     wconfig = _worker_config(args, config)
-    interrupted = False
+    cells = []
     for fw in list(record.frameworks):
         run = record.frameworks[fw]
         if run["status"] == "complete" and run["epochs_completed"] >= config.epochs:
@@ -289,36 +344,69 @@ def train_frameworks(record, config: TrainConfig, run_dir: Path, args: argparse.
             "init": str((run_dir / record.init["path"]).resolve()) if record.init.get("path") else None,
             "resume": bool(state and state.get("history") is not None), "quiet": bool(args.quiet),
             "progress_interval": float(args.progress_interval),
-            "trace": trace, "alignment": torch_alignment(config.torch_ablation) if fw == "torch" else {},
+            "trace": prepared.trace, "alignment": torch_alignment(config.torch_ablation) if fw == "torch" else {},
         }
-        run["status"] = "running"
-        results.save_record(record)
-        try:
-            out = run_worker(fw, "train", job, job_dir=fw_dir / "job", config=wconfig)
-            result = out.result
-            record.environment.setdefault("frameworks", {})[fw] = result.pop("info", {})
+        cells.append(Cell(key=f"{run_dir.name}/{fw}", framework=fw, job=job, run_dir=run_dir, fw_dir=fw_dir,
+                          record=record, wconfig=wconfig, threads=int(config.threads or 1),
+                          devices=int(config.devices)))
+    return cells
+
+
+def run_cells(executor, cells: list) -> bool:
+    """Run ``cells`` (of one run or of many) on ``executor``, saving each record as its cells
+    start and end. Returns True when Ctrl-C stopped them (the cells that had not ended say so);
+    a UserError from a cell marks the cells that had not ended failed and propagates."""
+    from bench import results
+
+    unfinished: dict[str, Any] = {}
+
+    def on_start(cell) -> None:
+        cell.run["status"] = "running"
+        unfinished[cell.key] = cell
+        results.save_record(cell.record)
+
+    def on_done(cell, outcome) -> None:
+        unfinished.pop(cell.key, None)
+        run = cell.run
+        if outcome.error is not None:
+            _merge_state(run, cell.fw_dir)
+            run["status"] = "failed"
+            run["message"] = one_line(str(outcome.error))  # keep the worker's last lines: they say why
+        else:
+            result = dict(outcome.result)
+            cell.record.environment.setdefault("frameworks", {})[cell.framework] = result.pop("info", {})
             run.update(result)
-        except WorkerError as exc:
-            _merge_state(run, fw_dir)
-            run["status"] = "failed"
-            run["message"] = one_line(str(exc))  # keep the worker's last lines: they say why
-        except UserError as exc:
-            _merge_state(run, fw_dir)
-            run["status"] = "failed"
-            run["message"] = str(exc)
-            record.status = "failed"
-            results.save_record(record)
-            raise
-        except KeyboardInterrupt:
-            _merge_state(run, fw_dir)
-            run["status"] = "failed"
-            run["message"] = "interrupted (Ctrl-C); continue with --resume"
-            interrupted = True
-            break
-        finally:
-            results.save_record(record)
+        if outcome.executor:
+            run["executor"] = outcome.executor
+        results.save_record(cell.record)
+
+    try:
+        executor.run(cells, on_start=on_start, on_done=on_done)
+    except UserError as exc:
+        for cell in unfinished.values():
+            _merge_state(cell.run, cell.fw_dir)
+            cell.run.update(status="failed", message=str(exc))
+            cell.record.status = "failed"
+            results.save_record(cell.record)
+        raise
+    except KeyboardInterrupt:
+        for cell in unfinished.values():
+            _merge_state(cell.run, cell.fw_dir)
+            cell.run.update(status="failed", message="interrupted (Ctrl-C); continue with --resume")
+            cell.record.status = "interrupted"
+            results.save_record(cell.record)
+        return True
+    return False
+
+
+def settle_record(record, *, interrupted: bool) -> None:
+    """The run's status from its frameworks' (interrupted: "interrupted"), saved."""
+    from bench import results
+
     statuses = [r["status"] for r in record.frameworks.values()]
-    if interrupted:
+    if interrupted and record.status == "interrupted":
+        pass
+    elif interrupted and any(s != "complete" for s in statuses):
         record.status = "interrupted"
     elif all(s == "complete" for s in statuses):
         record.status = "complete"
@@ -327,6 +415,10 @@ def train_frameworks(record, config: TrainConfig, run_dir: Path, args: argparse.
     else:
         record.status = "stopped"
     results.save_record(record)
+
+
+def report_run(record, run_dir: Path, *, interrupted: bool) -> int:
+    """The summary table and the record's path; KeyboardInterrupt or CheckFailed if it did not complete."""
     print(summary_table(record))
     print(f"run record: {record.path}")
     if interrupted:
