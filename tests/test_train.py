@@ -464,7 +464,7 @@ def _update(run_dir: Path, framework: str) -> np.ndarray:
 
 # 1 vs 2 devices, ONE set for both frameworks (the test's docstring has the measurements).
 # split: the 2-device first loss against the mean of the half-batch losses (exact by
-# construction: measured 0 for TF, 6e-7 for torch). The rest: 3 SGD steps on duplicate halves
+# construction: measured 4e-8 for TF, 2e-8 for torch). The rest: 3 SGD steps on duplicate halves
 # at DEVICE_STEPS; measured (TF | torch): first loss 1.6e-5 | 0, steps 2 and 3 2.7e-4 | 1.3e-5,
 # validation loss 1.7e-4 | 2.5e-4, update cosine 0.9984 | 0.99987, norm ratio 1.0068 | 1.0015.
 # Each tolerance is 3-6x the larger of the two; the failures they are there for are far
