@@ -405,11 +405,17 @@ def test_sigkill_then_resume_on_the_tf_side(tiny, tmp_path):
 
 
 # ---- data parallel -------------------------------------------------------------------------------
-def duplicate_halves_manifest(root: Path) -> Path:
+RUN_SEED = 123  # the training runs' --seed: it orders the batches (``--order manifest``)
+
+
+def duplicate_halves_manifest(root: Path, run_seed: int = RUN_SEED) -> Path:
     """24 training images (2 classes) whose every global batch of 8 in epoch 1 (``--order
-    manifest``) is [a, b, c, d, a, b, c, d]: both halves are the same images. Then the per-device
-    batch-norm statistics equal the whole batch's and the mean of the half-batch gradients is the
-    whole batch's gradient, so 1 and 2 devices must take the same steps (up to rounding)."""
+    manifest``, ``--seed run_seed``) is [a, b, c, d, a, b, c, d]: both halves are the same images.
+    Then the per-device batch-norm statistics equal the whole batch's and the mean of the
+    half-batch gradients is the whole batch's gradient, so 1 and 2 devices must take the same
+    steps (up to rounding). The batch order is ``epoch_permutation(run_seed, ...)``: the RUN's
+    seed, not the manifest's split seed (until this test knew that, its "duplicate" halves were
+    different images, and 1 vs 2 devices legitimately differed)."""
     from bench.dataset import build_manifest, epoch_permutation, index_directory, keras_split
 
     rng = np.random.default_rng(1)
@@ -421,7 +427,7 @@ def duplicate_halves_manifest(root: Path) -> Path:
     for seed in range(100_000):
         shuffled, shuffled_labels, n_val = keras_split(paths, labels, 0.2, seed)
         train, train_labels = shuffled[:-n_val], shuffled_labels[:-n_val]
-        order = epoch_permutation(seed, len(train), 0)
+        order = epoch_permutation(run_seed, len(train), 0)
         pairs = [(order[8 * b + i], order[8 * b + i + 4]) for b in range(3) for i in range(4)]
         if all(train_labels[a] == train_labels[b] for a, b in pairs):
             break
@@ -456,16 +462,20 @@ def _update(run_dir: Path, framework: str) -> np.ndarray:
     return np.concatenate([(end[k] - start[k]).ravel().astype(np.float64) for k in keys])
 
 
-# 1 vs 2 devices after 3 SGD steps on duplicate halves (see the test's docstring): about 3x
-# the differences measured here. small_*: the same at lr 1e-8, where the steps are small enough
-# for the update to be nearly linear in the gradients (measured: torch cosine 0.9996, norm ratio
-# 1.003; tf 0.9977, 0.997).
-DEVICE_TOLERANCES = {
-    "torch": {"step2_loss": 1e-3, "update_cosine": 0.9, "update_norm": 0.05, "val_loss": 1e-3,
-              "small_cosine": 0.998, "small_norm": 0.01},
-    "tf": {"step2_loss": 0.1, "update_cosine": 0.3, "update_norm": 0.5, "val_loss": 0.15,
-           "small_cosine": 0.99, "small_norm": 0.01},
-}
+# 1 vs 2 devices, ONE set for both frameworks (the test's docstring has the measurements).
+# split: the 2-device first loss against the mean of the half-batch losses (exact by
+# construction: measured 4e-8 for TF, 2e-8 for torch). The rest: 3 SGD steps on duplicate halves
+# at DEVICE_STEPS; measured (TF | torch): first loss 1.6e-5 | 0, steps 2 and 3 2.7e-4 | 1.3e-5,
+# validation loss 1.7e-4 | 2.5e-4, update cosine 0.9984 | 0.99987, norm ratio 1.0068 | 1.0015.
+# Each tolerance is 3-6x the larger of the two; the failures they are there for are far
+# outside: halves that are not the same images give a first-step update cosine of -0.07 and a
+# norm ratio of 2.6 (TF, 32 px), a loss or gradient scaled by the device count a norm ratio of 2
+# or 0.5.
+DEVICE_TOLERANCES = {"split": 1e-4, "first_loss": 1e-4, "step_loss": 1e-3, "update_cosine": 0.99,
+                     "update_norm": 0.02, "val_loss": 1e-3}
+# 64 px: at 32 px the stage-5 maps are 1x1 and each device normalises 4 numbers per channel,
+# which makes the steps chaotic (see the docstring); lr 1e-8: the steps stay near-linear.
+DEVICE_STEPS = ("--input-size", "64", "--lr", "1e-8", "--seed", str(RUN_SEED))
 
 
 def _train(tmp_path: Path, name: str, framework: str, manifest: Path, *argv: str) -> Path:
@@ -479,62 +489,67 @@ def _train(tmp_path: Path, name: str, framework: str, manifest: Path, *argv: str
 @pytest.mark.slow
 @pytest.mark.parametrize("framework", ["torch", "tf"])
 def test_one_and_two_devices_take_the_same_steps(tmp_path, tiny, framework):
-    """torch DDP (torchrun, gloo) and tf MirroredStrategy (2 logical CPUs) against one device.
+    """torch DDP (torchrun, gloo) and tf MirroredStrategy (2 logical CPUs) against one device,
+    with the same tolerances for both (DEVICE_TOLERANCES).
 
     1. The split: on ordinary data, the 2-device first loss is the mean of the losses of the
        two half batches (each device normalises its own half: neither framework syncs batch
-       norm by default), measured by a 1-device run with half the batch. 1e-4 relative.
-    2. The steps: 3 SGD steps (lr 1e-5) on batches whose halves are the same images, so that
-       1 and 2 devices should take the same steps. First loss: 1e-4 relative. Then, measured
-       here (float32, 1 thread a process): torch DDP tracks one device closely (step losses
-       within 1e-4..1%, validation loss 1e-4, update cosine 0.97, norms within 2%): the
-       per-weight differences are float32 gradient noise (50 layers of train-mode batch norm
-       amplify last-bit differences, as the parity suite's chained gradient check shows).
-       tf MirroredStrategy on 2 logical CPUs drifts further (step 2 loss +3%, step 3 up to
-       2x, update cosine 0.53, norms 1.23, validation loss 4.5%); TOLERANCES states both.
-    3. Why: the same 3 steps at lr 1e-8 agree closely on both sides (update cosine torch 0.9996,
-       tf 0.9977; step losses within 3e-4), so the split, the loss scaling and the all-reduce are
-       right. At lr 1e-5 on raw 0..255 pixels the steps are large (the loss jumps 0.50 -> 0.70),
-       and any difference grows from step to step: torch's goes from 0.9996 to 0.97, TF's,
-       which starts ~6x larger (float32 noise of its per-replica kernels), to 0.53.
+       norm by default), measured by a 1-device run with half the batch at lr 1e-30, so that
+       its second loss is still at the initial weights (lr 1e-12 was not: at 32 px even that
+       step moved TF's second half-batch loss by 2.5e-3).
+    2. The steps: 3 SGD steps on batches whose halves are the same images
+       (duplicate_halves_manifest), so that 1 and 2 devices take the same steps in exact
+       arithmetic, at 64 px and lr 1e-8 (DEVICE_STEPS). Measured here (float32, 1 thread a
+       process, 1 vs 2 devices; TF | torch): step losses [1.412825, 0.630285, 0.639026] vs
+       [1.412848, 0.630183, 0.639196] | [1.412829, 0.630306, 0.639027] vs [1.412829, 0.630300,
+       0.639019]; validation loss 0.99834 vs 0.99817 | 0.99800 vs 0.99775; update cosine
+       0.9984 | 0.99987; norm ratio 1.0068 | 1.0015. At lr 1e-7 TF's differences already grow
+       (step 3 1.1%, validation loss 10%, update cosine 0.979), torch's hardly (7e-6, 1.4e-3,
+       0.99998): TF starts from a larger difference (below).
+    3. Why this regime. TF MirroredStrategy is right: run in float64 (32 px, lr 1e-5) it takes
+       the 1-device steps (gradient cosine 1 - 1e-15 at step 1, 1 - 1e-14 at step 2, the first
+       two step losses equal in all printed digits). The
+       differences are float32 rounding, amplified: TF's float32 kernels are not batch-size
+       invariant (at 32 px one device's loss on [a,b,c,d,a,b,c,d] is 0.665867, a replica's on
+       [a,b,c,d] 0.664995, float64 0.665496 for both; step-1 gradient cosine 0.9973), torch's
+       are (0.6653978 vs 0.6654000, cosine 1.000000). At the old setting (32 px, lr 1e-5) the
+       steps are chaotic: the gradient norm is ~7e4 (caffe-scale inputs, batch norm over 4
+       images of 1x1 maps in stage 5), one step changes conv1's kernel by ~25%, and a
+       rounding-size difference grows to O(1) in two steps for BOTH frameworks (measured with
+       true duplicate halves: update cosine TF 0.25, torch 0.06; even float64 TF grows 1e-16 to
+       1.6e-4 in step 3). The earlier figures (torch 0.97, TF 0.53) and torch's failure on a Xeon
+       (validation loss 5.7%) are that chaos: which rounding a CPU's kernels make decides how far
+       it throws the trajectory. And since the batch order follows the run's seed rather than the
+       manifest's, the old halves were not duplicates at all (measured with the old test's data
+       at lr 1e-5: update cosine -0.08 torch, -0.11 TF; norm ratios 5.1, 5.7).
     """
-    halves = _train(tmp_path, "h", framework, tiny, "--batch-size", "4", "--epochs", "1", "--lr", "1e-12",
+    halves = _train(tmp_path, "h", framework, tiny, "--batch-size", "4", "--epochs", "1", "--lr", "1e-30",
                     "--devices", "1")
-    split = _train(tmp_path, "s", framework, tiny, "--batch-size", "8", "--epochs", "1", "--lr", "1e-12",
+    split = _train(tmp_path, "s", framework, tiny, "--batch-size", "8", "--epochs", "1", "--lr", "1e-30",
                    "--devices", "2")
     half_losses = results.load_record(halves).history(framework)[0]["step_loss"][:2]
-    assert results.load_record(split).history(framework)[0]["step_loss"][0] == pytest.approx(
-        np.mean(half_losses), rel=1e-4)
+    split_loss = results.load_record(split).history(framework)[0]["step_loss"][0]
+    print(f"\n{framework}: split: 2-device first loss {split_loss} vs the mean of the halves {np.mean(half_losses)}")
+    assert split_loss == pytest.approx(np.mean(half_losses), rel=DEVICE_TOLERANCES["split"])
 
     manifest = duplicate_halves_manifest(tmp_path / "data")
     runs, updates = {}, {}
     for devices in (1, 2):
         run_dir = _train(tmp_path, f"d{devices}", framework, manifest, "--batch-size", "8", "--epochs", "1",
-                         "--lr", "1e-5", "--devices", str(devices))
+                         "--devices", str(devices), *DEVICE_STEPS)
         record = results.load_record(run_dir)
         assert record.framework(framework)["devices"] == devices
         runs[devices] = record.history(framework)[0]
         updates[devices] = _update(run_dir, framework)
-    tol = DEVICE_TOLERANCES[framework]
-    small = {}
-    for devices in (1, 2):
-        run_dir = _train(tmp_path, f"small{devices}", framework, manifest, "--batch-size", "8", "--epochs", "1",
-                         "--lr", "1e-8", "--devices", str(devices))
-        small[devices] = _update(run_dir, framework)
-    small_cosine = float(small[1] @ small[2] / np.linalg.norm(small[1]) / np.linalg.norm(small[2]))
-    small_norms = float(np.linalg.norm(small[2]) / np.linalg.norm(small[1]))
-    print(f"\n{framework}: lr 1e-8, 1 vs 2 devices: update cosine {small_cosine:.5f}, norm ratio {small_norms:.5f}")
-    assert small_cosine >= tol["small_cosine"]
-    assert small_norms == pytest.approx(1.0, rel=tol["small_norm"])
-
+    tol = DEVICE_TOLERANCES
     one, two = runs[1], runs[2]
     cosine = float(updates[1] @ updates[2] / np.linalg.norm(updates[1]) / np.linalg.norm(updates[2]))
     norms = float(np.linalg.norm(updates[2]) / np.linalg.norm(updates[1]))
-    print(f"\n{framework}: 1 device {one['step_loss']} val {one['val_loss']}; 2 devices {two['step_loss']} "
-          f"val {two['val_loss']}; update cosine {cosine:.5f}, norm ratio {norms:.5f}")
+    print(f"\n{framework}: {' '.join(DEVICE_STEPS)}: 1 device {one['step_loss']} val {one['val_loss']}; "
+          f"2 devices {two['step_loss']} val {two['val_loss']}; update cosine {cosine:.5f}, norm ratio {norms:.5f}")
     assert one["steps"] == two["steps"] == 3 and one["train_images"] == two["train_images"] == 24
-    assert two["step_loss"][0] == pytest.approx(one["step_loss"][0], rel=1e-4)
-    assert two["step_loss"][1] == pytest.approx(one["step_loss"][1], rel=tol["step2_loss"])
+    assert two["step_loss"][0] == pytest.approx(one["step_loss"][0], rel=tol["first_loss"])
+    assert two["step_loss"][1:] == pytest.approx(one["step_loss"][1:], rel=tol["step_loss"])
     assert cosine >= tol["update_cosine"] and norms == pytest.approx(1.0, rel=tol["update_norm"])
     assert two["val_loss"] == pytest.approx(one["val_loss"], rel=tol["val_loss"])
 

@@ -25,7 +25,15 @@ from tf_impl.keras_tasks import TRAIN_POLICIES
 
 def make_strategy(devices: int) -> tf.distribute.Strategy:
     """One device: the default strategy. N: MirroredStrategy over N GPUs, or N logical CPU devices
-    (configured here, before TensorFlow's runtime starts)."""
+    (configured here, before TensorFlow's runtime starts).
+
+    What N replicas do, checked against one device (tests/test_train.py, 1 vs 2 devices): each gets
+    its slice of the global batch in order (``experimental_distribute_dataset`` rebatches [0:B/N],
+    [B/N:2B/N], ...; no auto-sharding on one worker), normalises with its own batch statistics,
+    and Keras scales its mean loss by 1/N before the gradients are summed, so the step is the
+    global batch's mean gradient (in float64 the 2-replica steps equal the 1-device ones). BN's
+    moving statistics are Keras 3 variables with aggregation NONE: each replica updates its own
+    copy and reads see replica 0's, as torch DDP keeps rank 0's buffers (docs/profiles.md)."""
     if devices == 1:
         return tf.distribute.get_strategy()
     gpus = tf.config.list_physical_devices("GPU")
