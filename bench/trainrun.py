@@ -234,6 +234,11 @@ class RunLock:
 
 
 # ---- starting weights ----------------------------------------------------------------------------
+def keras_initialiser_worker(frameworks: Sequence[str]) -> str:
+    """The worker that draws Keras' initialisers: TF's, or keras-torch's when no TF side trains."""
+    return KERAS_TORCH if KERAS_TORCH in frameworks and "tf" not in frameworks else "tf"
+
+
 def prepare_init(config: TrainConfig, run_dir: Path, args: argparse.Namespace,
                  frameworks: Sequence[str] = ("tf", "torch")) -> dict[str, Any]:
     """Write ``init.npz``, the one bundle every side starts from; return the record's ``init``.
@@ -247,7 +252,7 @@ def prepare_init(config: TrainConfig, run_dir: Path, args: argparse.Namespace,
 
     spec = spec_from_args(config.spec_args())
     path = run_dir / "init.npz"
-    keras_worker = KERAS_TORCH if KERAS_TORCH in frameworks and "tf" not in frameworks else "tf"
+    keras_worker = keras_initialiser_worker(frameworks)
     drawn_by = None
     wconfig = _worker_config(args, config)
     wconfig.quiet = True

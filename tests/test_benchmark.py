@@ -5,6 +5,7 @@ pytest-benchmark storage format (read back by pytest-benchmark itself, and by
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import subprocess
 import sys
@@ -106,10 +107,13 @@ def test_memory_is_a_separate_loop_after_the_reset():
 def test_peak_rss_reset_forgets_an_earlier_peak():
     assert bm.reset_peak_rss() is True  # the peak of tests that ran before in this process
     before = bm.read_peak_rss()["peak_bytes"]
-    block = bytearray(256 * 2**20)
-    block[::4096] = b"\x01" * len(block[::4096])  # touch every page: RSS really grows
+    # Fresh pages from the kernel (an anonymous mapping), not memory an earlier test freed that
+    # malloc kept resident (a bytearray reused it, and RSS did not grow: order-dependent failure).
+    block = mmap.mmap(-1, 256 * 2**20)
+    for offset in range(0, len(block), 4096):  # touch every page: RSS really grows
+        block[offset] = 1
     grown = bm.read_peak_rss()["peak_bytes"]
-    del block
+    block.close()
     assert grown >= before + 200 * 2**20
     assert bm.reset_peak_rss() is True
     assert bm.read_peak_rss()["peak_bytes"] < grown - 200 * 2**20

@@ -30,6 +30,7 @@ def test_keras_initialisers_come_from_the_keras_torch_worker_without_tf(tmp_path
     # Keras' initialisers, not zeros or a constant: He-normal kernels with unit BN scales.
     kernel = bundle.arrays["conv1/kernel"]
     assert kernel.std() > 0 and np.all(bundle.arrays["bn_conv1/gamma"] == 1)
-    with_tf = tmp_path / "with-tf"
-    with_tf.mkdir()
-    assert trainrun.prepare_init(config, with_tf, _args(), ("tf", "keras-torch"))["drawn_by"] == "tf"
+    # With a TF side the bundle stays TF's (as every run before the arm existed).
+    assert trainrun.keras_initialiser_worker(("tf", "keras-torch")) == "tf"
+    assert trainrun.keras_initialiser_worker(("tf", "torch")) == "tf"
+    assert trainrun.keras_initialiser_worker(("keras-torch",)) == "keras-torch"

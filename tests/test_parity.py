@@ -330,7 +330,11 @@ def test_keras_torch_float64_agrees_with_tf_as_tf_with_the_port(tmp_path):
     """The same Keras code on another backend, in float64: every default check as tight as the
     fixed float64 table demands. Fails without tf_impl.tape.exact_float64 (Keras' torch backend
     would normalise in float32: bn_conv1 1.5e-7 off)."""
-    config = ps.ParityConfig(**{**SMALL, "dtype": "float64"}, arms=("tf", "keras-torch"), work_dir=str(tmp_path))
+    # 64 px: at 32 px stage 5's maps are 1x1 and training-mode BN over 2 values per channel is so
+    # ill-conditioned that even float64 drifts to 3e-8 there (measured; both backends alike). No
+    # calibration: float64 needs no unsaturated softmax to be judged, and it saves a worker.
+    config = ps.ParityConfig(**{**SMALL, "dtype": "float64"}, arms=("tf", "keras-torch"), calibrate=False,
+                             work_dir=str(tmp_path))
     from bench.runner import WorkerConfig
     result = parity.run_parity(config, WorkerConfig(quiet=True))
     assert result["verdict"] == "pass", parity_table.format_table(result)
