@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import io
 import json
 import math
@@ -119,3 +120,16 @@ def create_unique_dir(out: str | os.PathLike, prefix: str) -> Path:
     from bench.errors import UserError
 
     raise UserError(f"{out}: could not create a new run directory there")
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (created if missing) for the block: two processes
+    writing one thing (the demo data, a node's image cache) wait for each other."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

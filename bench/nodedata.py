@@ -12,12 +12,10 @@ Framework-free and Ray-free: the Ray task (``bench.ray_executor``) calls :func:`
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 from bench import atomic
 from bench.dataset import sha256_file
@@ -54,7 +52,7 @@ def node_images(manifest, *, node: str, shared_root: str | os.PathLike | None = 
     if fetch is None:
         raise UserError("no images for the node: pass --data-root or let the driver ship them")  # our bug if hit
     root = cache_root() / manifest.fingerprint[:32]
-    with _locked(root.parent / f"{root.name}.lock"):
+    with atomic.file_lock(root.parent / f"{root.name}.lock"):  # one task per node fills the cache
         if not (root / COMPLETE_NAME).is_file():
             for path, data in fetch().items():
                 atomic.write_bytes(root / path, data)
@@ -76,13 +74,3 @@ def check_copy(manifest, root: Path, *, node: str) -> None:
                             f"{e.sha256[:12]}); the node refuses to train on it: fix or remove its copy")
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """One task per node fills the cache; the others wait for it (an advisory lock file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import gc
 import sys
 import time
@@ -83,18 +82,6 @@ class Session:
 def create_run_dir(out: Path) -> Path:
     """A new, unique ``run-...`` directory for one twinbench run."""
     return atomic.create_unique_dir(out, "run")
-
-
-@contextlib.contextmanager
-def file_lock(path: Path):
-    """An exclusive lock (two runs writing the demo data at once wait for each other)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 class Progress:
@@ -160,7 +147,7 @@ class Pipeline:
             self.session.data = {"kind": "folder", "path": str(self.data_dir.resolve())}
             return str(self.data_dir)
         directory = demo.default_demo_dir()
-        with file_lock(directory.parent / ".demo.lock"):
+        with atomic.file_lock(directory.parent / ".demo.lock"):  # two runs writing the demo data wait
             self.data_dir = demo.ensure_demo(directory)
         self.session.data = {"kind": "demo", "path": str(self.data_dir.resolve())}
         return str(self.data_dir)

@@ -192,9 +192,12 @@ def test_a_node_removed_mid_sweep_loses_and_duplicates_no_repeat(tiny, tmp_path)
 
 @pytest.mark.slow
 def test_ctrl_c_keeps_finished_cells_and_resume_runs_only_the_missing_ones(tiny, tmp_path):
+    # SIGINT back to its default in the child: under a shell's background job (nohup ... &) it is
+    # ignored, Python then installs no KeyboardInterrupt handler, and the Ctrl-C would be lost.
     proc = subprocess.Popen([sys.executable, "-m", "bench.cli", *SWEEP, "--manifest", str(tiny), "--repeats", "3",
                              "--executor", "ray", "--ray-cpus", "1", "--out", str(tmp_path), "--quiet"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen: list[str] = []
     try:
         first = _read_until(proc, lambda s: s.startswith("ray: repeat-") and " ended (ok" in s, 300, seen)
