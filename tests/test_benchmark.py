@@ -569,8 +569,9 @@ def test_gpu_check_smoke_runs_from_the_source_tree_with_torch_alone(tmp_path, re
     """``python3 torch_impl/gpu_check.py --smoke`` from another folder, with no site processing (no .pth,
     so no editable install) and only torch importable: it runs the rows, skips TF32 on the CPU,
     falls back to its torchvision copy, and writes $OUT/gpu_check.json."""
+    # A checkout that ran ``make gpu-vendor`` has Keras in .gpu-vendor/site: name an empty folder instead.
     env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(torch_only_site), "OUT": str(tmp_path),
-           "OMP_NUM_THREADS": "1", "HOME": str(tmp_path)}
+           "OMP_NUM_THREADS": "1", "HOME": str(tmp_path), "TWINBENCH_GPU_VENDOR": str(tmp_path / "no-vendor")}
     proc = subprocess.run([sys.executable, "-S", str(repo_root / "torch_impl" / "gpu_check.py"), "--smoke", "--quiet"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -60,7 +60,8 @@ SEED_BATCH = 8
 SEED_PLAN = [("train", "fp32", "eager"), ("train", "tf32", "eager"), ("train", "bf16", "eager")]
 ARMS = ("torch", "keras-torch")
 ROOT = Path(__file__).resolve().parent.parent
-VENDOR = ROOT / ".gpu-vendor" / "site"  # make gpu-vendor
+# make gpu-vendor; TWINBENCH_GPU_VENDOR names another folder (a test names none, to see the rows without it).
+VENDOR = Path(os.environ.get("TWINBENCH_GPU_VENDOR") or ROOT / ".gpu-vendor" / "site")
 
 
 def settings(smoke: bool, batch: int | None) -> dict[str, Any]:
@@ -130,7 +131,9 @@ def keras_torch_row(row: dict[str, Any], timeout_s: float, quiet: bool) -> dict[
         env = {**os.environ, "KERAS_BACKEND": "torch",
                "PYTHONPATH": os.pathsep.join(path + [str(ROOT)] + ([os.environ["PYTHONPATH"]]
                                                                    if os.environ.get("PYTHONPATH") else []))}
-        argv = [sys.executable, str(Path(__file__).resolve()), "--keras-torch-row", str(job), "--out", str(out)]
+        # The child sees what we see: no site processing when we had none (python3 -S).
+        argv = [sys.executable, *(["-S"] if sys.flags.no_site else []), str(Path(__file__).resolve()),
+                "--keras-torch-row", str(job), "--out", str(out)]
         try:
             proc = subprocess.run(argv + (["--quiet"] if quiet else []), env=env, timeout=timeout_s,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -265,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         "threads": tb.threads(), "machine": {"node": platform.node(), "system": platform.system(),
                                              "python": platform.python_version(), "cpus": os.cpu_count()},
         "settings": {k: v for k, v in cfg.items() if k != "plan"}, "budget_s": args.budget_s, "arms": list(arms),
-        "keras_vendor": str(VENDOR.relative_to(ROOT)) if vendor_needed() else None,
+        "keras_vendor": (str(VENDOR.relative_to(ROOT)) if VENDOR.is_relative_to(ROOT) else str(VENDOR))
+                        if vendor_needed() else None,
         "peaks": {}, "rows": [], "ratios": [], "anchors": [], "anchor_source":
             "NVIDIA DeepLearningExamples PyTorch ResNet-50 v1.5, 1x A100 80GB, batch 256 (DALI, end-to-end)",
     }
