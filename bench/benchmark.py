@@ -28,7 +28,7 @@ from bench.frameworks import ARMS, FRAMEWORKS, KERAS_TORCH
 from bench.measure import (COMPILE_LABELS, arm_ratios, COMPILES, LAYOUT_LABELS, LAYOUTS, MIN_REPEATS, MODELS, MODES,
                            PRECISIONS, REFERENCE_MODELS, add_mfu, describe, failed_row, machine_peaks, new_row, ratios,
                            summarize)
-from bench.options import add_worker_options, csv_choices, positive_int, worker_config
+from bench.options import add_executor_options, add_worker_options, csv_choices, positive_int, worker_config
 from bench.profiles import PROFILES
 from bench.spec import build_spec
 
@@ -146,9 +146,13 @@ def run_rows(rows: list[dict[str, Any]], config: Any, *, peak_size: int,
     Returns (rows, peaks per framework, environment per framework).
     """
     from bench.errors import WorkerError
-    from bench.runner import run_worker
+    from bench.executor import Job, run_job
 
-    runner = runner or run_worker
+    if runner is None:
+        def runner(fw: str, task: str, args: dict[str, Any], *, config: Any, timeout: float | None) -> Any:
+            # One group: on Ray every row runs on the node the first one ran on (one machine's figures).
+            return run_job(config, Job(fw, task, args, timeout=timeout, manifest="row.manifest", group="bench",
+                                       gpus=1 if str(args["row"].get("device", "cpu")).startswith("cuda") else 0))
     log = log or (lambda msg: None)
     results: list[dict[str, Any]] = []
     peaks: dict[str, dict[str, float]] = {}
@@ -165,7 +169,8 @@ def run_rows(rows: list[dict[str, Any]], config: Any, *, peak_size: int,
             eta = f", about {per_row * (len(rows) - i):.0f} s left"
         log(f"[{i + 1}/{len(rows)}] {describe(row)}{eta}")
         try:
-            out = runner(fw, "bench_row", args, config=config, timeout=timeout).result
+            done = runner(fw, "bench_row", args, config=config, timeout=timeout)
+            out = done.result
         except WorkerError as exc:
             results.append(failed_row(row, str(exc).splitlines()[0]))
             log(f"    failed: {results[-1]['error']}")
@@ -175,7 +180,12 @@ def run_rows(rows: list[dict[str, Any]], config: Any, *, peak_size: int,
         if out.get("peak"):
             peaks[fw] = out["peak"]
         envs.setdefault(fw, out.get("env", {}))
-        result = out["row"]
+        # The row as planned (a Ray node read the manifest from its own copy, at its own path),
+        # and where it ran when that was not here.
+        result = {**{k: v for k, v in out["row"].items() if k != "data_root"},
+                  **({"manifest": row["manifest"]} if "manifest" in row else {})}
+        if getattr(done, "executor", None):
+            result["executor"] = done.executor
         results.append(result)
         if result["status"] == "ok":
             log(f"    {result['images_per_s']:.2f} img/s (IQR {result['images_per_s_iqr']:.2f}), "
@@ -472,6 +482,7 @@ def register(sub) -> None:
     p.add_argument("--list", action="store_true", help="print the planned rows and exit")
     p.add_argument("--timeout", type=positive_int, default=1800, help="seconds a row may take (default 1800)")
     add_worker_options(p)
+    add_executor_options(p)
     p.set_defaults(func=cmd_bench)
 
 
@@ -515,7 +526,18 @@ def cmd_bench(args) -> int:
 def bench(args) -> tuple[Path, int]:
     """``twinbench bench`` as a function (``twinbench run`` calls it too): the record it wrote
     (``OUT/bench-.../bench.json``, rewritten after every row) and the exit status of the
-    --compare-fail check. Raises CheckFailed when a row failed, after the record is saved."""
+    --compare-fail check. Raises CheckFailed when a row failed, after the record is saved.
+    With ``--executor ray`` every row is a Ray task, one after another, all on one node."""
+    from bench import executor
+
+    executor.check_options(args)
+    try:
+        return _bench(args)
+    finally:
+        executor.close(args)  # a Ray cluster this command started stops with it
+
+
+def _bench(args) -> tuple[Path, int]:
     from bench import atomic, envelope
 
     settings = settings_from_args(args)

@@ -21,7 +21,8 @@ from bench import envelope
 from bench.errors import CheckFailed, UserError
 from bench.dataset import DECODERS, ORDERS, PREPROCESSINGS, SPLITS, Manifest, PipelineOptions, load_manifest
 from bench.options import add_model_options, add_worker_options, model_args, positive_int, worker_config
-from bench.runner import WorkerConfig, run_worker
+from bench.executor import Job, run_job
+from bench.runner import WorkerConfig
 from bench.runset import DATACHECK_FORMAT, DATACHECK_VERSION
 
 # Max |TF - torch| per image, 0..255 scale, with the accurate decoder: bilinear resizing differs
@@ -40,11 +41,13 @@ def run_data_check(manifest: Manifest, options: PipelineOptions, decoders: tuple
     config = config or WorkerConfig()
     with tempfile.TemporaryDirectory(prefix="twinbench-datacheck-") as tmp:
         common = {"manifest": manifest_file(manifest, Path(tmp)), "data_root": str(manifest.root), "quiet": config.quiet}
-        tf_out = run_worker("tf", "data_check", {**common, "pipeline": options.to_dict(), "decoders": list(decoders)},
-                            job_dir=Path(tmp) / "tf", config=config)
-        torch_out = run_worker("torch", "data_check", {**common, "pipeline": options.replace(decoder="accurate").to_dict(),
-                                                       "reference": tf_out.result["images"]},
-                               job_dir=Path(tmp) / "torch", config=config)
+        tf_out = run_job(config, Job("tf", "data_check", {**common, "pipeline": options.to_dict(),
+                                                          "decoders": list(decoders)},
+                                     job_dir=Path(tmp) / "tf", manifest="manifest"))
+        torch_out = run_job(config, Job("torch", "data_check",
+                                        {**common, "pipeline": options.replace(decoder="accurate").to_dict(),
+                                         "reference": tf_out.result["images"]},
+                                        job_dir=Path(tmp) / "torch", manifest="manifest"))
     return summarize(manifest, options, decoders, tf_out.arrays, torch_out.arrays)
 
 
@@ -222,7 +225,8 @@ def run_pipeline_speed(manifest: Manifest, options: PipelineOptions, model: dict
             job = {**model, "manifest": manifest_file(manifest, Path(tmp)), "data_root": str(manifest.root),
                    "pipeline": options.to_dict(), "steps": steps, "rounds": rounds, "warmup": warmup,
                    "quiet": config.quiet}
-            out = run_worker(fw, "pipeline_speed", job, job_dir=Path(tmp) / fw, config=config).result
+            out = run_job(config, Job(fw, "pipeline_speed", job, job_dir=Path(tmp) / fw, manifest="manifest",
+                                      group="pipeline-speed")).result
         real = float(np.median([r["images_per_s"] for r in out["runs"]["real"]]))
         memory = float(np.median([r["images_per_s"] for r in out["runs"]["memory"]]))
         wait = float(np.median([r["wait_fraction"] for r in out["runs"]["real"]]))

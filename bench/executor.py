@@ -9,6 +9,14 @@ An executor runs a list of cells and reports each one's start and outcome to the
 alone writes the run records (``bench.trainrun``): the records, reports and compare read the
 same files whichever executor ran the cells.
 
+Every other worker job (a bench row, a parity side, the starting bundle's export, the data
+check, the residual ratios) is a :class:`Job` run with :func:`run_job`: it blocks until the
+worker's result is back, on the executor the command's :class:`~bench.runner.WorkerConfig`
+carries. A job names the arguments that are files (``inputs`` the worker reads, ``outputs`` it
+writes) and the manifest whose images it reads, so that a remote node gets them and the driver
+writes the outputs back where the arguments said, atomically. Jobs of one ``group`` run on one
+node (a bench's rows: one machine's figures, never a mix).
+
 - ``local`` (the default): ``bench.runner.run_worker`` in a subprocess of this process, the
   cells one after the other, exactly as before the seam existed. Ray is not imported.
 - ``ray`` (``bench.ray_executor``): every cell is a Ray task that runs the same worker module in
@@ -57,6 +65,57 @@ class Outcome:
     executor: dict[str, Any] = field(default_factory=dict)  # ray: attempts and nodes (nothing for local)
 
 
+@dataclass
+class Job:
+    """One framework worker job that is not a training cell (see the module docstring).
+
+    ``inputs``, ``outputs`` and ``manifest`` are keys of ``args`` (dotted for a nested dict:
+    ``"row.manifest"``); a key whose value is None is left alone. Where the images are read from
+    goes into ``data_root`` beside the manifest's key on a remote node."""
+
+    framework: str
+    task: str
+    args: dict[str, Any]
+    arrays: dict[str, Any] | None = None
+    job_dir: Path | None = None
+    timeout: float | None = None
+    inputs: tuple[str, ...] = ()  # files the worker reads
+    outputs: tuple[str, ...] = ()  # files the worker writes
+    manifest: str | None = None  # the manifest the worker reads images through
+    group: str | None = None  # jobs of one group run on one node
+    gpus: int = 0  # devices the job uses (Ray: num_gpus where the cluster has GPUs)
+
+    @property
+    def label(self) -> str:
+        return f"{self.task} ({self.framework})"
+
+
+def get_arg(args: dict[str, Any], key: str) -> Any:
+    for part in key.split(".")[:-1]:
+        args = args.get(part) or {}
+    return args.get(key.split(".")[-1])
+
+
+def set_arg(args: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    for part in parts[:-1]:
+        args = args[part]
+    args[parts[-1]] = value
+
+
+def sibling(key: str, name: str) -> str:
+    """The key ``name`` in the dict that holds ``key`` (``row.manifest`` -> ``row.data_root``)."""
+    return ".".join(key.split(".")[:-1] + [name])
+
+
+def run_job(config: Any, job: Job) -> Any:
+    """Run ``job`` on the executor ``config`` (a bench.runner.WorkerConfig) carries, here when it
+    carries none, and return the bench.runner.WorkerResult. Raises WorkerError or UserError as
+    bench.runner.run_worker does."""
+    executor = getattr(config, "executor", None) or LocalExecutor()
+    return executor.call(job, config)
+
+
 class Executor(Protocol):
     name: str
     concurrent: bool
@@ -65,6 +124,9 @@ class Executor(Protocol):
             on_done: Callable[[Cell, Outcome], None]) -> None:
         """Run every cell; call ``on_start`` when one starts and ``on_done`` when it ends. A
         UserError or KeyboardInterrupt propagates (the caller marks the cells that had not ended)."""
+
+    def call(self, job: Job, config: Any) -> Any:
+        """Run one job to its end and return its bench.runner.WorkerResult."""
 
     def close(self) -> None:
         ...
@@ -89,6 +151,12 @@ class LocalExecutor:
                 continue
             on_done(cell, Outcome(result=out.result))
 
+    def call(self, job: Job, config: Any) -> Any:
+        from bench.runner import run_worker
+
+        return run_worker(job.framework, job.task, job.args, arrays=job.arrays, job_dir=job.job_dir, config=config,
+                          timeout=job.timeout)
+
     def close(self) -> None:
         pass
 
@@ -110,6 +178,7 @@ def from_args(args: argparse.Namespace) -> Executor:
         check_options(args)
         executor = LocalExecutor()
     args._executor = executor
+    args._executor_owned = True  # close() closes it; one lent by a caller (twinbench run) stays open
     return executor
 
 
@@ -124,7 +193,16 @@ def check_options(args: argparse.Namespace) -> None:
             raise UserError(f"{flag} {getattr(args, dest)} needs --executor ray")
 
 
+def lend(args: argparse.Namespace, executor: Executor) -> argparse.Namespace:
+    """``args`` (a step's command arguments) running on ``executor``, which stays open after the
+    step's command ends: twinbench run's steps share one cluster."""
+    args._executor = executor
+    args._executor_owned = False
+    return args
+
+
 def close(args: argparse.Namespace) -> None:
+    """Close the executor ``from_args`` made for this command (a lent one is left open)."""
     executor = vars(args).pop("_executor", None)
-    if executor is not None:
+    if executor is not None and vars(args).pop("_executor_owned", False):
         executor.close()

@@ -60,8 +60,8 @@ def add_executor_options(parser: argparse.ArgumentParser) -> None:
     """--executor and the Ray options (beside the worker options: bench.options.add_worker_options)."""
     group = parser.add_argument_group("executor")
     group.add_argument("--executor", choices=EXECUTORS, default="local",
-                       help="local: worker subprocesses here, one after the other (default); ray: one Ray task per "
-                            "repeat x framework, run side by side as the cluster's CPUs allow")
+                       help="local: worker subprocesses here, one after the other (default); ray: every worker "
+                            "job a Ray task (training cells side by side as the cluster's CPUs allow)")
     group.add_argument("--ray-address", default=None, metavar="ADDR",
                        help="(ray) join the running cluster at ADDR (e.g. 10.0.0.5:6379 or auto); "
                             "default: start a local one")
@@ -74,8 +74,12 @@ def add_executor_options(parser: argparse.ArgumentParser) -> None:
 def worker_config(args: argparse.Namespace) -> WorkerConfig:
     from bench.runner import WorkerConfig  # numpy: see the module docstring
 
+    from bench import executor
+
+    # A command with the executor options runs its jobs where they say (made once, kept on args).
+    where = executor.from_args(args) if hasattr(args, "executor") else None
     return WorkerConfig(tf_python=args.tf_python, torch_python=args.torch_python,
-                        threads=args.threads, quiet=args.quiet)
+                        threads=args.threads, quiet=args.quiet, executor=where)
 
 
 def add_model_options(parser: argparse.ArgumentParser, *, input_size: int = 224, pooling: str = "avg7",

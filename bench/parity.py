@@ -40,12 +40,13 @@ from bench import parity_metrics as pm
 from bench import parity_spec as ps
 from bench.errors import CheckFailed, UserError
 from bench.frameworks import KERAS_TORCH
-from bench.options import add_model_options, add_worker_options, positive_int, worker_config
+from bench.options import add_executor_options, add_model_options, add_worker_options, positive_int, worker_config
 from bench.parity_spec import (ABLATIONS, CHECK_GROUPS, DEFAULT_CHECKS, DEFAULT_STEPS, PARITY_ARMS, TOLERANCES,
                                ParityConfig)
 from bench.parity_table import (CALIBRATED_METRIC, build_table, failures, first_divergent, format_ablation_table,
                                 format_table, summarize, trajectory_curve, trajectory_own)
-from bench.runner import WorkerConfig, WorkerResult, run_worker
+from bench.executor import Job, run_job
+from bench.runner import WorkerConfig, WorkerResult
 from bench.spec import ModelSpec
 
 FORMAT = "twinbench.parity"
@@ -124,9 +125,10 @@ def _prepare(config: ParityConfig, workers: WorkerConfig, spec: ModelSpec, root:
     if calibrate:
         _say(workers, "calibrating the weights on the parity batch (torch worker)")
         out = str(root / "calibrated.npz")
-        res = run_worker("torch", "parity_calibrate",
-                         {**config.model_args(), "weights": weights, "out": out, "seed": config.seed},
-                         arrays={ps.X: x}, job_dir=root / "calibrate", config=workers)
+        res = run_job(workers, Job("torch", "parity_calibrate",
+                                   {**config.model_args(), "weights": weights, "out": out, "seed": config.seed},
+                                   arrays={ps.X: x}, job_dir=root / "calibrate", inputs=("weights",),
+                                   outputs=("out",)))
         calibration, weights = res.result, out
     chaos = None
     if want_traj and config.calibrated():
@@ -179,11 +181,11 @@ def _manifest_inputs(config: ParityConfig, workers: WorkerConfig, spec: ModelSpe
     with_tf = "tf" in config.arms
     _say(workers, f"decoding {config.batch} validation images from {config.manifest} "
                   f"({'both pipelines' if with_tf else 'the torch pipeline'})")
-    tf_out = (run_worker("tf", "parity_inputs", {**args, "options": options["tf"]}, job_dir=root / "inputs-tf",
-                         config=workers) if with_tf else None)
-    torch_out = run_worker("torch", "parity_inputs", {**args, "options": options["torch"],
-                                                      "traj_indices": traj_indices},
-                           job_dir=root / "inputs-torch", config=workers)
+    tf_out = (run_job(workers, Job("tf", "parity_inputs", {**args, "options": options["tf"]},
+                                   job_dir=root / "inputs-tf", manifest="manifest")) if with_tf else None)
+    torch_out = run_job(workers, Job("torch", "parity_inputs", {**args, "options": options["torch"],
+                                                                "traj_indices": traj_indices},
+                                     job_dir=root / "inputs-torch", manifest="manifest"))
     # Both models read the torch pipeline's batch (accurate decoder, bit-identical to TF's
     # INTEGER_ACCURATE); the input row compares the two pipelines' batches.
     x = np.ascontiguousarray(torch_out.arrays[ps.X], dtype=np.float32)
@@ -206,6 +208,9 @@ def _optimizer(session: _Session, arm: str, optimizer: dict) -> dict:
     if arm == KERAS_TORCH and session.config.dtype == "float64" and optimizer.get("name") == "adam":
         return {**optimizer, "tf_beta_correction": True}
     return optimizer
+
+
+PROBE_FILES = ("weights", "chaos_weights")  # the bundles a probe reads (a Ray node gets them)
 
 
 def _probe_args(session: _Session, checks: list[str], optimizer: dict, own: bool = True) -> dict[str, Any]:
@@ -233,8 +238,8 @@ def _reference(session: _Session) -> WorkerResult:
     arm = session.config.arms[0]
     _say(session.workers, f"{arm} reference ({', '.join(session.config.checks)})")
     optimizer = _optimizer(session, arm, ps.ADAM_CONFIG)
-    return run_worker(arm, "parity_probe", _probe_args(session, checks, optimizer), arrays=_batches(session),
-                      job_dir=session.root / arm, config=session.workers)
+    return run_job(session.workers, Job(arm, "parity_probe", _probe_args(session, checks, optimizer),
+                                        arrays=_batches(session), job_dir=session.root / arm, inputs=PROBE_FILES))
 
 
 def _candidate(session: _Session, ref: WorkerResult, ablations: tuple[str, ...], own: bool = True) -> WorkerResult:
@@ -262,9 +267,8 @@ def _candidate(session: _Session, ref: WorkerResult, ablations: tuple[str, ...],
     label = f" with {', '.join(ablations)} off" if ablations else ""
     arm = session.config.arms[1]
     _say(session.workers, f"{arm}{label}")
-    return run_worker(arm, "parity_probe", args, arrays=arrays,
-                      job_dir=session.root / (f"{arm}-" + "-".join(ablations) if ablations else arm),
-                      config=session.workers)
+    return run_job(session.workers, Job(arm, "parity_probe", args, arrays=arrays, inputs=PROBE_FILES,
+                                        job_dir=session.root / (f"{arm}-" + "-".join(ablations) if ablations else arm)))
 
 
 def own_errors(spec: ModelSpec, worker: WorkerResult) -> dict[str, dict[str, Any]]:
@@ -474,6 +478,7 @@ def register(sub) -> None:
     p.add_argument("--work-dir", metavar="DIR", help="keep the worker jobs and arrays here")
     add_model_options(p)
     add_worker_options(p)
+    add_executor_options(p)
     p.set_defaults(func=cmd_parity)
 
 
@@ -490,6 +495,16 @@ def config_from_args(args: argparse.Namespace) -> ParityConfig:
 
 
 def cmd_parity(args: argparse.Namespace) -> int:
+    from bench import executor
+
+    executor.check_options(args)
+    try:
+        return _cmd_parity(args)
+    finally:
+        executor.close(args)  # a Ray cluster this command started stops with it
+
+
+def _cmd_parity(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     workers = worker_config(args)
     if args.ablation_table and config.ablations:

@@ -1,4 +1,5 @@
-"""The Ray executor: each training cell (repeat x framework) a Ray task, side by side.
+"""The Ray executor: each training cell (repeat x framework) a Ray task, side by side, and every
+other worker job (bench rows, parity sides, the init export, ...) a Ray task in its turn.
 
     twinbench train --profile quick --repeats 4 --threads 1 --executor ray          # local cluster
     twinbench train --profile quick --repeats 4 --executor ray --ray-address auto   # a running one
@@ -14,6 +15,12 @@ after its node died is still written once.
 
 The images reach a node once (``bench.nodedata``): through the object store, or from the shared
 ``--data-root``; either way checked against the manifest's sha256 on the node before use.
+
+Any other job (:func:`worker_job`, through :meth:`RayExecutor.call`) is one task the driver
+waits for: the files its arguments name as inputs travel with it, the manifest's images reach
+the node as above, the worker runs in a scratch folder there, and its result, arrays and output
+files come back (the outputs written where the arguments said, atomically). Jobs of one group
+(a bench's rows) are pinned to the node the group's first job ran on.
 
 Faults: a task whose Ray worker or node dies, or whose framework worker is killed by a signal,
 is retried by Ray (``max_retries`` = ``--ray-retries``); each attempt's start is logged with an
@@ -101,7 +108,10 @@ class RayExecutor:
         self.log = ray.remote(CellLog).options(
             num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False)).remote()
         self._task = ray.remote(train_cell)
+        self._job = ray.remote(worker_job)
         self._images: dict[str, Any] = {}  # manifest fingerprint -> object ref of its images
+        self._groups: dict[str, str] = {}  # job group -> the node its first job ran on
+        self._jobs = 0
         resources = ray.cluster_resources()
         print(f"ray: {len([n for n in ray.nodes() if n.get('Alive')])} node(s), {resources.get('CPU', 0):g} CPUs"
               f"{', %g GPUs' % resources['GPU'] if resources.get('GPU') else ''}; images "
@@ -170,12 +180,12 @@ class RayExecutor:
             num_cpus=need_cpus, num_gpus=gpus, max_retries=self.retries, retry_exceptions=[WorkerDied],
             name=f"twinbench {cell.key}").remote(spec, init_ref, images, self.log)
 
-    def _images_ref(self, manifest_path: Path):
+    def _images_ref(self, manifest_path: Path, data_root: str | None = None):
         """The manifest's images in the object store, put once per manifest."""
         from bench.dataset import load_manifest
         from bench.nodedata import pack_images
 
-        manifest = load_manifest(manifest_path, verify="none")
+        manifest = load_manifest(manifest_path, data_root=data_root, verify="none")
         if manifest.fingerprint not in self._images:
             self._images[manifest.fingerprint] = self.ray.put(pack_images(manifest))
         return self._images[manifest.fingerprint]
@@ -216,6 +226,60 @@ class RayExecutor:
             return Outcome(error=WorkerError(out["error"]), executor=info)
         return Outcome(result=out["result"], executor=info)
 
+    # ---- one job at a time -------------------------------------------------------------------------
+    def call(self, job, config):
+        """Run ``job`` (bench.executor.Job) as one Ray task and wait for it; see the module docstring."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from bench.executor import get_arg, sibling
+        from bench.runner import WorkerResult
+
+        ray = self.ray
+        self._jobs += 1
+        key = f"job-{self._jobs}/{job.task}/{job.framework}"
+        spec = job_spec(job, config, key=key, data_root=self.data_root)
+        images = None
+        if spec["manifest_text"] is not None and not self.data_root:
+            images = [self._images_ref(Path(get_arg(job.args, job.manifest)),
+                                       get_arg(job.args, sibling(job.manifest, "data_root")))]
+        alive = [n for n in ray.nodes() if n.get("Alive")]
+        largest = max((n["Resources"].get("CPU", 0) for n in alive), default=0)
+        cpus = config.threads or largest  # "all cores": a whole node, as locally
+        if cpus > largest:
+            raise UserError(f"{job.label} needs {cpus} CPUs (--threads {config.threads}) but the largest Ray node "
+                            f"has {largest:g}: lower --threads")
+        options: dict[str, Any] = {"num_cpus": cpus, "max_retries": self.retries, "retry_exceptions": [WorkerDied],
+                                   "name": f"twinbench {key}"}
+        if job.gpus and ray.cluster_resources().get("GPU"):
+            options["num_gpus"] = job.gpus
+        if job.group and job.group in self._groups:
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=self._groups[job.group],
+                                                                            soft=False)
+        ref = self._job.options(**options).remote(spec, job.arrays, images, self.log)
+        label = FRAMEWORK_LABELS.get(job.framework, job.framework)
+        try:
+            out = ray.get(ref)
+        except ray.exceptions.RayError as exc:  # retries spent, or the group's node is gone
+            nodes = ray.get(self.log.all.remote()).get(key, [])
+            cause = exc.cause if isinstance(exc, ray.exceptions.RayTaskError) and exc.cause else exc
+            raise WorkerError(f"{label} worker ({job.task}) died on Ray {len(nodes)} time(s) "
+                              f"({one_line(str(cause))})") from None
+        except BaseException:
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=True)
+            raise
+        if job.group:
+            self._groups.setdefault(job.group, out["node"])
+        if out.get("user_error"):
+            raise UserError(out["user_error"])
+        if out.get("error"):
+            raise WorkerError(out["error"])
+        for k, data in out["files"].items():
+            atomic.write_bytes(Path(get_arg(job.args, k)), data)
+        job_dir = Path(job.job_dir) if job.job_dir else Path(tempfile.mkdtemp(prefix="twinbench-ray-job-"))
+        return WorkerResult(out["result"], out["arrays"], job_dir,
+                            executor={"name": "ray", "node": out["node"][:12], "attempts": out["attempt"]})
+
     def close(self) -> None:
         if self.started_cluster and self.ray.is_initialized():
             self.ray.shutdown()
@@ -235,6 +299,21 @@ def _ctrl_c_deferred() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
     if caught:
         raise KeyboardInterrupt
+
+
+def job_spec(job, config, *, key: str, data_root: str | None) -> dict[str, Any]:
+    """What a job's task carries (plain data): its arguments, the bytes of the files it reads, the
+    names of those it writes, the manifest's text, the worker settings."""
+    from bench.executor import get_arg
+
+    inputs = {k: (Path(get_arg(job.args, k)).name, Path(get_arg(job.args, k)).read_bytes())
+              for k in job.inputs if get_arg(job.args, k) is not None}
+    outputs = {k: Path(get_arg(job.args, k)).name for k in job.outputs if get_arg(job.args, k) is not None}
+    manifest = get_arg(job.args, job.manifest) if job.manifest else None
+    return {"key": key, "framework": job.framework, "task": job.task, "args": job.args, "inputs": inputs,
+            "outputs": outputs, "manifest_key": job.manifest if manifest is not None else None,
+            "manifest_text": Path(manifest).read_text() if manifest is not None else None,
+            "data_root": data_root, "timeout": job.timeout, "worker": _worker_fields(config)}
 
 
 def _worker_fields(wconfig) -> dict[str, Any]:
@@ -311,3 +390,85 @@ def train_cell(spec: dict[str, Any], init_bytes: bytes | None, images: list | No
         return out
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def worker_job(spec: dict[str, Any], arrays: dict | None, images: list | None, log) -> dict[str, Any]:
+    """A Ray task: one worker job on this node (:func:`run_job_here`), its attempts logged."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    attempt = ray.get(log.started.remote(spec["key"], node))
+    return run_job_here(spec, arrays, node=node, attempt=attempt,
+                        fetch=(lambda: ray.get(images[0])) if images else None)
+
+
+def run_job_here(spec: dict[str, Any], arrays: dict | None, *, node: str, attempt: int,
+                 fetch: Callable[[], dict[str, bytes]] | None) -> dict[str, Any]:
+    """Node side, Ray-free: the job's argument files and manifest in a scratch folder (the images
+    from this node's checked copy, ``fetch`` filling its cache), the worker run there; its result,
+    arrays and output files back. A worker killed by a signal raises WorkerDied (Ray retries)."""
+    import copy
+
+    from bench.dataset import parse_manifest
+    from bench.executor import get_arg, set_arg, sibling
+    from bench.nodedata import node_images
+    from bench.runner import WorkerConfig, run_worker
+
+    scratch = Path(tempfile.mkdtemp(prefix="twinbench-job-"))
+    out: dict[str, Any] = {"node": node, "attempt": attempt, "files": {}}
+    try:
+        args = copy.deepcopy(spec["args"])
+        back: dict[str, str] = {}  # this node's path -> the driver's, for the result
+
+        def move(key: str, path: Path) -> None:
+            back[str(path)] = get_arg(args, key)
+            set_arg(args, key, str(path))
+
+        for i, (key, (name, data)) in enumerate(sorted(spec["inputs"].items())):
+            atomic.write_bytes(scratch / "in" / str(i) / name, data)
+            move(key, scratch / "in" / str(i) / name)
+        written: dict[str, Path] = {}
+        for i, (key, name) in enumerate(sorted(spec["outputs"].items())):
+            written[key] = scratch / "out" / str(i) / name
+            written[key].parent.mkdir(parents=True, exist_ok=True)
+            move(key, written[key])
+        if spec["manifest_key"] and spec["manifest_text"] is not None:
+            manifest_path = scratch / "manifest.json"
+            atomic.write_text(manifest_path, spec["manifest_text"])
+            move(spec["manifest_key"], manifest_path)
+            try:
+                manifest, _ = parse_manifest(spec["manifest_text"], manifest_path)
+                root = node_images(manifest, node=node, shared_root=spec["data_root"], fetch=fetch)
+            except UserError as exc:  # this node's data is not the manifest's: refuse before any worker
+                return {**out, "user_error": str(exc)}
+            set_arg(args, sibling(spec["manifest_key"], "data_root"), str(root))
+        w = spec["worker"]
+        config = WorkerConfig(tf_python=w["tf_python"] or sys.executable,
+                              torch_python=w["torch_python"] or sys.executable,
+                              threads=w["threads"], quiet=w["quiet"], env=w["env"], die_with_parent=True)
+        try:
+            res = run_worker(spec["framework"], spec["task"], args, arrays=arrays, job_dir=scratch / "job",
+                             config=config, timeout=spec["timeout"])
+        except WorkerError as exc:
+            if exc.killed_by:  # the node is going away, or the OOM killer: another attempt may well succeed
+                raise WorkerDied(f"{spec['key']} on node {node[:12]}: {one_line(str(exc))}") from None
+            return {**out, "error": str(exc)}
+        except UserError as exc:
+            return {**out, "user_error": str(exc)}
+        out.update(result=_paths_back(res.result, back), arrays=res.arrays,
+                   files={key: path.read_bytes() for key, path in written.items() if path.is_file()})
+        return out
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _paths_back(value: Any, back: dict[str, str]) -> Any:
+    """``value`` with every string that is one of this node's scratch paths replaced by the
+    driver's path it stood for (a worker's result echoes the files it read and wrote)."""
+    if isinstance(value, str):
+        return back.get(value, value)
+    if isinstance(value, dict):
+        return {k: _paths_back(v, back) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_paths_back(v, back) for v in value]
+    return value

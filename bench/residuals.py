@@ -17,7 +17,8 @@ import numpy as np
 
 from bench.quartiles import quartiles
 from bench.frameworks import FRAMEWORKS
-from bench.runner import WorkerConfig, run_worker
+from bench.executor import Job, run_job
+from bench.runner import WorkerConfig
 
 
 BATCH = 16  # images per forward pass: bounds the activation memory at 224 px
@@ -82,6 +83,7 @@ def measure(model_args: dict[str, Any], weights: dict[str, str | Path], *, x: np
         if fw not in weights:
             continue
         job_dir = None if job_root is None else Path(job_root) / f"residuals-{fw}"
-        out[fw] = run_worker(fw, "residual_ratios", {**model_args, **(images or {}), "weights": str(weights[fw])},
-                             arrays=None if x is None else {"x": x}, config=config, job_dir=job_dir).result
+        out[fw] = run_job(config, Job(fw, "residual_ratios", {**model_args, **(images or {}), "weights": str(weights[fw])},
+                                      arrays=None if x is None else {"x": x}, job_dir=job_dir, inputs=("weights",),
+                                      manifest="manifest")).result
     return out

@@ -37,7 +37,7 @@ from typing import Any, Callable, Sequence
 
 from bench import atomic, envelope
 from bench.errors import CheckFailed, TwinbenchError, UserError, WorkerError, one_line
-from bench.options import WORKER_OPTIONS, add_worker_options, positive_int, worker_config
+from bench.options import WORKER_OPTIONS, add_executor_options, add_worker_options, positive_int, worker_config
 from bench.runset import DATACHECK_FORMAT, DATACHECK_VERSION, RESIDUALS_FORMAT, RESIDUALS_VERSION, SESSION_FORMAT, SESSION_NAME, SESSION_VERSION
 from bench.profiles import PROFILES, Profile
 
@@ -135,6 +135,12 @@ class Pipeline:
         """This run's worker options, for the commands its steps call."""
         return {name: getattr(self.args, name) for name in WORKER_OPTIONS}
 
+    def on_executor(self, args: argparse.Namespace) -> argparse.Namespace:
+        """A step's command arguments on this run's executor (one Ray cluster for every step)."""
+        from bench import executor
+
+        return executor.lend(args, self.workers.executor) if self.workers.executor is not None else args
+
     # 1
     def data(self) -> str:
         from bench import demo
@@ -206,7 +212,7 @@ class Pipeline:
         train_dir = trainrun.create_run_dir(self.run_dir)
         try:
             with self.log_stdout("train.log"):
-                return str(train.train(command_arguments(train.register, **values), train_dir))
+                return str(train.train(self.on_executor(command_arguments(train.register, **values)), train_dir))
         finally:
             first = train_dir / repeats.repeat_dir_name(0)
             self.train_dir = first if first.is_dir() else train_dir
@@ -215,8 +221,8 @@ class Pipeline:
     def bench(self) -> str:
         from bench import benchmark
 
-        args = command_arguments(benchmark.register, profile=self.profile.name, out=str(self.run_dir), no_save=True,
-                                 **self.worker_values())
+        args = self.on_executor(command_arguments(benchmark.register, profile=self.profile.name, out=str(self.run_dir),
+                                                  no_save=True, **self.worker_values()))
         if self.model != "resnet50":
             args.arch = self.model
         with self.log_stdout("bench.log"):
@@ -378,10 +384,21 @@ def register(sub) -> None:
     p.add_argument("--out", default="runs", help="where run directories go (default runs/)")
     p.add_argument("--report", metavar="DIR", help="write the report here (default RUN/report/)")
     add_worker_options(p)
+    add_executor_options(p)
     p.set_defaults(func=cmd_run)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from bench import executor
+
+    executor.check_options(args)
+    try:
+        return _cmd_run(args)
+    finally:
+        executor.close(args)  # a Ray cluster this command started stops with it
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
     profile = PROFILES[args.profile]
     steps = [s for s in STEPS if s not in set(args.skip)]
     if args.report and Path(args.report).exists() and not Path(args.report).is_dir():

@@ -45,6 +45,9 @@ class WorkerConfig:
     # The worker gets SIGKILL when this process dies (Linux): a Ray task's worker must not outlive
     # the task's process when Ray kills it (node lost, task cancelled).
     die_with_parent: bool = False
+    # Where jobs run (bench.executor: local subprocesses, or Ray tasks); None: here, in turn.
+    # Jobs go through bench.executor.run_job; run_worker itself always starts a local process.
+    executor: Any = field(default=None, repr=False, compare=False)
 
     def python(self, framework: str) -> str:
         return self.tf_python if framework == "tf" else self.torch_python  # keras-torch needs torch
@@ -55,6 +58,7 @@ class WorkerResult:
     result: dict[str, Any]
     arrays: dict[str, np.ndarray]
     job_dir: Path
+    executor: dict[str, Any] = field(default_factory=dict)  # where it ran when not here (bench.executor)
 
 
 def check_framework(framework: str) -> str:

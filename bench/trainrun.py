@@ -246,7 +246,7 @@ def prepare_init(config: TrainConfig, run_dir: Path, args: argparse.Namespace,
     without TensorFlow), in the keras-torch worker: the same Keras code on its torch backend
     (other random streams, so other numbers; the record says which worker drew them)."""
     from bench.dataset import sha256_file
-    from bench.runner import run_worker
+    from bench.executor import Job, run_job
     from bench.spec import spec_from_args
     from bench.weights import WeightBundle, random_bundle, read_legacy_h5, weight_format
 
@@ -264,11 +264,13 @@ def prepare_init(config: TrainConfig, run_dir: Path, args: argparse.Namespace,
         base = random_bundle(spec, seed=config.seed)
     elif config.init in ("keras", "torch"):
         drawn_by = keras_worker if config.init == "keras" else "torch"
-        run_worker(drawn_by, "export", {**margs, "out": str(path)}, config=wconfig, job_dir=run_dir / "init-job")
+        run_job(wconfig, Job(drawn_by, "export", {**margs, "out": str(path)}, job_dir=run_dir / "init-job",
+                             outputs=("out",)))
         base = WeightBundle.load(path)
     else:  # independent + --weights: the head (if skipped) comes from Keras' initialisers
         drawn_by = keras_worker
-        run_worker(drawn_by, "export", {**margs, "out": str(path)}, config=wconfig, job_dir=run_dir / "init-job")
+        run_job(wconfig, Job(drawn_by, "export", {**margs, "out": str(path)}, job_dir=run_dir / "init-job",
+                             outputs=("out",)))
         base = WeightBundle.load(path)
     shutil.rmtree(run_dir / "init-job", ignore_errors=True)
     kind = config.init
@@ -283,8 +285,8 @@ def prepare_init(config: TrainConfig, run_dir: Path, args: argparse.Namespace,
         else:  # .weights.h5 / .pt: the framework that reads them converts to a bundle
             fw = "tf" if fmt == "keras_h5" else "torch"
             mid = run_dir / "weights.npz"
-            run_worker(fw, "convert", {**config.spec_args(), "src": config.weights, "dst": str(mid)},
-                       config=wconfig, job_dir=run_dir / "weights-job")
+            run_job(wconfig, Job(fw, "convert", {**config.spec_args(), "src": config.weights, "dst": str(mid)},
+                                 job_dir=run_dir / "weights-job", inputs=("src",), outputs=("dst",)))
             shutil.rmtree(run_dir / "weights-job", ignore_errors=True)
             loaded = WeightBundle.load(mid)
             mid.unlink()

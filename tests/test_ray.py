@@ -221,3 +221,86 @@ def test_ctrl_c_keeps_finished_cells_and_resume_runs_only_the_missing_ones(tiny,
     doc = json.loads((set_dir / "repeats.json").read_text())
     assert {r["status"] for r in doc["repeats"]} == {"complete"}
     assert doc["statistics"]["per_framework"]["torch"]["val_accuracy"]["n"] == 3
+
+
+# ---- every other worker job: bench rows, parity sides, the init export, ... ---------------------------
+MARGS = {"model": "resnet50", "classes": 2, "input_size": 32, "pooling": "global"}
+
+
+def test_a_job_runs_on_a_node_from_what_its_task_carries(tiny, tmp_path, monkeypatch):
+    """Ray-free, the node side of a job (``run_job_here``) from the spec the driver builds
+    (``job_spec``): the bundle it reads travels as bytes, the file it writes comes back as bytes
+    (nothing is written at the driver's path on the node), the manifest's images come from the
+    node's checked cache; the result is the local executor's, with the driver's paths in it."""
+    from bench.executor import Job, LocalExecutor
+    from bench.ray_executor import job_spec, run_job_here
+    from bench.runner import WorkerConfig
+    from bench.weights import WeightBundle
+
+    monkeypatch.setenv(nodedata.CACHE_ENV, str(tmp_path / "cache"))
+    config = WorkerConfig(quiet=True, threads=1)
+    manifest = load_manifest(tiny, verify="none")
+    local_out, node_out = tmp_path / "local.npz", tmp_path / "node.npz"
+    LocalExecutor().call(Job("torch", "export", {**MARGS, "seed": 1, "out": str(local_out)}, outputs=("out",)), config)
+    spec = job_spec(Job("torch", "export", {**MARGS, "seed": 1, "out": str(node_out)}, outputs=("out",)), config,
+                    key="job-1/export/torch", data_root=None)
+    done = run_job_here(spec, None, node="n" * 56, attempt=1, fetch=None)
+    assert not node_out.exists() and set(done["files"]) == {"out"} and done["result"] == {"out": str(node_out)}
+    node_out.write_bytes(done["files"]["out"])
+    a, b = WeightBundle.load(local_out).arrays, WeightBundle.load(node_out).arrays
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+    images = {"manifest": str(tiny), "indices": [0, 1], "pipeline": {"image_size": 32}}
+    job = Job("torch", "residual_ratios", {**MARGS, **images, "weights": str(local_out)}, inputs=("weights",),
+              manifest="manifest")
+    here = LocalExecutor().call(job, config).result
+    fetched = []
+    there = run_job_here(job_spec(job, config, key="job-2/residual_ratios/torch", data_root=None), None,
+                         node="n" * 56, attempt=1, fetch=lambda: fetched.append(1) or nodedata.pack_images(manifest))
+    assert fetched == [1] and (tmp_path / "cache" / manifest.fingerprint[:32] / nodedata.COMPLETE_NAME).is_file()
+    assert there["result"] == here and here["weights"] == str(local_out)
+
+    # A node whose copy differs refuses before any worker starts, naming the file.
+    victim = tmp_path / "cache" / manifest.fingerprint[:32] / manifest.files[0].path
+    victim.write_bytes(victim.read_bytes()[::-1])
+    refused = run_job_here(job_spec(job, config, key="job-3/residual_ratios/torch", data_root=None), None,
+                           node="n" * 56, attempt=1, fetch=lambda: pytest.fail("a complete cache is not refilled"))
+    assert "result" not in refused and f"{victim} differs from the manifest" in refused["user_error"]
+
+
+@pytest.mark.slow
+def test_bench_rows_and_parity_sides_on_ray_give_the_local_figures(tiny, tmp_path):
+    """``twinbench bench`` and ``twinbench parity`` with ``--executor ray``: every row and side a Ray
+    task (the rows all on one node, each row saying so); parity's errors bit-identical to the local
+    run's (the same arrays on the same machine), the bench rows the same rows (times differ)."""
+    bench = ["bench", "--frameworks", "torch", "--models", "ours", "--modes", "train", "--precision", "fp32",
+             "--layout", "nhwc", "--compile", "eager", "--input-size", "32",
+             "--pooling", "global", "--classes", "2", "--batch", "2", "--warmup", "1", "--repeats", "5", "--steps", "1",
+             "--memory-steps", "1", "--peak-size", "64", "--threads", "1", "--data", str(tiny), "--no-save", "--quiet"]
+    parity = ["parity", "--input-size", "32", "--pooling", "global", "--classes", "2", "--batch", "2",
+              "--manifest", str(tiny), "--threads", "1", "--quiet"]
+    runs = {}
+    for name, extra in (("local", []), ("ray", ["--executor", "ray", "--ray-cpus", "2"])):
+        b = cli(*bench, "--out", str(tmp_path / name), *extra, timeout=900)
+        assert b.returncode == 0, b.stderr[-3000:]
+        p = cli(*parity, "--json", str(tmp_path / f"{name}-parity.json"), *extra, timeout=900)
+        assert p.returncode == 0, p.stderr[-3000:]
+        (record,) = (tmp_path / name).glob("bench-*/bench.json")
+        runs[name] = (json.loads(record.read_text()), json.loads((tmp_path / f"{name}-parity.json").read_text()))
+    (lb, lp), (rb, rp) = runs["local"], runs["ray"]
+    assert [r["id"] for r in lb["rows"]] == [r["id"] for r in rb["rows"]] and len(rb["rows"]) >= 2
+    assert all(r["status"] == "ok" for r in lb["rows"] + rb["rows"])
+    assert "executor" not in lb["rows"][0]
+    nodes = {r["executor"]["node"] for r in rb["rows"]}
+    assert len(nodes) == 1 and all(r["executor"]["name"] == "ray" for r in rb["rows"])
+    pipeline = [r for r in rb["rows"] if r["input"] == "pipeline"]
+    assert pipeline and pipeline[0]["manifest"] == str(tiny.resolve()) and "data_root" not in pipeline[0]
+
+    def errors(doc):  # every cell of the table: its error and the limit it was judged by
+        return {(row, col): (c["value"], c["limit"]) for row, cols in doc["table"].items()
+                for col, c in cols.items() if c is not None}
+
+    assert lp["verdict"] == rp["verdict"] == "pass"
+    assert len(errors(lp)) > 20 and errors(lp) == errors(rp)
+    # The calibrated bundle (written on the node, sent back) and the decoded batch are the same too.
+    assert lp["calibration"] == rp["calibration"] and lp["inputs"] == rp["inputs"]

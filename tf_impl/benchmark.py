@@ -100,7 +100,7 @@ def pipeline_batches(row: dict[str, Any], device: str) -> Callable[[], tuple[tf.
     from bench.dataset import PipelineOptions, load_manifest
     from tf_impl import data as tfd
 
-    manifest = load_manifest(row["manifest"], verify="size")  # the parent verified the hashes
+    manifest = load_manifest(row["manifest"], data_root=row.get("data_root"), verify="size")  # hashes: the parent
     options = PipelineOptions(image_size=row["input_size"], batch_size=row["batch"])
     iterator = iter(tfd.make_dataset(manifest, "training", options).repeat())
     row["pipeline"] = {**options.to_dict(), "loader": "tf.data"}

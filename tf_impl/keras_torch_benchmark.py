@@ -46,7 +46,7 @@ def pipeline_batches(row: dict[str, Any], device: torch.device) -> Callable[[], 
     from bench.dataset import PipelineOptions, load_manifest
     from torch_impl import data as td
 
-    manifest = load_manifest(row["manifest"], verify="size")
+    manifest = load_manifest(row["manifest"], data_root=row.get("data_root"), verify="size")
     options = PipelineOptions(image_size=row["input_size"], batch_size=row["batch"])
     row["pipeline"] = {**options.to_dict(), "loader": "torch DataLoader (NHWC for Keras)"}
     loader = td.make_loader(manifest, "training", options)

@@ -310,7 +310,7 @@ def load_inputs(args: dict, inputs: dict[str, np.ndarray], job_dir: Path):
     from bench.dataset import PipelineOptions, load_manifest
     from tf_impl import data
 
-    manifest = load_manifest(args["manifest"], verify="none")  # the parent verified it
+    manifest = load_manifest(args["manifest"], data_root=args.get("data_root"), verify="none")  # the parent verified it
     pipeline = PipelineOptions(image_size=int(args["size"]), batch_size=max(1, len(args["indices"])),
                                **args.get("options", {}))
     x, y = data.load_images(manifest, "validation", args["indices"], pipeline)

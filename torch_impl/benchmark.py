@@ -173,7 +173,7 @@ def pipeline_batches(row: dict[str, Any], device: torch.device) -> Callable[[], 
     from bench.dataset import PipelineOptions, load_manifest
     from torch_impl import data as td
 
-    manifest = load_manifest(row["manifest"], verify="size")  # the parent verified the hashes
+    manifest = load_manifest(row["manifest"], data_root=row.get("data_root"), verify="size")  # hashes: the parent
     options = PipelineOptions(image_size=row["input_size"], batch_size=row["batch"])
     loader = td.make_loader(manifest, "training", options)
     state: dict[str, Any] = {"it": iter(loader), "partial": 0}

@@ -328,7 +328,7 @@ def load_inputs(args: dict, inputs: dict[str, np.ndarray], job_dir: Path):
     from bench.dataset import PipelineOptions, load_manifest
     from torch_impl import data
 
-    manifest = load_manifest(args["manifest"], verify="none")  # the parent verified it
+    manifest = load_manifest(args["manifest"], data_root=args.get("data_root"), verify="none")  # the parent verified it
     options = dict(args.get("options", {}))
     antialias = bool(options.pop("antialias", False))
     pipeline = PipelineOptions(image_size=int(args["size"]), batch_size=max(1, len(args["indices"])), **options)
