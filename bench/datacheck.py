@@ -47,7 +47,9 @@ def run_data_check(manifest: Manifest, options: PipelineOptions, decoders: tuple
         torch_out = run_job(config, Job("torch", "data_check",
                                         {**common, "pipeline": options.replace(decoder="accurate").to_dict(),
                                          "reference": tf_out.result["images"]},
-                                        job_dir=Path(tmp) / "torch", manifest="manifest"))
+                                        job_dir=Path(tmp) / "torch", manifest="manifest",
+                                        inputs=tuple(f"reference.{d}.{split}" for d, paths in
+                                                     tf_out.result["images"].items() for split in paths)))
     return summarize(manifest, options, decoders, tf_out.arrays, torch_out.arrays)
 
 

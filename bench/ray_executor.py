@@ -237,7 +237,8 @@ class RayExecutor:
         ray = self.ray
         self._jobs += 1
         key = f"job-{self._jobs}/{job.task}/{job.framework}"
-        spec = job_spec(job, config, key=key, data_root=self.data_root)
+        job_dir = Path(job.job_dir) if job.job_dir else Path(tempfile.mkdtemp(prefix="twinbench-ray-job-"))
+        spec = job_spec(job, config, key=key, data_root=self.data_root, job_dir=job_dir)
         images = None
         if spec["manifest_text"] is not None and not self.data_root:
             images = [self._images_ref(Path(get_arg(job.args, job.manifest)),
@@ -276,7 +277,8 @@ class RayExecutor:
             raise WorkerError(out["error"])
         for k, data in out["files"].items():
             atomic.write_bytes(Path(get_arg(job.args, k)), data)
-        job_dir = Path(job.job_dir) if job.job_dir else Path(tempfile.mkdtemp(prefix="twinbench-ray-job-"))
+        for rel, data in out["job_files"].items():  # what the worker left in its job folder (the result names them)
+            atomic.write_bytes(job_dir / rel, data)
         return WorkerResult(out["result"], out["arrays"], job_dir,
                             executor={"name": "ray", "node": out["node"][:12], "attempts": out["attempt"]})
 
@@ -301,9 +303,10 @@ def _ctrl_c_deferred() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
-def job_spec(job, config, *, key: str, data_root: str | None) -> dict[str, Any]:
+def job_spec(job, config, *, key: str, data_root: str | None, job_dir: Path) -> dict[str, Any]:
     """What a job's task carries (plain data): its arguments, the bytes of the files it reads, the
-    names of those it writes, the manifest's text, the worker settings."""
+    names of those it writes, the manifest's text, the worker settings, and the driver's job folder
+    (where the files the worker leaves in its own come back to)."""
     from bench.executor import get_arg
 
     inputs = {k: (Path(get_arg(job.args, k)).name, Path(get_arg(job.args, k)).read_bytes())
@@ -313,7 +316,7 @@ def job_spec(job, config, *, key: str, data_root: str | None) -> dict[str, Any]:
     return {"key": key, "framework": job.framework, "task": job.task, "args": job.args, "inputs": inputs,
             "outputs": outputs, "manifest_key": job.manifest if manifest is not None else None,
             "manifest_text": Path(manifest).read_text() if manifest is not None else None,
-            "data_root": data_root, "timeout": job.timeout, "worker": _worker_fields(config)}
+            "data_root": data_root, "timeout": job.timeout, "worker": _worker_fields(config), "job_dir": str(job_dir)}
 
 
 def _worker_fields(wconfig) -> dict[str, Any]:
@@ -415,7 +418,7 @@ def run_job_here(spec: dict[str, Any], arrays: dict | None, *, node: str, attemp
     from bench.runner import WorkerConfig, run_worker
 
     scratch = Path(tempfile.mkdtemp(prefix="twinbench-job-"))
-    out: dict[str, Any] = {"node": node, "attempt": attempt, "files": {}}
+    out: dict[str, Any] = {"node": node, "attempt": attempt, "files": {}, "job_files": {}}
     try:
         args = copy.deepcopy(spec["args"])
         back: dict[str, str] = {}  # this node's path -> the driver's, for the result
@@ -455,18 +458,31 @@ def run_job_here(spec: dict[str, Any], arrays: dict | None, *, node: str, attemp
             return {**out, "error": str(exc)}
         except UserError as exc:
             return {**out, "user_error": str(exc)}
-        out.update(result=_paths_back(res.result, back), arrays=res.arrays,
+        own = scratch / "job"  # the worker's job folder: the protocol's files, and any it wrote there itself
+        job_files = {p.relative_to(own).as_posix(): p.read_bytes() for p in sorted(own.rglob("*"))
+                     if p.is_file() and p.relative_to(own).as_posix() not in JOB_PROTOCOL_FILES}
+        back[str(own)] = spec["job_dir"]
+        out.update(result=_paths_back(res.result, back), arrays=res.arrays, job_files=job_files,
                    files={key: path.read_bytes() for key, path in written.items() if path.is_file()})
         return out
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+JOB_PROTOCOL_FILES = ("job.json", "inputs.npz", "result.json", "arrays.npz")  # bench.runner's, not the worker's
+
+
 def _paths_back(value: Any, back: dict[str, str]) -> Any:
     """``value`` with every string that is one of this node's scratch paths replaced by the
-    driver's path it stood for (a worker's result echoes the files it read and wrote)."""
+    driver's path it stood for, and a path inside a scratch folder by the same path inside the
+    driver's (a worker's result echoes the files it read and wrote)."""
     if isinstance(value, str):
-        return back.get(value, value)
+        if value in back:
+            return back[value]
+        for node_path, driver_path in back.items():
+            if value.startswith(node_path + os.sep):
+                return driver_path + value[len(node_path):]
+        return value
     if isinstance(value, dict):
         return {k: _paths_back(v, back) for k, v in value.items()}
     if isinstance(value, list):

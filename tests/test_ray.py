@@ -243,7 +243,7 @@ def test_a_job_runs_on_a_node_from_what_its_task_carries(tiny, tmp_path, monkeyp
     local_out, node_out = tmp_path / "local.npz", tmp_path / "node.npz"
     LocalExecutor().call(Job("torch", "export", {**MARGS, "seed": 1, "out": str(local_out)}, outputs=("out",)), config)
     spec = job_spec(Job("torch", "export", {**MARGS, "seed": 1, "out": str(node_out)}, outputs=("out",)), config,
-                    key="job-1/export/torch", data_root=None)
+                    key="job-1/export/torch", data_root=None, job_dir=tmp_path / "j1")
     done = run_job_here(spec, None, node="n" * 56, attempt=1, fetch=None)
     assert not node_out.exists() and set(done["files"]) == {"out"} and done["result"] == {"out": str(node_out)}
     node_out.write_bytes(done["files"]["out"])
@@ -255,7 +255,8 @@ def test_a_job_runs_on_a_node_from_what_its_task_carries(tiny, tmp_path, monkeyp
               manifest="manifest")
     here = LocalExecutor().call(job, config).result
     fetched = []
-    there = run_job_here(job_spec(job, config, key="job-2/residual_ratios/torch", data_root=None), None,
+    there = run_job_here(job_spec(job, config, key="job-2/residual_ratios/torch", data_root=None,
+                                  job_dir=tmp_path / "j2"), None,
                          node="n" * 56, attempt=1, fetch=lambda: fetched.append(1) or nodedata.pack_images(manifest))
     assert fetched == [1] and (tmp_path / "cache" / manifest.fingerprint[:32] / nodedata.COMPLETE_NAME).is_file()
     assert there["result"] == here and here["weights"] == str(local_out)
@@ -263,7 +264,8 @@ def test_a_job_runs_on_a_node_from_what_its_task_carries(tiny, tmp_path, monkeyp
     # A node whose copy differs refuses before any worker starts, naming the file.
     victim = tmp_path / "cache" / manifest.fingerprint[:32] / manifest.files[0].path
     victim.write_bytes(victim.read_bytes()[::-1])
-    refused = run_job_here(job_spec(job, config, key="job-3/residual_ratios/torch", data_root=None), None,
+    refused = run_job_here(job_spec(job, config, key="job-3/residual_ratios/torch", data_root=None,
+                                    job_dir=tmp_path / "j3"), None,
                            node="n" * 56, attempt=1, fetch=lambda: pytest.fail("a complete cache is not refilled"))
     assert "result" not in refused and f"{victim} differs from the manifest" in refused["user_error"]
 

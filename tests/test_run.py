@@ -121,6 +121,10 @@ def test_train_and_bench_steps_call_their_commands_functions(tmp_path, monkeypat
     bargs = calls["bench"]
     assert bargs.profile == "quick" and bargs.no_save and bargs.out == str(run_dir) and bargs.threads == 2
     assert (run_dir / "logs" / "train.log").is_file() and (run_dir / "logs" / "bench.log").is_file()
+    # One executor for every step (--executor ray: one cluster), lent: a step's command leaves it open.
+    assert pipe.workers.executor is not None and pipe.workers.executor.name == "local"
+    for step_args in (targs, bargs):
+        assert step_args._executor is pipe.workers.executor and step_args._executor_owned is False
 
 
 def test_command_arguments_refuses_an_option_the_command_lacks():
@@ -192,3 +196,22 @@ def test_make_run_end_to_end(tmp_path):
     for section in ("Summary", "Training", "Parity", "Performance", "Residual structure"):
         assert f"## {section}" in md
     assert "report:" in out.stdout and "final validation accuracy" in out.stdout
+
+
+@pytest.mark.slow
+def test_run_on_ray_runs_every_step_on_one_cluster(tmp_path):
+    """``twinbench run --executor ray``: one local cluster for every step (started once), every
+    step done, the training cells and the jobs on Ray, the report built."""
+    data = tiny_folder(tmp_path / "data", per_class=12)
+    out = subprocess.run([*TWINBENCH, "run", "--data", str(data), "--out", str(tmp_path / "runs"), "--epochs", "1",
+                          "--repeats", "2", "--threads", "1", "--skip", "bench", "--executor", "ray", "--ray-cpus", "2"],
+                         capture_output=True, text=True, timeout=1800)
+    run_dir = next((tmp_path / "runs").glob("run-*"))
+    session = json.loads((run_dir / "session.json").read_text())
+    steps = {st["name"]: st["status"] for st in session["steps"]}
+    assert steps == {**{name: "done" for name in STEPS}, "bench": "skipped"}, out.stderr[-3000:]
+    assert out.returncode == 0 and session["status"] == "complete"
+    assert out.stderr.count("ray: 1 node(s), 2 CPUs") == 1  # started once, shared by the steps
+    doc = json.loads(next(run_dir.glob("train-*/repeats.json")).read_text())
+    assert [r["attempts"] for r in doc["repeats"]] == [{"tf": 1, "torch": 1}] * 2
+
