@@ -36,6 +36,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -219,7 +220,8 @@ class RayExecutor:
                            executor={"name": "ray", "attempts": len(nodes), "nodes": [n[:12] for n in nodes]})
         nodes = ray.get(self.log.all.remote()).get(cell.key, [])
         write_files(cell.fw_dir, out["files"])
-        info = {"name": "ray", "attempts": out["attempt"], "node": out["node"][:12], "nodes": [n[:12] for n in nodes]}
+        info = {"name": "ray", "attempts": out["attempt"], "node": out["node"][:12], "nodes": [n[:12] for n in nodes],
+                "machine": out["machine"]}
         if out.get("user_error"):
             raise UserError(out["user_error"])
         if out.get("error"):
@@ -280,7 +282,8 @@ class RayExecutor:
         for rel, data in out["job_files"].items():  # what the worker left in its job folder (the result names them)
             atomic.write_bytes(job_dir / rel, data)
         return WorkerResult(out["result"], out["arrays"], job_dir,
-                            executor={"name": "ray", "node": out["node"][:12], "attempts": out["attempt"]})
+                            executor={"name": "ray", "node": out["node"][:12], "attempts": out["attempt"],
+                                      "machine": out["machine"]})
 
     def close(self) -> None:
         if self.started_cluster and self.ray.is_initialized():
@@ -368,7 +371,7 @@ def train_cell(spec: dict[str, Any], init_bytes: bytes | None, images: list | No
             atomic.write_bytes(run_dir / spec["init_name"], init_bytes)
         write_files(fw_dir, spec["fw_files"])
         fw_dir.mkdir(parents=True, exist_ok=True)
-        out: dict[str, Any] = {"node": node, "attempt": attempt, "files": {}}
+        out: dict[str, Any] = {"node": node, "attempt": attempt, "files": {}, "machine": node_machine()}
         try:
             manifest, _ = parse_manifest(spec["manifest_text"], manifest_path)
             root = node_images(manifest, node=node, shared_root=spec["data_root"],
@@ -418,7 +421,7 @@ def run_job_here(spec: dict[str, Any], arrays: dict | None, *, node: str, attemp
     from bench.runner import WorkerConfig, run_worker
 
     scratch = Path(tempfile.mkdtemp(prefix="twinbench-job-"))
-    out: dict[str, Any] = {"node": node, "attempt": attempt, "files": {}, "job_files": {}}
+    out: dict[str, Any] = {"node": node, "attempt": attempt, "files": {}, "job_files": {}, "machine": node_machine()}
     try:
         args = copy.deepcopy(spec["args"])
         back: dict[str, str] = {}  # this node's path -> the driver's, for the result
@@ -467,6 +470,13 @@ def run_job_here(spec: dict[str, Any], arrays: dict | None, *, node: str, attemp
         return out
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def node_machine() -> dict[str, Any]:
+    """The machine a task ran on (a record's figures are this machine's, not the driver's)."""
+    from bench.envinfo import cpu_info
+
+    return {"node": socket.gethostname(), "cpu": cpu_info()}
 
 
 JOB_PROTOCOL_FILES = ("job.json", "inputs.npz", "result.json", "arrays.npz")  # bench.runner's, not the worker's

@@ -51,16 +51,31 @@ def choose_model(records: Sequence[Record]) -> str:
     return max(set(models), key=models.count)
 
 
+def ray_machines(record: Record) -> list[dict[str, Any]]:
+    """The machines a Ray executor ran the record's workers on (bench rows, training cells); none
+    for the local executor, whose workers ran on the record's own machine."""
+    found: list[dict[str, Any]] = []
+    places = list((record.doc.get("frameworks") or {}).values()) + list(record.doc.get("rows") or [])
+    for place in places:
+        machine = (place.get("executor") or {}).get("machine") if isinstance(place, dict) else None
+        if machine and machine not in found:
+            found.append(machine)
+    return found
+
+
 def machine_text(record: Record | None) -> str:
     if record is None:
         return "machine unknown"
-    m = record.machine
-    cpu = m.get("cpu", {})
     gpus = []
     for env in (record.doc.get("environment", {}).get("frameworks") or record.doc.get("environments") or {}).values():
         if isinstance(env, dict):
             gpus += [g for g in env.get("gpus", []) if g not in gpus]
     device = f"GPU {', '.join(gpus)}" if gpus else "CPU"
+    nodes = ray_machines(record)
+    if nodes:
+        cpus = "; ".join(f"{m['cpu'].get('model', 'unknown CPU')} ({m['cpu'].get('cores', '?')} cores)" for m in nodes)
+        return f"{device}; {cpus} (on Ray: {len(nodes)} node(s), {', '.join(m.get('node', '?') for m in nodes)})"
+    cpu = record.machine.get("cpu", {})
     return f"{device}; {cpu.get('model', 'unknown CPU')} ({cpu.get('cores', '?')} cores)"
 
 

@@ -295,6 +295,7 @@ def test_bench_rows_and_parity_sides_on_ray_give_the_local_figures(tiny, tmp_pat
     assert "executor" not in lb["rows"][0]
     nodes = {r["executor"]["node"] for r in rb["rows"]}
     assert len(nodes) == 1 and all(r["executor"]["name"] == "ray" for r in rb["rows"])
+    assert rb["rows"][0]["executor"]["machine"]["cpu"]["cores"] == os.cpu_count()  # the node's machine, here
     pipeline = [r for r in rb["rows"] if r["input"] == "pipeline"]
     assert pipeline and pipeline[0]["manifest"] == str(tiny.resolve()) and "data_root" not in pipeline[0]
 
@@ -306,3 +307,22 @@ def test_bench_rows_and_parity_sides_on_ray_give_the_local_figures(tiny, tmp_pat
     assert len(errors(lp)) > 20 and errors(lp) == errors(rp)
     # The calibrated bundle (written on the node, sent back) and the decoded batch are the same too.
     assert lp["calibration"] == rp["calibration"] and lp["inputs"] == rp["inputs"]
+
+
+def test_a_records_machine_is_the_ray_nodes_that_ran_its_workers(tmp_path):
+    """A report's conditions name the machines the workers ran on (the executor's record of each
+    row or cell), not the driver's; a local record keeps its own machine."""
+    from bench.report_records import machine_text
+    from bench.runset import Record
+
+    driver = {"node": "laptop", "cpu": {"model": "Driver CPU", "cores": 8}}
+    node = {"node": "gpu-box-3", "cpu": {"model": "AMD EPYC 9654", "cores": 192}}
+    local = Record("bench", tmp_path / "bench.json", {"machine": driver, "rows": [{"id": "a", "status": "ok"}]})
+    assert machine_text(local) == "CPU; Driver CPU (8 cores)"
+    rows = [{"id": i, "executor": {"name": "ray", "node": "53c6128b0097", "attempts": 1, "machine": node}} for i in "ab"]
+    remote = Record("bench", tmp_path / "bench.json", {"machine": driver, "rows": rows})
+    assert machine_text(remote) == "CPU; AMD EPYC 9654 (192 cores) (on Ray: 1 node(s), gpu-box-3)"
+    other = {"node": "cpu-box-1", "cpu": {"model": "Intel Xeon", "cores": 2}}
+    cells = {"tf": {"executor": {"machine": node}}, "torch": {"executor": {"machine": other}}}
+    train = Record("train", tmp_path / "run.json", {"machine": driver, "frameworks": cells})
+    assert "AMD EPYC 9654 (192 cores); Intel Xeon (2 cores) (on Ray: 2 node(s), gpu-box-3, cpu-box-1)" in machine_text(train)
