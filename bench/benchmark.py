@@ -530,11 +530,8 @@ def bench(args) -> tuple[Path, int]:
     With ``--executor ray`` every row is a Ray task, one after another, all on one node."""
     from bench import executor
 
-    executor.check_options(args)
-    try:
+    with executor.for_command(args):  # a Ray cluster it started stops with it
         return _bench(args)
-    finally:
-        executor.close(args)  # a Ray cluster this command started stops with it
 
 
 def _bench(args) -> tuple[Path, int]:

@@ -27,6 +27,7 @@ node (a bench's rows: one machine's figures, never a mix).
 from __future__ import annotations
 
 import argparse
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -199,6 +200,17 @@ def lend(args: argparse.Namespace, executor: Executor) -> argparse.Namespace:
     args._executor = executor
     args._executor_owned = False
     return args
+
+
+@contextlib.contextmanager
+def for_command(args: argparse.Namespace):
+    """A command's executor options checked before any work, and a Ray cluster the command
+    started stopped when it ends, however it ends."""
+    check_options(args)
+    try:
+        yield
+    finally:
+        close(args)
 
 
 def close(args: argparse.Namespace) -> None:

@@ -497,11 +497,8 @@ def config_from_args(args: argparse.Namespace) -> ParityConfig:
 def cmd_parity(args: argparse.Namespace) -> int:
     from bench import executor
 
-    executor.check_options(args)
-    try:
+    with executor.for_command(args):  # a Ray cluster it started stops with it
         return _cmd_parity(args)
-    finally:
-        executor.close(args)  # a Ray cluster this command started stops with it
 
 
 def _cmd_parity(args: argparse.Namespace) -> int:

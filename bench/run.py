@@ -391,11 +391,8 @@ def register(sub) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from bench import executor
 
-    executor.check_options(args)
-    try:
+    with executor.for_command(args):  # a Ray cluster it started stops with it
         return _cmd_run(args)
-    finally:
-        executor.close(args)  # a Ray cluster this command started stops with it
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

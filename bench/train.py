@@ -146,14 +146,11 @@ def train(args: argparse.Namespace, run_dir: Path | None = None) -> Path:
     ``RUN/run.json`` or a set's ``repeats.json``. ``run_dir``: a new, empty directory to train in
     (default: a new one under ``--out``). Raises CheckFailed when a framework or a repeat failed,
     after its record is saved."""
-    try:
+    with executor.for_command(args):  # a Ray cluster it started stops with it
         return _train(args, run_dir)
-    finally:
-        executor.close(args)  # a Ray cluster this command started stops with it
 
 
 def _train(args: argparse.Namespace, run_dir: Path | None) -> Path:
-    executor.check_options(args)
     if args.resume:
         return resume_run(args)
     config, sources = trainrun.resolve_config(args)
