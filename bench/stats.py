@@ -119,10 +119,14 @@ def paired(reference: Sequence[float], other: Sequence[float], margin: float | N
         out["verdict"] = _verdict("different", f"paired t-test p={test.pvalue:.3g}")
     else:
         need = repeats_needed(mean, sd, margin, alpha)
-        why = (f"TOST p={out['tost']['p']:.3g}, t-test p={test.pvalue:.3g}; "
-               + (f"about {need} repeats would decide at this spread" if need else
-                  f"the observed difference {mean:+.3g} is at or past the margin ±{margin:g}: more repeats "
-                  f"cannot show equivalence"))
+        if need:
+            hint = f"about {need} repeats would decide at this spread"
+        elif abs(mean) >= margin:
+            hint = f"the observed difference {mean:+.3g} is at or past the margin ±{margin:g}: more repeats cannot show equivalence"
+        else:  # inside the margin, but so near it for this spread that no practical n decides
+            hint = (f"the observed difference {mean:+.3g} is inside the margin ±{margin:g} but so near it at this spread "
+                    f"(sd {sd:.3g}) that more than {MAX_REPEATS_HINT} repeats would be needed")
+        why = f"TOST p={out['tost']['p']:.3g}, t-test p={test.pvalue:.3g}; {hint}"
         out["verdict"] = _verdict("inconclusive", why)
         out["verdict"]["repeats_needed"] = need
     return out

@@ -81,6 +81,13 @@ def test_a_difference_at_the_margin_can_never_be_equivalent():
     out = stats.paired([80.0, 90.0, 70.0], [74.0, 76.5, 72.0], margin=5.0)
     assert out["verdict"]["word"] == "inconclusive"
     assert out["verdict"]["repeats_needed"] is None and "cannot show equivalence" in out["verdict"]["why"]
+    # Inside the margin but near it (measured: make run's +4.72 points, sd about 11): no count under
+    # the hint's cap decides, and the verdict must not call the difference past the margin.
+    assert stats.repeats_needed(4.72, 11.0, 5.0) is None
+    out = stats.paired([60.2, 47.8, 56.6], [56.6, 50.4, 43.4], margin=5.0)  # differences 3.6, -2.6, 13.2
+    why = out["verdict"]["why"]
+    assert out["verdict"]["word"] == "inconclusive" and out["verdict"]["repeats_needed"] is None
+    assert "inside the margin ±5" in why and "past the margin" not in why and "more than 1000 repeats" in why
 
 
 def test_one_run_has_no_spread_and_no_verdict():
