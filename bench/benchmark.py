@@ -103,6 +103,12 @@ def plan(settings: Settings) -> tuple[list[dict[str, Any]], list[str]]:
                                         steps=settings.steps, memory_steps=settings.memory_steps,
                                         device=settings.device,
                                         manifest=settings.manifest if input_kind == "pipeline" else None))
+    if KERAS_TORCH in settings.frameworks:
+        # Where the zero-code port's step goes, beside the port's: one profiled step after the timing
+        # (bench.measure.op_gaps; torch.profiler, so the two torch-backed arms).
+        for row in rows:
+            if row["framework"] in ("torch", KERAS_TORCH) and row["model"] == "ours" and row["input"] == "synthetic":
+                row["op_profile"] = True
     return rows, notes
 
 
@@ -401,6 +407,10 @@ def format_report(record: dict[str, Any]) -> str:
             lines.append(f"  {q['kind']} {q['mode']} b{q['batch']} {q['input_size']}px {q['precision']}: "
                          f"{q['ratio']:.3f}x [{q['low']:.3f}-{q['high']:.3f}] "
                          f"({q['images_per_s'][0]:.2f} vs {q['images_per_s'][1]:.2f} img/s)")
+            if q.get("op_gaps"):
+                g = q["op_gaps"]
+                lines.append(f"    one profiled step {g['total_ms'][0]:.0f} vs {g['total_ms'][1]:.0f} ms; most excess: " +
+                             ", ".join(f"{o['name']} +{o['excess_ms']:.0f} ms" for o in g["ops"][:4]))
     if record["ratios"]:
         lines += ["", "ratios (target in brackets):"]
         for q in record["ratios"]:

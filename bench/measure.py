@@ -316,6 +316,9 @@ class Backend(Protocol):
     def cleanup(self, row: dict[str, Any]) -> None:
         """Free what the row left (compiled graphs, cached blocks) once its model is dropped."""
 
+    def op_profile(self, step: Callable[[], Any]) -> dict[str, Any]:
+        """One warm step's time by op (``{"skipped": why}`` where the framework has no profiler)."""
+
     def matmul_step(self, precision: str, n: int) -> Callable[[], Any]:
         """An n x n @ n x n product of two device-resident operands in ``precision``'s dtype."""
 
@@ -370,6 +373,8 @@ def measure_row(row: dict[str, Any], backend: Backend,
         reset, read = backend.memory_counters()
         memory = measure_memory(step, sync, steps=row["memory_steps"], reset=reset, read=read)
         memory["before_model_bytes"] = before_model
+        if row.get("op_profile"):  # after the timed windows and the memory loop: the step is warm
+            extra["op_profile"] = backend.op_profile(step)
     except Exception as exc:
         if not backend.is_oom(exc):
             raise
@@ -480,7 +485,30 @@ def arm_ratios(rows: list[dict[str, Any]], arm: str = "keras-torch") -> list[dic
                         "low": ta["q1"] / tb["q3"], "high": ta["q3"] / tb["q1"],
                         "windows": [len(ta["windows"]), len(tb["windows"])],
                         "images_per_s": [ta["median"], tb["median"]]})
+            gaps = op_gaps(a.get("op_profile"), b.get("op_profile"))
+            if gaps:
+                out[-1]["op_gaps"] = gaps
     return out
+
+
+def op_gaps(arm: dict[str, Any] | None, other: dict[str, Any] | None, top: int = 8) -> dict[str, Any] | None:
+    """Where one step of ``arm`` spends more time than one of ``other`` (two op profiles of the same
+    configuration, ``op_profile`` of a row): the ops by excess self time, largest first. An op that
+    only one side called counts 0 on the other (``listed`` says which)."""
+    if not arm or not other or "ops" not in arm or "ops" not in other or arm.get("clock") != other.get("clock"):
+        return None
+    theirs = {o["name"]: o for o in other["ops"]}
+    ours = {o["name"]: o for o in arm["ops"]}
+    rows = []
+    for name in dict.fromkeys([*ours, *theirs]):
+        a, b = ours.get(name), theirs.get(name)
+        rows.append({"name": name, "ms": [a["self_ms"] if a else 0.0, b["self_ms"] if b else 0.0],
+                     "calls": [a["calls"] if a else None, b["calls"] if b else None],
+                     "listed": [a is not None, b is not None]})
+        rows[-1]["excess_ms"] = rows[-1]["ms"][0] - rows[-1]["ms"][1]
+    rows.sort(key=lambda r: r["excess_ms"], reverse=True)
+    return {"clock": arm["clock"], "total_ms": [arm["total_ms"], other["total_ms"]],
+            "ops": [r for r in rows if r["excess_ms"] > 0][:top]}
 
 
 def describe(row: dict[str, Any]) -> str:

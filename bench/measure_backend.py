@@ -71,6 +71,13 @@ class DeviceBackend:
     def is_oom(self, exc: BaseException) -> bool:
         return self.impl.is_oom(exc)
 
+    def op_profile(self, step: Callable[[], Any]) -> dict[str, Any]:
+        """One warm step's time by op, where the framework module has a profiler for it."""
+        profiler = getattr(self.impl, "op_profile", None)
+        if profiler is None:
+            return {"skipped": f"no op profile for {self.framework} (torch.profiler: torch and keras-torch rows)"}
+        return profiler(step, self.sync, self.device)
+
     def cleanup(self, row: dict[str, Any]) -> None:
         """Nothing to free by default."""
 

@@ -181,12 +181,35 @@ class MeasurementSections(SectionBuilder):
                                        "target": f">= {q.get('target')}"} for q in ratios]),
                         "Ours against the framework's own ResNet-50 (same batch, precision and run), and end-to-end "
                         "against compute-only")
+            self.op_gap_tables(s, record)
             for note in record.doc.get("notes", []):
                 s.p(f"Note: {note}")
         if train:
             s.p(f"Training-loop throughput (`twinbench train`, {train.doc.get('config', {}).get('input_size')} px) "
                 f"is in the Training section; it includes the input pipeline.")
         return s
+
+    def op_gap_tables(self, s: Section, record: Record) -> None:
+        """Where an arm slower than another spends the difference: the ops of one profiled step
+        each (bench.measure.op_gaps), by excess self time."""
+        for q in record.doc.get("arm_ratios", []):
+            gaps = q.get("op_gaps")
+            if not gaps or q["ratio"] >= 1:
+                continue
+            arm, other = (FRAMEWORK_LABELS.get(f, f) for f in q["kind"].split("/"))
+            total = gaps["total_ms"]
+            rows = [{"op": o["name"],
+                     f"{arm} ms (calls)": f"{o['ms'][0]:.1f} ({o['calls'][0] if o['listed'][0] else '-'})",
+                     f"{other} ms (calls)": (f"{o['ms'][1]:.1f} ({o['calls'][1]})" if o["listed"][1]
+                                             else "0 (not called)"),
+                     "excess ms": f"{o['excess_ms']:.1f}",
+                     "share of the gap": fmt_pct(o["excess_ms"] / (total[0] - total[1])) if total[0] > total[1] else "-"}
+                    for o in gaps["ops"]]
+            s.table(pd.DataFrame(rows),
+                    f"Where {arm} is slower than {other} ({q['ratio']:.2f}x, {q['mode']}, b{q['batch']} "
+                    f"{q['input_size']} px {q['precision']}): one profiled step each (torch.profiler, self "
+                    f"{gaps['clock']} time; n=1, no spread), {total[0]:.0f} ms against {total[1]:.0f} ms; the ops "
+                    f"where it spends the most more")
 
     def bench_table(self, frame: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame({

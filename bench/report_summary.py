@@ -140,7 +140,7 @@ class SummarySections(SectionBuilder):
             add(f"{FRAMEWORK_LABELS[arm]} / {FRAMEWORK_LABELS[other]}, {q['mode']} throughput (ours)",
                 *("reference" if fw == other else "-" for fw in FW),
                 f"median ratio; band Q1/Q3..Q3/Q1 of the timed windows; b{q['batch']} {q['input_size']} px "
-                f"{q['precision']}", arms={arm: f"{q['ratio']:.2f}x [{q['low']:.2f}-{q['high']:.2f}]"})
+                f"{q['precision']}{gap_note(q)}", arms={arm: f"{q['ratio']:.2f}x [{q['low']:.2f}-{q['high']:.2f}]"})
         for mode, what in (("train", "training"), ("infer", "inference")):
             found = {q["framework"]: q for q in bench.doc.get("ratios", [])
                      if q.get("kind") == "ours/reference" and q.get("mode") == mode}
@@ -254,3 +254,13 @@ class SummarySections(SectionBuilder):
                  "output": st.get("output") or "", "message": st.get("message") or ""}
                 for st in session.doc.get("steps", [])]
         return pd.DataFrame(rows, columns=["step", "status", "seconds", "output", "message"])
+
+
+def gap_note(q: dict[str, Any]) -> str:
+    """Where a slower arm's step loses most (bench.measure.op_gaps; the Performance section has the table)."""
+    gaps = q.get("op_gaps")
+    if not gaps or q["ratio"] >= 1 or not gaps["ops"]:
+        return ""
+    top = gaps["ops"][:2]
+    return ("; slower mostly in " + ", ".join(f"{o['name']} (+{o['excess_ms']:.0f} ms a step)" for o in top)
+            + " (one profiled step each, Performance)")

@@ -359,6 +359,33 @@ def test_keras_on_torch_is_set_against_each_framework_by_median_with_a_quartile_
     assert by_kind["keras-torch/tf"]["ratio"] == pytest.approx(1.25)
 
 
+def _profile(**ms):
+    ops = [{"name": k.replace("_", "::", 1), "self_ms": v, "calls": 10} for k, v in ms.items()]
+    return {"tool": "torch.profiler", "clock": "cpu", "steps": 1, "total_ms": sum(ms.values()), "ops": ops}
+
+
+def test_op_gaps_rank_the_ops_where_the_slower_step_spends_more():
+    arm = _profile(aten_convolution=500.0, aten_copy=300.0, aten_mul=120.0, aten_mm=5.0)
+    other = _profile(aten_convolution=480.0, aten_mul=20.0, aten_mm=7.0, aten_batch_norm=60.0)
+    gaps = bm.op_gaps(arm, other)
+    assert gaps["total_ms"] == [925.0, 567.0] and gaps["clock"] == "cpu"
+    assert [o["name"] for o in gaps["ops"]] == ["aten::copy", "aten::mul", "aten::convolution"]  # excess > 0 only
+    copy = gaps["ops"][0]
+    assert copy["excess_ms"] == 300.0 and copy["listed"] == [True, False] and copy["calls"] == [10, None]
+    assert gaps["ops"][1]["ms"] == [120.0, 20.0]
+    # Nothing to compare: a side without a profile, a skipped one, or clocks that differ.
+    assert bm.op_gaps(arm, None) is None and bm.op_gaps(arm, {"skipped": "no profiler"}) is None
+    assert bm.op_gaps(arm, {**other, "clock": "device"}) is None
+
+
+def test_plan_profiles_the_torch_backed_rows_only_beside_keras_on_torch():
+    rows, _ = bb.plan(bb.Settings(frameworks=("tf", "torch", "keras-torch"), precisions=("fp32",)))
+    flagged = {(r["framework"], r["model"]) for r in rows if r.get("op_profile")}
+    assert flagged == {("torch", "ours"), ("keras-torch", "ours")}
+    rows, _ = bb.plan(bb.Settings(frameworks=("tf", "torch"), precisions=("fp32",)))
+    assert not any(r.get("op_profile") for r in rows)  # no arm to explain: no profiling cost
+
+
 def test_plan_gives_keras_on_torch_nhwc_eager_rows_only():
     rows, notes = bb.plan(bb.Settings(frameworks=("torch", "keras-torch"), precisions=("fp32",)))
     kt = [r for r in rows if r["framework"] == "keras-torch"]
@@ -521,6 +548,16 @@ def test_keras_on_torch_rows_run_in_their_worker_beside_the_port(tmp_path, repo_
     (ratio,) = record["arm_ratios"]
     assert ratio["kind"] == "keras-torch/torch" and ratio["low"] <= ratio["ratio"] <= ratio["high"]
     assert "keras-torch/torch train b2 32px fp32" in out.stdout
+    # One profiled step of each torch-backed arm, and where the two differ.
+    for fw in ("torch", "keras-torch"):
+        prof = rows[fw]["op_profile"]
+        assert prof["clock"] == "cpu" and prof["total_ms"] == pytest.approx(sum(o["self_ms"] for o in prof["ops"]))
+        assert [o["self_ms"] for o in prof["ops"]] == sorted((o["self_ms"] for o in prof["ops"]), reverse=True)
+        assert any("convolution" in o["name"] for o in prof["ops"]), prof["ops"]
+    gaps = ratio["op_gaps"]
+    assert gaps["total_ms"] == [rows["keras-torch"]["op_profile"]["total_ms"], rows["torch"]["op_profile"]["total_ms"]]
+    excess = [o["excess_ms"] for o in gaps["ops"]]
+    assert excess == sorted(excess, reverse=True) and all(e > 0 for e in excess)
 
 
 # ---- the bench package stays framework-free ------------------------------------------------------

@@ -174,3 +174,28 @@ def test_ratio_note_says_where_the_target_is_judged():
     small = ratio_note(0.97, {"input_size": 64})
     assert small.startswith("target >= 0.97; judged at 224 px") and "this run 64 px" in small
     assert ratio_note(0.97, {}) == "target >= 0.97; same run, same batch and precision"
+
+
+def test_a_slower_arm_gets_the_ops_where_its_step_loses(tmp_path):
+    """The bench record's op gaps (bench.measure.op_gaps) become a table in Performance and a note
+    beside the arm's ratio in the Summary."""
+    runs = tmp_path / "runs"
+    shutil.copytree(REPEAT_A, runs)
+    path = next(runs.rglob("bench.json"))
+    doc = json.loads(path.read_text())
+    ops = [{"name": "aten::copy_", "ms": [307.7, 20.0], "calls": [1831, 120], "listed": [True, True], "excess_ms": 287.7},
+           {"name": "aten::mul", "ms": [124.5, 0.0], "calls": [1654, None], "listed": [True, False], "excess_ms": 124.5}]
+    doc["arm_ratios"] = [{"kind": "keras-torch/torch", "id": "a", "other_id": "b", "mode": "train", "batch": 8,
+                          "input_size": 224, "precision": "fp32", "layout": "nhwc", "compile": "eager",
+                          "ratio": 0.636, "low": 0.604, "high": 0.654, "windows": [5, 5], "images_per_s": [4.07, 6.40],
+                          "op_gaps": {"clock": "cpu", "total_ms": [1985.0, 1300.0], "ops": ops}}]
+    path.write_text(json.dumps(doc))
+    build_report([runs], tmp_path / "r")
+    md = (tmp_path / "r" / "report.md").read_text()
+    performance = md.split("\n## Performance\n")[1].split("\n## ")[0]
+    assert "Where Keras on torch is slower than PyTorch (0.64x, train, b8 224 px fp32)" in performance
+    assert "1985 ms against 1300 ms" in performance and "n=1, no spread" in performance
+    assert "| aten::copy_ | 307.7 (1831) | 20.0 (120) | 287.7 | 42.0% |" in performance
+    assert "| aten::mul | 124.5 (1654) | 0 (not called) | 124.5 | 18.2% |" in performance
+    summary = md.split("\n## Summary\n")[1].split("\n## ")[0]
+    assert "slower mostly in aten::copy_ (+288 ms a step), aten::mul (+124 ms a step)" in summary

@@ -24,7 +24,7 @@ from bench.measure_backend import DeviceBackend
 from tf_impl.keras_tasks import build_bench_model
 # torch's device layer, shared with the port's benchmark (these import no model).
 from torch_impl.benchmark import (check_precision, device_for, device_label, is_oom, make_sync,  # noqa: F401
-                                  memory_counters, memory_in_use, set_tf32, threads)
+                                  memory_counters, memory_in_use, op_profile, set_tf32, threads)
 from torch_impl.benchmark import matmul_step as torch_matmul_step
 
 

@@ -299,6 +299,29 @@ bench_row = Backend.bench_row
 
 
 # ---- environment ------------------------------------------------------------------------------------
+def op_profile(step: Callable[[], Any], sync: bm.Sync, device: torch.device) -> dict[str, Any]:
+    """Where one warm step spends its time: ``torch.profiler`` over one call of ``step``, every op that
+    took time, by self time (CPU; the device's own time on CUDA), largest first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    # Kineto logs "gpuGetDeviceCount failed" at ERROR on a machine without a GPU: not an error here.
+    os.environ.setdefault("KINETO_LOG_LEVEL", "5")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        sync(step())
+    clock = "device" if device.type == "cuda" else "cpu"
+
+    def self_us(event) -> float:
+        if clock == "cpu":
+            return float(event.self_cpu_time_total)
+        return float(getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0.0))
+
+    events = sorted(prof.key_averages(), key=self_us, reverse=True)
+    ops = [{"name": e.key, "self_ms": self_us(e) / 1e3, "calls": int(e.count)} for e in events if self_us(e) > 0]
+    return {"tool": f"torch.profiler {torch.__version__}", "clock": clock, "steps": 1,
+            "total_ms": sum(o["self_ms"] for o in ops), "ops": ops}
+
+
 def threads() -> dict[str, int]:
     return {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads()}
 
