@@ -111,7 +111,7 @@ class SummarySections(SectionBuilder):
             add("benchmark", "-", "-", "not run")
         s.table(pd.DataFrame(rows), "Verdicts. Throughput is images per second (higher is better); spread in "
                                     "brackets where repeats exist.")
-        s.table(self.conditions(train, bench, parity, session), "Conditions")
+        s.table(self.conditions(train, bench, parity, session, tset), "Conditions")
         if session:
             s.table(self.steps(session), "What `twinbench run` did, step by step")
         return s
@@ -211,7 +211,7 @@ class SummarySections(SectionBuilder):
             add("training status (latest run)", *per_fw(status), arms=arms(status))
 
     def conditions(self, train: Record | None, bench: Record | None, parity: Record | None,
-                   session: Record | None) -> pd.DataFrame:
+                   session: Record | None, tset: TrainSet | None = None) -> pd.DataFrame:
         any_record = train or bench or parity or session
         rows = []
 
@@ -231,7 +231,7 @@ class SummarySections(SectionBuilder):
                             f"{c.get('pooling')} pooling, {c.get('classes')} classes, batch {c.get('batch_size')}, "
                             f"{c.get('epochs')} epochs, {c.get('optimizer')} lr {c.get('learning_rate')}, "
                             f"{c.get('precision')}, order {c.get('order')}, decoder {c.get('decoder')}, "
-                            f"preprocessing {c.get('preprocessing')}, init {c.get('init')}, seed {c.get('seed')}")
+                            f"preprocessing {c.get('preprocessing')}, init {c.get('init')}, {_seeds_text(tset, c)}")
             add("threads", f"{c.get('threads')} intra-op on both sides" if c.get("threads") else None)
             m = train.doc.get("manifest", {})
             add("data", f"{m.get('train')} training / {m.get('validation')} validation images, classes "
@@ -254,6 +254,14 @@ class SummarySections(SectionBuilder):
                  "output": st.get("output") or "", "message": st.get("message") or ""}
                 for st in session.doc.get("steps", [])]
         return pd.DataFrame(rows, columns=["step", "status", "seconds", "output", "message"])
+
+
+def _seeds_text(tset: TrainSet | None, config: dict[str, Any]) -> str:
+    """The seed of one run, or the seeds of a repeated set (the latest record alone names its own)."""
+    seeds = [r.doc.get("config", {}).get("seed") for r in (tset.records if tset else [])]
+    if len(seeds) > 1:
+        return f"seeds {seeds[0]}..{seeds[-1]} ({len(seeds)} repeats, run i at seed + i)"
+    return f"seed {config.get('seed')}"
 
 
 def gap_note(q: dict[str, Any]) -> str:

@@ -77,6 +77,27 @@ def test_summary_holds_the_verdicts_and_conditions(full):
         assert f"{100 * acc:.1f}%" in summary
 
 
+def test_conditions_of_a_repeated_set_name_every_seed(tmp_path):
+    """A set of repeats is about seeds 123..125, not the last repeat's seed alone."""
+    run = tmp_path / "run"
+    shutil.copytree(REPEAT_A, run)
+    train = next(run.glob("train-*"))
+    doc = json.loads((train / "run.json").read_text())
+    shutil.rmtree(train)
+    for i in range(3):
+        rdir = run / "train-set" / f"repeat-{i}"
+        rdir.mkdir(parents=True)
+        d = json.loads(json.dumps(doc))
+        d["repeat"] = {"set": "train-set", "index": i, "of": 3, "seed": 123 + i}
+        d["config"]["seed"] = 123 + i
+        (rdir / "run.json").write_text(json.dumps(d))
+    build_report([run], tmp_path / "out")
+    summary = (tmp_path / "out" / "report.md").read_text().split("\n## Summary\n", 1)[1].split("\n## ", 1)[0]
+    training = next(line for line in summary.splitlines() if line.startswith("| training |"))
+    assert "seeds 123..125 (3 repeats, run i at seed + i)" in training, training
+    assert "n=3" in summary
+
+
 def test_parity_section_lists_the_ablations(full):
     md = (full / "report.md").read_text()
     parity = md.split("\n## Parity\n", 1)[1].split("\n## ", 1)[0]
