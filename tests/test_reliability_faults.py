@@ -146,9 +146,11 @@ def test_ctrl_c_of_run_keeps_results_and_builds_the_report(tiny: Path) -> None:
                             start_new_session=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not list((tiny / "runs").glob("run-*/train-*/*/state.json")):
-            time.sleep(0.5)  # state.json appears once a worker has started training
-        assert list((tiny / "runs").glob("run-*/train-*/*/state.json")), "training never started"
+        # state.json appears once a worker has started training: FW/state.json of one run, or
+        # repeat-N/FW/state.json of the set of repeats `twinbench run` trains by default.
+        while time.monotonic() < deadline and not list((tiny / "runs").glob("run-*/train-*/**/state.json")):
+            time.sleep(0.5)
+        assert list((tiny / "runs").glob("run-*/train-*/**/state.json")), "training never started"
         time.sleep(2)
         os.killpg(proc.pid, signal.SIGINT)
         out, err = proc.communicate(timeout=180)
@@ -164,7 +166,8 @@ def test_ctrl_c_of_run_keeps_results_and_builds_the_report(tiny: Path) -> None:
     assert session["status"] == "interrupted" and steps["train"] == "interrupted"
     assert steps["manifest"] == "done" and steps["report"] == "done"
     assert (run_dir / "manifest.json").is_file() and (run_dir / "report" / "report.html").is_file()
-    record = results.load_record(only_run(run_dir))
+    train_dir = only_run(run_dir)
+    record = results.load_record(train_dir if (train_dir / "run.json").is_file() else train_dir / "repeat-0")
     assert record.status == "interrupted"
     assert any("interrupted" in (r.get("message") or "") for r in record.frameworks.values())
     no_leftovers(tiny)
