@@ -26,10 +26,13 @@ test: $(STAMP)
 	$(PY) -m pytest -m "not slow" --framework torch $(PYTEST_ARGS)
 	$(PY) -m pytest -m "not slow" --framework tf $(PYTEST_ARGS)
 
+# Every framework's slow tests run even when an earlier one fails; the target fails if any did.
 test-slow: $(STAMP)
-	$(PY) -m pytest -m slow --framework none $(PYTEST_ARGS)
-	$(PY) -m pytest -m slow --framework torch $(PYTEST_ARGS)
-	$(PY) -m pytest -m slow --framework tf $(PYTEST_ARGS)
+	rc=0; \
+	$(PY) -m pytest -m slow --framework none $(PYTEST_ARGS) || rc=1; \
+	$(PY) -m pytest -m slow --framework torch $(PYTEST_ARGS) || rc=1; \
+	$(PY) -m pytest -m slow --framework tf $(PYTEST_ARGS) || rc=1; \
+	exit $$rc
 
 gpu-check:
 	python3 -m torch_impl.gpu_check
