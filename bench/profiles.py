@@ -41,6 +41,8 @@ class TrainConfig:
     keep_checkpoints: int = 1  # per framework; ResNet-50 + Adam state is ~300 MB a checkpoint
     evaluation: str = "moving"  # validate with the BN moving statistics, as Keras' fit does
     bn_estimate_images: int = 256  # evaluation "precise-bn": training images the statistics are estimated on
+    average_from: int | None = None  # evaluation "swa": the first epoch averaged (None: the second half)
+    average_every: int = 5  # evaluation "swa": steps between the weight snapshots averaged
     torch_ablation: str | None = None  # a parity ablation planted in the torch model (experiments only)
 
     def spec_args(self) -> dict[str, Any]:
@@ -58,6 +60,17 @@ class TrainConfig:
                 "preprocessing": self.preprocessing, "order": self.order, "seed": self.seed}
 
 
+def evaluation_text(config: dict[str, Any]) -> str:
+    """The evaluation a config (as a record stores it) validates with, in words for reports."""
+    evaluation = config.get("evaluation", "moving")
+    if evaluation != "swa":
+        return evaluation
+    epochs = int(config.get("epochs") or 1)
+    first = config.get("average_from") or epochs // 2 + 1
+    window = f"epoch {epochs}" if first >= epochs else f"epochs {first}-{epochs}"
+    return f"swa (weights averaged over {window}, every {config.get('average_every', 5)} steps; precise BN)"
+
+
 @dataclass
 class QuickProfile(TrainConfig):
     """The demo in minutes on 2 cores, measuring learning rather than batch-norm lag (docs/profiles.md)."""
@@ -69,7 +82,8 @@ class QuickProfile(TrainConfig):
     epochs: int = 4
     preprocessing: str = "caffe"  # Keras' ResNet50 preprocess_input: centred inputs
     order: str = "manifest"  # the same batches on both sides: the verdict is about the port
-    evaluation: str = "precise-bn"  # moving statistics lag the weights for ~100 steps: estimate them
+    # Torch, seeds 123-127, Zen 4: final val acc 58.2 +- 4.1 with swa (epochs 3-4), 54.2 +- 7.3 with precise-bn.
+    evaluation: str = "swa"  # moving statistics lag the weights (precise-BN); the last steps' noise (the average)
 
 
 # Parity always runs at the seed's configuration (224 px, avg7, the 1000-way head), where its

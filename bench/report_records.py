@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from bench.profiles import evaluation_text
 from bench.report_doc import short_commit
 from bench.frameworks import FRAMEWORK_LABELS
 from bench.runset import Record, Run, record_threads, record_versions
@@ -93,7 +94,7 @@ def train_conditions(record: Record) -> str:
     threads = c.get("threads") or "/".join(str(t) for t in record_threads(record).values())
     return (f"{c.get('model')} {c.get('input_size')} px, {c.get('pooling')} pooling, {c.get('classes')} classes, "
             f"batch {c.get('batch_size')}, {c.get('optimizer')} lr {c.get('learning_rate')}, {c.get('precision')}, "
-            f"order {c.get('order')}, init {c.get('init')}, evaluation {c.get('evaluation', 'moving')}"
+            f"order {c.get('order')}, init {c.get('init')}, evaluation {evaluation_text(c)}"
             f"{', torch ablation ' + c['torch_ablation'] if c.get('torch_ablation') else ''}, {threads} threads; "
             f"{machine_text(record)}; "
             f"{versions_text(record)}; manifest {str(record.doc.get('manifest', {}).get('fingerprint', '?'))[:12]}; "

@@ -65,8 +65,8 @@ def register(sub) -> None:
                     "per-epoch history, timing, peak memory, final metrics, confusion matrices and predictions. "
                     "Profiles: seed (224 px, batch 8, 50 epochs, the 1000-way head, raw pixels: the seed "
                     f"exactly) and quick ({QuickProfile.input_size} px, batch {QuickProfile.batch_size}, global pooling, the "
-                    f"manifest's classes, {QuickProfile.epochs} epochs, caffe inputs, manifest order, precise-BN "
-                    "evaluation; docs/profiles.md). Every "
+                    f"manifest's classes, {QuickProfile.epochs} epochs, caffe inputs, manifest order, the "
+                    "second half's weights averaged for validation, with precise BN statistics; docs/profiles.md). Every "
                     "setting below overrides the profile; the resolved config is saved with the results.")
     p.add_argument("--framework", choices=("tf", "torch", "both"), default=None,
                    help="which side(s) to train (default both); shorthand for --frameworks")
@@ -115,9 +115,14 @@ def register(sub) -> None:
     group.add_argument("--keep-checkpoints", type=positive_int, default=None, help="checkpoints kept per framework")
     group.add_argument("--evaluation", choices=EVALUATIONS, default=None,
                        help="moving: validate with the BN moving statistics (Keras, the seed); precise-bn: "
-                            "re-estimate them from --bn-estimate-images training images before each validation")
+                            "re-estimate them from --bn-estimate-images training images before each validation; "
+                            "swa: validate the mean of the weights from --average-from on, statistics as precise-bn")
     group.add_argument("--bn-estimate-images", type=positive_int, default=None,
-                       help="training images for --evaluation precise-bn")
+                       help="training images for --evaluation precise-bn and swa")
+    group.add_argument("--average-from", type=positive_int, default=None, metavar="EPOCH",
+                       help="--evaluation swa: the first epoch whose weights are averaged (default: the second half)")
+    group.add_argument("--average-every", type=positive_int, default=None, metavar="STEPS",
+                       help="--evaluation swa: steps between the snapshots averaged (and each epoch's last step)")
     group.add_argument("--torch-ablation", default=None, metavar="NAME",
                        help="plant a parity ablation in the torch model (a port bug on purpose, e.g. bn-momentum)")
     stats = p.add_argument_group("repeats and statistics")

@@ -36,7 +36,10 @@ INITS = ("keras", "torch", "random", "independent")
 # bn_estimate_images training images (fixed, the same on both sides) in training mode, as the
 # mean of the batch means and of the biased batch variances (PreciseBN, Wu & Johnson 2021).
 # Training is unaffected: training mode normalises with batch statistics and never reads them.
-EVALUATIONS = ("moving", "precise-bn")
+# swa: validate the mean of the weights snapshot every average_every steps from epoch average_from
+# on (stochastic weight averaging, Izmailov et al. 2018), with its BN statistics estimated as in
+# precise-bn; training continues from the current weights. Before average_from: as precise-bn.
+EVALUATIONS = ("moving", "precise-bn", "swa")
 OPTIMIZERS = ("adam", "sgd")
 STATE_NAME = "state.json"
 
@@ -57,8 +60,13 @@ def validate_config(config: TrainConfig) -> None:
         positive(name)
     if config.threads is not None:
         positive("threads")
-    for name in ("bn_estimate_images",):
+    for name in ("bn_estimate_images", "average_every"):
         positive(name)
+    if config.average_from is not None:
+        positive("average_from")
+        if config.average_from > config.epochs:
+            raise UserError(f"average-from {config.average_from} is after the last epoch ({config.epochs}): "
+                            f"choose an epoch from 1 to {config.epochs}")
     if config.torch_ablation is not None:
         torch_alignment(config.torch_ablation)  # a UserError for a name that is not a model ablation
     for name, choices in (("precision", PRECISIONS), ("init", INITS), ("optimizer", OPTIMIZERS),
@@ -130,6 +138,13 @@ class Trainer(Protocol):
 
     def weight_sample(self, indices: dict[str, np.ndarray]) -> np.ndarray:
         """The weights at Keras-layout flat ``indices`` per bundle key, concatenated (bench.chaos)."""
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        """Every weight as a bundle's arrays (Keras layout, bench.weights); they may share memory
+        with the model (torch on the CPU does)."""
+
+    def set_weights(self, arrays: dict[str, np.ndarray]) -> None:
+        """The inverse of :meth:`get_weights` (evaluation "swa" swaps the averaged weights in and back)."""
 
     def memory(self) -> dict[str, Any]: ...
 
@@ -271,6 +286,65 @@ class _WeightTracer:
             chaos.write_trace(self.fw_dir, self.samples)
 
 
+class _WeightAverage:
+    """Evaluation "swa": the running mean of the weights, snapshot after every ``average_every``-th
+    step of an epoch and after its last, from epoch ``average_from`` on (float64 sums). It is saved
+    beside each epoch's checkpoint (``ckpt-epoch-NNN.avg.npz``), so a resumed run averages on from
+    the same sums. Main rank only: the other ranks never evaluate."""
+
+    SUFFIX = ".avg.npz"
+    COUNT = "__count__"
+
+    def __init__(self, trainer: Trainer, config: TrainConfig, steps: int):
+        self.trainer, self.steps = trainer, steps
+        self.enabled = config.evaluation == "swa" and trainer.is_main
+        self.first = config.average_from or config.epochs // 2 + 1
+        self.every = config.average_every
+        self.sums: dict[str, np.ndarray] = {}
+        self.count = 0
+
+    def step(self, epoch: int, step: int) -> None:
+        if not self.enabled or epoch < self.first or (step % self.every and step != self.steps):
+            return
+        for key, value in self.trainer.get_weights().items():
+            if key in self.sums:
+                self.sums[key] += value
+            else:
+                self.sums[key] = value.astype(np.float64)
+        self.count += 1
+
+    def evaluate(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The trainer's evaluation, of the averaged weights once there are any; the current
+        weights (and BN statistics) are back in place afterwards."""
+        if not self.count:
+            return self.trainer.evaluate()
+        current = {k: v.copy() for k, v in self.trainer.get_weights().items()}
+        self.trainer.set_weights({k: (v / self.count).astype(current[k].dtype) for k, v in self.sums.items()})
+        try:
+            return self.trainer.evaluate()
+        finally:
+            self.trainer.set_weights(current)
+
+    def save(self, stem: Path) -> list[str]:
+        if not self.count:
+            return []
+        path = stem.parent / f"{stem.name}{self.SUFFIX}"
+        atomic.write_npz(path, {**self.sums, self.COUNT: np.array(self.count)})
+        return [path.name]
+
+    def load(self, stem: Path, epoch: int) -> None:
+        """The sums saved with epoch ``epoch``'s checkpoint (none before the window)."""
+        if not self.enabled or epoch < self.first:
+            return
+        path = stem.parent / f"{stem.name}{self.SUFFIX}"
+        if not path.is_file():
+            raise UserError(f"{path}: missing: the weight average of evaluation swa cannot go on; remove "
+                            f"{stem.parent} to train this framework again")
+        with np.load(path, allow_pickle=False) as data:
+            self.count = int(data[self.COUNT])
+            self.sums = {k: data[k] for k in data.files if k != self.COUNT}
+
+
 @dataclass
 class _EpochSums:
     loss: float = 0.0
@@ -301,6 +375,7 @@ class _Loop:
     rss_before: int | None
     steps: int
     tracer: _WeightTracer
+    average: _WeightAverage
     resumed_at: int | None
     first_step_s: float | None = None
     status: str = "complete"
@@ -362,10 +437,13 @@ def _start(trainer: Trainer, job: dict[str, Any], started: float) -> _Loop:
     rss_before = read_peak_rss().get("current_bytes")
     steps = trainer.steps_per_epoch()
     tracer = _WeightTracer(trainer, config, job.get("trace"), fw_dir, fresh=not history)
+    average = _WeightAverage(trainer, config, steps)
+    if checkpoint:
+        average.load(fw_dir / checkpoint["stem"], int(checkpoint["epoch"]))
     return _Loop(trainer=trainer, config=config, fw_dir=fw_dir, class_names=manifest.class_names,
                  val_paths=val_paths, val_labels=val_labels, progress=progress, history=history,
                  checkpoint=checkpoint, setup_s=setup_s, rss_before=rss_before, steps=steps, tracer=tracer,
-                 resumed_at=len(history) + 1 if history else None)
+                 average=average, resumed_at=len(history) + 1 if history else None)
 
 
 def _train_epoch(loop: _Loop, epoch: int) -> _EpochSums:
@@ -397,6 +475,8 @@ def _train_epoch(loop: _Loop, epoch: int) -> _EpochSums:
         sums.step_times.append(t2 - t1)
         sums.step_loss.append(float(loss))
         loop.tracer.step()
+        if math.isfinite(loss):
+            loop.average.step(epoch, len(sums.step_times))
         if loop.first_step_s is None:
             loop.first_step_s = t2 - t1
         if not math.isfinite(loss):
@@ -414,7 +494,7 @@ def _train_epoch(loop: _Loop, epoch: int) -> _EpochSums:
 def _validate(loop: _Loop, epoch: int, sums: _EpochSums) -> dict[str, Any] | None:
     """Validation after an epoch: its history entry (the epoch alone on ranks other than the
     main one), or None when the validation loss is not finite (training stops)."""
-    evaluated = loop.trainer.evaluate()
+    evaluated = loop.average.evaluate()
     val_end = time.perf_counter()
     entry: dict[str, Any] = {"epoch": epoch}
     if not loop.trainer.is_main:
@@ -442,6 +522,8 @@ def _validate(loop: _Loop, epoch: int, sums: _EpochSums) -> dict[str, Any] | Non
         "step_times_s": [round(t, 6) for t in sums.step_times],
         "step_loss": sums.step_loss, "resumed": epoch == loop.resumed_at,
     })
+    if loop.average.enabled:
+        entry["averaged_snapshots"] = loop.average.count  # 0: the current weights (before average_from)
     if not math.isfinite(val_loss):
         loop.stop(f"validation loss became {val_loss} after epoch {epoch}; training stopped. Last good "
                   f"checkpoint: {'epoch ' + str(len(loop.history)) if loop.checkpoint else 'none'}")
@@ -454,7 +536,7 @@ def _save_epoch(loop: _Loop, epoch: int, entry: dict[str, Any]) -> None:
     """The epoch's checkpoint, history entry, state.json and progress line."""
     trainer, fw_dir = loop.trainer, loop.fw_dir
     stem = f"ckpt-epoch-{epoch:03d}"
-    files = trainer.save_checkpoint(fw_dir / stem)
+    files = trainer.save_checkpoint(fw_dir / stem) + loop.average.save(fw_dir / stem)
     trainer.barrier()
     loop.history.append(entry)
     loop.tracer.save()
@@ -474,7 +556,7 @@ def _finish(loop: _Loop, memory: dict[str, Any], started: float) -> dict[str, An
         # Nothing trained in this invocation (already done, or stopped in the next epoch): the
         # final figures are those of the last good checkpoint.
         trainer.load_checkpoint(fw_dir / checkpoint["stem"])
-        last_eval = trainer.evaluate()
+        last_eval = loop.average.evaluate()
     result: dict[str, Any] = {
         "status": loop.status, "message": loop.message, "epochs_completed": len(history), "history": history,
         "checkpoint": f"{fw_dir.name}/{checkpoint['stem']}.npz" if checkpoint else None,

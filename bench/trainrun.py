@@ -21,7 +21,7 @@ from bench import __version__, atomic
 from bench.errors import CheckFailed, TwinbenchError, UserError, one_line
 from bench.frameworks import FRAMEWORK_LABELS, KERAS_TORCH
 from bench.options import worker_config
-from bench.profiles import PROFILES
+from bench.profiles import PROFILES, evaluation_text
 from bench.training import TrainConfig, read_state, torch_alignment, validate_config
 
 CONFIG_NAME = "config.json"
@@ -183,7 +183,7 @@ def describe_config(c: TrainConfig) -> str:
             f"{'' if c.lr_schedule == 'constant' else ' ' + c.lr_schedule}, {c.precision}, order {c.order}, "
             f"decoder {c.decoder}, preprocessing {c.preprocessing}, init {c.init}"
             f"{' + ' + c.weights if c.weights else ''}, seed {c.seed}, {c.threads} threads, {c.devices} device(s), "
-            f"evaluation {c.evaluation}{', torch ablation ' + c.torch_ablation if c.torch_ablation else ''}")
+            f"evaluation {evaluation_text(dataclasses.asdict(c))}{', torch ablation ' + c.torch_ablation if c.torch_ablation else ''}")
 
 
 def load_train_manifest(args: argparse.Namespace):

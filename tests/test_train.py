@@ -648,4 +648,5 @@ def test_seed_profile_is_the_seed_and_quick_measures_learning():
     assert (seed.preprocessing, seed.order, seed.evaluation, seed.precision) == ("none", "native", "moving", "fp32")
     assert seed.torch_ablation is None
     quick = profiles.QuickProfile()
-    assert quick.evaluation == "precise-bn" and quick.order == "manifest" and quick.classes == "auto"
+    assert quick.evaluation == "swa" and quick.order == "manifest" and quick.classes == "auto"
+    assert quick.average_from is None and quick.average_every == 5  # epochs 3-4 of 4, every 5th step

@@ -115,10 +115,18 @@ class Trainer:
         loader = make_loader(self.manifest, "training", self.options.replace(order="manifest"), epoch=0)
         estimate_bn(self.model, (self._nhwc(x) for x, _ in itertools.islice(loader, batches)))
 
+    def get_weights(self) -> dict[str, np.ndarray]:
+        return self.tfw.to_bundle(self.model, self.spec).arrays
+
+    def set_weights(self, arrays: dict[str, np.ndarray]) -> None:
+        from bench.weights import WeightBundle
+
+        self.tfw.from_bundle(self.model, self.spec, WeightBundle(arrays), source="weight average")
+
     def evaluate(self) -> tuple[np.ndarray, np.ndarray]:
         from torch_impl.data import make_loader
 
-        if self.config.evaluation == "precise-bn":
+        if self.config.evaluation in ("precise-bn", "swa"):
             self.estimate_bn()
         probs, losses = [], []
         for x, y in make_loader(self.manifest, "validation", self.options):

@@ -197,10 +197,18 @@ class Trainer:
             self._sample_fn = sample
         return self._sample_fn().numpy()
 
+    def get_weights(self) -> dict[str, np.ndarray]:
+        return self.tfw.to_bundle(self.model, self.spec).arrays
+
+    def set_weights(self, arrays: dict[str, np.ndarray]) -> None:
+        from bench.weights import WeightBundle
+
+        self.tfw.from_bundle(self.model, self.spec, WeightBundle(arrays), source="weight average")
+
     def evaluate(self) -> tuple[np.ndarray, np.ndarray]:
         from tf_impl.data import make_dataset
 
-        if self.config.evaluation == "precise-bn":
+        if self.config.evaluation in ("precise-bn", "swa"):
             self.estimate_bn()
         if self._val is None:
             self._val = make_dataset(self.manifest, "validation", self.options)

@@ -168,13 +168,21 @@ class Trainer:
         with torch.no_grad():
             return torch.cat([t.detach().reshape(-1)[i].float() for t, i in self._sample_plan]).cpu().numpy()
 
+    def get_weights(self) -> dict[str, np.ndarray]:
+        return self.tw.to_bundle(self.model, self.spec).arrays
+
+    def set_weights(self, arrays: dict[str, np.ndarray]) -> None:
+        from bench.weights import WeightBundle
+
+        self.tw.from_bundle(self.model, self.spec, WeightBundle(arrays), source="weight average")
+
     @torch.no_grad()
     def evaluate(self) -> tuple[np.ndarray, np.ndarray] | None:
         from torch_impl.data import make_loader
 
         if not self.is_main:
             return None
-        if self.config.evaluation == "precise-bn":
+        if self.config.evaluation in ("precise-bn", "swa"):
             self.estimate_bn()
         if self._val is None:
             self._val = make_loader(self.manifest, "validation", self.options)
