@@ -125,6 +125,13 @@ def register(sub) -> None:
                        help="--evaluation swa: steps between the snapshots averaged (and each epoch's last step)")
     group.add_argument("--torch-ablation", default=None, metavar="NAME",
                        help="plant a parity ablation in the torch model (a port bug on purpose, e.g. bn-momentum)")
+    _add_statistics_options(p)
+    add_worker_options(p)
+    add_executor_options(p)
+    p.set_defaults(func=cmd_train, model=None, pooling=None)
+
+
+def _add_statistics_options(p) -> None:
     stats = p.add_argument_group("repeats and statistics")
     stats.add_argument("--repeats", type=positive_int, default=None,
                        help="independent runs per framework; run i of every framework uses seed+i and one "
@@ -136,9 +143,6 @@ def register(sub) -> None:
                             "(manifest order); default off; twinbench run turns it on in the quick profile")
     stats.add_argument("--chaos-steps", type=positive_int, default=None,
                        help="steps the chaos control traces (default: the whole run)")
-    add_worker_options(p)
-    add_executor_options(p)
-    p.set_defaults(func=cmd_train, model=None, pooling=None)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
