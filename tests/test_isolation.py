@@ -128,3 +128,19 @@ def test_worker_user_error_comes_back_as_user_error(tmp_path):
     # A real torch worker, asked for a model that does not exist: exit 2 material, no traceback.
     with pytest.raises(UserError, match="unknown pooling 'max'"):
         run_worker("torch", "forward", {"pooling": "max"}, config=WorkerConfig(quiet=True), job_dir=tmp_path)
+
+
+def test_tf_workers_get_onednn_kernels_unless_the_user_says_otherwise(monkeypatch):
+    from bench.runner import worker_env
+
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    assert worker_env(WorkerConfig())["TF_ENABLE_ONEDNN_OPTS"] == "1"
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    assert worker_env(WorkerConfig())["TF_ENABLE_ONEDNN_OPTS"] == "0"
+    assert worker_env(WorkerConfig(env={"TF_ENABLE_ONEDNN_OPTS": "0"}))["TF_ENABLE_ONEDNN_OPTS"] == "0"
+
+
+def test_tf_worker_records_its_onednn_setting(monkeypatch, tmp_path):
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    info = run_worker("tf", "info", {}, config=WorkerConfig(quiet=True), job_dir=tmp_path / "job").result
+    assert info["onednn"] == "1"
