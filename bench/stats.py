@@ -186,7 +186,8 @@ def compare_repeats(records: Iterable[dict[str, Any]], *, margin: float, alpha: 
             "comparison": "; ".join(ORDER_MEANING.get(o, o) for o in orders),
             "per_framework": per_fw, "excluded": excluded, "pairs": pairs,
             "method": "paired by seed; t CI and paired t-test: scipy.stats.ttest_rel; TOST: two "
-                      "scipy.stats.ttest_1samp; bootstrap: scipy.stats.bootstrap (BCa) from 5 pairs"}
+                      f"scipy.stats.ttest_1samp; bootstrap: scipy.stats.bootstrap (BCa) when there are at "
+                      f"least {BOOTSTRAP_MIN_N} pairs"}
 
 
 def fmt_spread(d: dict[str, Any], unit: str = "%", digits: int = 1) -> str:
