@@ -190,7 +190,7 @@ def compare_repeats(records: Iterable[dict[str, Any]], *, margin: float, alpha: 
             "comparison": "; ".join(ORDER_MEANING.get(o, o) for o in orders),
             "per_framework": per_fw, "excluded": excluded, "pairs": pairs,
             "method": "paired by seed; t CI and paired t-test: scipy.stats.ttest_rel; TOST: two "
-                      f"scipy.stats.ttest_1samp; bootstrap: scipy.stats.bootstrap (BCa) when there are at "
+                      "scipy.stats.ttest_1samp; bootstrap: scipy.stats.bootstrap (BCa) when there are at "
                       f"least {BOOTSTRAP_MIN_N} pairs"}
 
 
