@@ -174,7 +174,7 @@ def register(sub) -> None:
     sp.add_argument("--workers", type=int, default=None, help="torch DataLoader workers (default min(4, cores))")
     sp.add_argument("--order", choices=ORDERS, default="native",
                     help="native (default; TF caches decoded batches after the first epoch, as the seed) or "
-                         "manifest (both decode every epoch)")
+                         "manifest / fixed-batches (both decode every epoch)")
     sp.add_argument("--decoder", choices=DECODERS, default="accurate", help="JPEG decoder (default accurate)")
     sp.add_argument("--json", metavar="OUT", help="also write the figures as JSON")
     add_model_options(sp)

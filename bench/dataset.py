@@ -50,7 +50,7 @@ CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 DECODERS = ("accurate", "seed")
 RESIZES = ("bilinear",)
 PREPROCESSINGS = ("none", "caffe")
-ORDERS = ("native", "manifest")
+ORDERS = ("native", "manifest", "fixed-batches")
 
 
 # ---- pipeline options ------------------------------------------------------------------------------
@@ -107,6 +107,34 @@ def epoch_permutation(manifest_or_seed: "Manifest | int", split_size: int, epoch
     if epoch < 0 or split_size < 0:
         raise ValueError(f"epoch and split_size must be >= 0, received {epoch}, {split_size}")
     return np.random.RandomState([seed & MAX_SEED, int(epoch)]).permutation(split_size).astype(np.int64)
+
+
+def fixed_batches_order(seed: int, split_size: int, batch_size: int, epoch: int) -> np.ndarray:
+    """The order of a split's files in ``epoch`` for ``order="fixed-batches"``: the batches of
+    ``epoch_permutation(seed, n, 0)`` stay together in every epoch, visited in a new order from
+    epoch 1 on (the last, smaller batch stays last, so batching the order rebuilds the same
+    batches). The seed's TF pipeline does this (``cache()`` after ``batch()``, then ``shuffle``);
+    here both sides follow it with the same batches, to tell the batches' fixed composition apart
+    from the rest of what the native order changes."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, received {batch_size}")
+    base = epoch_permutation(seed, split_size, 0)
+    full = split_size // batch_size
+    if epoch == 0 or full < 2:
+        return base
+    visit = np.random.RandomState([int(seed) & MAX_SEED, int(epoch), 1]).permutation(full)
+    groups = base[:full * batch_size].reshape(full, batch_size)[visit].reshape(-1)
+    return np.concatenate([groups, base[full * batch_size:]])
+
+
+def epoch_order(options: "PipelineOptions", split_size: int, epoch: int) -> np.ndarray:
+    """The training split's order in ``epoch`` under ``options.order`` (``manifest`` or
+    ``fixed-batches``; ``native`` is each framework's own shuffling) and ``options.seed``."""
+    if options.order == "manifest":
+        return epoch_permutation(options.seed, split_size, epoch)
+    if options.order == "fixed-batches":
+        return fixed_batches_order(options.seed, split_size, options.batch_size, epoch)
+    raise ValueError(f"order {options.order!r} has no shared epoch order (each framework shuffles natively)")
 
 
 # ---- the Keras listing -----------------------------------------------------------------------------

@@ -47,7 +47,9 @@ ORDER_MEANING = {"manifest": "the same batches on both sides (manifest order)",
                  # 60% (manifest order: 62 and 63%); validation TF 53%, torch 59%: TF fits its fixed batches.
                  "native": "each framework's native input pipeline (native order: TF caches the seed's batches, "
                            "so each holds the same images every epoch, while torch draws new ones; "
-                           "docs/profiles.md measures what that does)"}
+                           "docs/profiles.md measures what that does)",
+                 "fixed-batches": "the same batches on both sides, each keeping its images every epoch "
+                                  "(fixed-batches order: TF's native batching, on both sides)"}
 
 
 def describe(values: Sequence[float]) -> dict[str, Any]:

@@ -100,7 +100,8 @@ def register(sub) -> None:
     group.add_argument("--decoder", choices=DECODERS, default=None)
     group.add_argument("--preprocessing", choices=PREPROCESSINGS, default=None)
     group.add_argument("--order", choices=ORDERS, default=None,
-                       help="native: each framework's shuffling; manifest: identical batches on both sides")
+                       help="native: each framework's shuffling; manifest: identical batches on both sides; "
+                            "fixed-batches: identical batches that keep their images every epoch (as TF's native)")
     group.add_argument("--seed", type=int, default=None, help="seed of weights and shuffles")
     group.add_argument("--init", choices=INITS, default=None,
                        help="starting weights: one bundle from Keras' (default) or torch's initialisers or "

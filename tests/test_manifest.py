@@ -15,8 +15,8 @@ import pytest
 
 from bench.cli import main
 from bench.errors import CheckFailed, UserError
-from bench.dataset import (PipelineOptions, build_manifest, epoch_permutation, keras_split, load_manifest,
-                           verify_files)
+from bench.dataset import (PipelineOptions, build_manifest, epoch_order, epoch_permutation, fixed_batches_order,
+                           keras_split, load_manifest, verify_files)
 from tests.data_fixtures import (BAD_FILES, bad_file_bytes, image_bytes, make_awkward_tree, make_class_folder,
                                  write)
 
@@ -276,6 +276,30 @@ def test_epoch_permutation_is_pinned():
     assert epoch_permutation(123, 10, 1).tolist() != p.tolist()
     assert epoch_permutation(124, 10, 0).tolist() != p.tolist()
     assert epoch_permutation(123, 452, 0)[:5].tolist() == [120, 152, 396, 65, 411]
+
+
+def test_fixed_batches_order_keeps_the_batches_and_moves_them():
+    n, b = 452, 16  # the demo's training split at the quick profile's batch
+    first = fixed_batches_order(123, n, b, 0)
+    assert first.tolist() == epoch_permutation(123, n, 0).tolist()  # epoch 0 is the manifest order's
+    groups = lambda order: [frozenset(order[i:i + b].tolist()) for i in range(0, n, b)]
+    for epoch in (1, 2, 3):
+        order = fixed_batches_order(123, n, b, epoch)
+        assert sorted(order.tolist()) == list(range(n))
+        assert set(groups(order)) == set(groups(first))  # the same 29 batches ...
+        assert groups(order)[-1] == groups(first)[-1] and len(groups(order)[-1]) == n % b  # the short one last
+        assert groups(order) != groups(first)  # ... in another order
+        assert order.tolist() == fixed_batches_order(123, n, b, epoch).tolist()  # pinned by (seed, epoch)
+    assert groups(fixed_batches_order(123, n, b, 1)) != groups(fixed_batches_order(123, n, b, 2))
+    assert set(groups(fixed_batches_order(124, n, b, 1))) != set(groups(first))  # the seed picks the batches
+    # The manifest order draws new batches every epoch: the contrast this order exists for.
+    assert set(groups(epoch_permutation(123, n, 1))) != set(groups(first))
+    # epoch_order dispatches on the options; native has no shared order.
+    options = PipelineOptions(batch_size=b, order="fixed-batches", seed=123)
+    assert epoch_order(options, n, 2).tolist() == fixed_batches_order(123, n, b, 2).tolist()
+    assert epoch_order(options.replace(order="manifest"), n, 2).tolist() == epoch_permutation(123, n, 2).tolist()
+    with pytest.raises(ValueError, match="native"):
+        epoch_order(options.replace(order="native"), n, 0)
 
 
 def test_pipeline_options_validate_and_round_trip():

@@ -2,8 +2,8 @@
 
 Per image as Keras' ``image_dataset_from_directory``; the ``accurate`` decoder uses the integer
 IDCT (bit-identical to PIL on the torch side); ``PipelineOptions.order`` ``native`` is the seed's
-shuffling and caching, ``manifest`` follows ``bench.dataset.epoch_permutation``. Details:
-docs/records.md.
+shuffling and caching, ``manifest`` and ``fixed-batches`` follow ``bench.dataset.epoch_order``.
+Details: docs/records.md.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 import tensorflow as tf
 
-from bench.dataset import (CAFFE_MEAN_BGR, SPLITS, Manifest, PipelineOptions, epoch_permutation,
-                           load_manifest)
+from bench.dataset import CAFFE_MEAN_BGR, SPLITS, Manifest, PipelineOptions, epoch_order, load_manifest
 from bench.pipeline_timing import alternate_feeds
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -82,16 +81,17 @@ def sequential_dataset(manifest: Manifest, split: str, options: PipelineOptions,
     return ds.batch(options.batch_size)
 
 
-def _epoch_indices(seed: int, n: int, epoch: int | None) -> tf.data.Dataset:
-    """Indices of one epoch's permutation. ``epoch=None``: the k-th iteration of the dataset
-    (Keras' ``fit`` iterates it once per epoch) follows epoch k, counting from 0."""
+def _epoch_indices(options: PipelineOptions, n: int, epoch: int | None) -> tf.data.Dataset:
+    """Indices of one epoch's shared order (``bench.dataset.epoch_order``). ``epoch=None``: the
+    k-th iteration of the dataset (Keras' ``fit`` iterates it once per epoch) follows epoch k,
+    counting from 0."""
     state = {"next": 0 if epoch is None else int(epoch)}
 
     def generate():
         e = state["next"]
         if epoch is None:
             state["next"] += 1
-        yield from epoch_permutation(seed, n, e).tolist()
+        yield from epoch_order(options, n, e).tolist()
 
     return tf.data.Dataset.from_generator(generate, output_signature=tf.TensorSpec((), tf.int64))
 
@@ -100,8 +100,8 @@ def make_dataset(manifest: Manifest, split: str, options: PipelineOptions, *,
                  epoch: int | None = None) -> tf.data.Dataset:
     """Batches of (x: float32 NHWC, y: int32) for ``split`` of ``manifest`` (see module docstring).
 
-    ``epoch`` matters for ``order="manifest"`` only: the permutation of that epoch on every
-    iteration; None: iteration k follows epoch k. The native order reshuffles per iteration.
+    ``epoch`` matters for ``order="manifest"`` and ``"fixed-batches"`` only: that epoch's order on
+    every iteration; None: iteration k follows epoch k. The native order reshuffles per iteration.
     """
     split = manifest.split_name(split)
     if split != "training":
@@ -119,7 +119,7 @@ def make_dataset(manifest: Manifest, split: str, options: PipelineOptions, *,
         ds = ds.cache().shuffle(options.shuffle_buffer, seed=options.seed)
         return ds.prefetch(AUTOTUNE)
     paths_t, labels_t = tf.constant(paths), tf.constant(labels)
-    ds = _epoch_indices(options.seed, len(paths), epoch)  # the run's seed: repeats differ in order too
+    ds = _epoch_indices(options, len(paths), epoch)  # the run's seed: repeats differ in order too
     ds = ds.map(lambda i: (load_image(tf.gather(paths_t, i), options), tf.gather(labels_t, i)),
                 num_parallel_calls=_parallel(options))
     return ds.batch(options.batch_size).prefetch(AUTOTUNE)

@@ -124,7 +124,7 @@ class Trainer:
     def _dataset(self, epoch: int) -> tf.data.Dataset:
         from tf_impl.data import make_dataset
 
-        if self.options.order == "manifest":
+        if self.options.order != "native":  # a shared order: each epoch's own dataset
             return make_dataset(self.manifest, "training", self.options, epoch=epoch)
         # Native order: one dataset iterated once per epoch, as fit does (its shuffles reshuffle
         # each iteration). A resumed run replays the epochs it skips, so the order is the same.

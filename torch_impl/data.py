@@ -2,8 +2,8 @@
 
 Per image to the same numbers as the TF pipeline: PIL decoding that follows TF's decoders,
 ``F.interpolate`` bilinear without antialiasing (TF's resize); ``PipelineOptions.order``
-``native`` is ``DataLoader(shuffle=True)``, ``manifest`` follows
-``bench.dataset.epoch_permutation``. Details, and where TF's decoders differ from PIL's: docs/records.md.
+``native`` is ``DataLoader(shuffle=True)``, ``manifest`` and ``fixed-batches`` follow
+``bench.dataset.epoch_order``. Details, and where TF's decoders differ from PIL's: docs/records.md.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from bench.dataset import (CAFFE_MEAN_BGR, SPLITS, Manifest, PipelineOptions, epoch_permutation,
-                           load_manifest)
+from bench.dataset import CAFFE_MEAN_BGR, SPLITS, Manifest, PipelineOptions, epoch_order, load_manifest
 from bench.pipeline_timing import alternate_feeds
 
 
@@ -86,13 +85,13 @@ class ManifestDataset(Dataset):
         return load_image(self.paths[index], self.options), int(self.labels[index])
 
 
-class EpochPermutationSampler(Sampler[int]):
-    """The ``manifest`` order: epoch e visits ``epoch_permutation(seed, n, e)``. With ``epoch=None``
-    the k-th iteration follows epoch k (counting from 0), as the TF pipeline does; ``set_epoch``
-    pins one, as DistributedSampler's does."""
+class EpochOrderSampler(Sampler[int]):
+    """The ``manifest`` and ``fixed-batches`` orders: epoch e visits
+    ``epoch_order(options, n, e)``. With ``epoch=None`` the k-th iteration follows epoch k
+    (counting from 0), as the TF pipeline does; ``set_epoch`` pins one, as DistributedSampler's does."""
 
-    def __init__(self, seed: int, size: int, epoch: int | None = None):
-        self.seed, self.size = seed, size
+    def __init__(self, options: PipelineOptions, size: int, epoch: int | None = None):
+        self.options, self.size = options, size
         self.fixed = epoch
         self.next_epoch = 0 if epoch is None else epoch
 
@@ -103,7 +102,7 @@ class EpochPermutationSampler(Sampler[int]):
         epoch = self.fixed if self.fixed is not None else self.next_epoch
         if self.fixed is None:
             self.next_epoch += 1
-        return iter(epoch_permutation(self.seed, self.size, epoch).tolist())
+        return iter(epoch_order(self.options, self.size, epoch).tolist())
 
     def __len__(self) -> int:
         return self.size
@@ -119,7 +118,7 @@ def make_loader(manifest: Manifest, split: str, options: PipelineOptions, *,
                 epoch: int | None = None, workers: int | None = None) -> DataLoader:
     """Batches of (x: float32 NCHW, y: int64) for ``split`` of ``manifest`` (see module docstring).
 
-    ``epoch``: for ``order="manifest"`` the permutation of that epoch on every iteration (None:
+    ``epoch``: for ``order="manifest"``/``"fixed-batches"`` that epoch's order on every iteration (None:
     iteration k follows epoch k); for ``native`` it seeds the shuffle of a one-epoch loader.
     """
     dataset = ManifestDataset(manifest, split, options)
@@ -136,7 +135,7 @@ def make_loader(manifest: Manifest, split: str, options: PipelineOptions, *,
         seed = options.seed if epoch is None else int(np.random.SeedSequence([options.seed, epoch]).generate_state(1)[0])
         generator = torch.Generator().manual_seed(seed)
         return DataLoader(dataset, shuffle=True, generator=generator, **kwargs)
-    return DataLoader(dataset, sampler=EpochPermutationSampler(options.seed, len(dataset), epoch), **kwargs)
+    return DataLoader(dataset, sampler=EpochOrderSampler(options, len(dataset), epoch), **kwargs)
 
 
 def sequential_loader(manifest: Manifest, split: str, options: PipelineOptions) -> DataLoader:

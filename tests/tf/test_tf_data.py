@@ -8,7 +8,7 @@ import keras
 import tensorflow as tf
 from PIL import Image
 
-from bench.dataset import PipelineOptions, epoch_permutation
+from bench.dataset import PipelineOptions, epoch_permutation, fixed_batches_order
 from tests.bench_fixtures import format_zoo
 from tf_impl import data as tfd
 
@@ -86,6 +86,17 @@ def test_manifest_order_follows_epoch_permutation(zoo):
     assert_same_batches(first, second)
     x_all, _ = tfd.load_images(manifest, "training", range(n), options)
     np.testing.assert_array_equal(np.concatenate([x for x, _ in first]), x_all[epoch_permutation(7, n, 3)])
+
+
+def test_fixed_batches_order_follows_epoch_order(zoo):
+    _, _, manifest = zoo
+    options = PipelineOptions(image_size=8, batch_size=3, order="fixed-batches", seed=7)
+    labels = manifest.labels("training")
+    n = len(labels)
+    ds = tfd.make_dataset(manifest, "training", options)
+    for epoch in range(3):  # each iteration is the next epoch
+        got = np.concatenate([y for _, y in batches(ds)])
+        np.testing.assert_array_equal(got, labels[fixed_batches_order(7, n, 3, epoch)])
 
 
 def test_load_images_is_the_pipeline_batch(zoo):

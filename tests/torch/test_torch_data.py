@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bench.dataset import PipelineOptions, epoch_permutation
+from bench.dataset import PipelineOptions, epoch_permutation, fixed_batches_order
 from tests.bench_fixtures import format_zoo
 from torch_impl import data as td
 
@@ -67,6 +67,17 @@ def test_manifest_order_follows_epoch_permutation(zoo):
     assert torch.equal(a, b)
     x_all, _ = td.load_images(manifest, "training", range(n), options)
     np.testing.assert_array_equal(a.permute(0, 2, 3, 1).numpy(), x_all[epoch_permutation(7, n, 3)])
+
+
+def test_fixed_batches_order_follows_epoch_order(zoo):
+    _, _, manifest = zoo
+    options = PipelineOptions(image_size=8, batch_size=3, order="fixed-batches", seed=7, workers=0)
+    labels = manifest.labels("training")
+    n = len(labels)
+    loader = td.make_loader(manifest, "training", options)
+    for epoch in range(3):  # each iteration is the next epoch
+        got = torch.cat([y for _, y in loader]).numpy()
+        np.testing.assert_array_equal(got, labels[fixed_batches_order(7, n, 3, epoch)])
 
 
 def test_native_order_is_seeded_and_reshuffles(zoo):
