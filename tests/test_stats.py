@@ -116,6 +116,18 @@ def test_compare_repeats_pairs_by_index_and_counts_each_once():
     assert "manifest order" in out["comparison"]
 
 
+def test_every_order_names_its_comparison():
+    """A verdict says which comparison it is about: every pipeline order has its sentence."""
+    from bench.dataset import ORDERS
+
+    assert set(stats.ORDER_MEANING) == set(ORDERS)
+    records = [_record(0, 80, 79), _record(1, 82, 83)]
+    for doc in records:
+        doc["config"]["order"] = "fixed-batches"
+    out = stats.compare_repeats(records, margin=5.0)
+    assert out["orders"] == ["fixed-batches"] and "keeping its images every epoch" in out["comparison"]
+
+
 def test_compare_repeats_leaves_out_unfinished_runs():
     out = stats.compare_repeats([_record(0, 80, 79), _record(1, 82, 20, status="stopped")], margin=5.0)
     assert out["excluded"]["torch"] == [1]
