@@ -19,7 +19,8 @@ import numpy as np
 
 from bench import envelope
 from bench.errors import CheckFailed, UserError
-from bench.dataset import DECODERS, ORDERS, PREPROCESSINGS, SPLITS, Manifest, PipelineOptions, load_manifest
+from bench.dataset import DECODERS, PREPROCESSINGS, SPLITS, Manifest, PipelineOptions, load_manifest
+from bench.orders import ORDERS
 from bench.options import add_model_options, add_worker_options, model_args, positive_int, worker_config
 from bench.executor import Job, run_job
 from bench.runner import WorkerConfig

@@ -19,6 +19,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from bench import atomic
+from bench.orders import MAX_SEED, ORDERS
 from bench.errors import CheckFailed, UserError
 
 FORMAT = "twinbench-manifest"
@@ -35,7 +36,6 @@ ALGORITHM = ("keras-3 image_dataset_from_directory: class folders = sorted(os.li
 DEFAULT_VALIDATION_SPLIT = 0.2  # the seed's image_dataset_from_directory(validation_split=0.2, ...)
 DEFAULT_SEED = 123  # ... seed=123
 VERIFY_LEVELS = ("hash", "size", "none")
-MAX_SEED = 2**32 - 1  # numpy.random.RandomState accepts 0 .. 2**32 - 1
 
 # What both pipelines decode to identical pixels (tf.io.decode_image also takes WebP and JPEG XL;
 # twinbench refuses them rather than compare two different decoders).
@@ -50,7 +50,6 @@ CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 DECODERS = ("accurate", "seed")
 RESIZES = ("bilinear",)
 PREPROCESSINGS = ("none", "caffe")
-ORDERS = ("native", "manifest", "fixed-batches")
 
 
 # ---- pipeline options ------------------------------------------------------------------------------
@@ -97,44 +96,6 @@ class PipelineOptions:
 
     def replace(self, **changes: Any) -> "PipelineOptions":
         return dataclasses.replace(self, **changes)
-
-
-def epoch_permutation(manifest_or_seed: "Manifest | int", split_size: int, epoch: int) -> np.ndarray:
-    """The order of a split's files in ``epoch`` for ``order="manifest"``: numpy only, so the TF
-    and the torch pipeline follow identical batches (``tf.data``'s shuffle cannot be reproduced
-    outside TF). ``RandomState`` streams are frozen by NumPy (NEP 19), so the order is stable."""
-    seed = manifest_or_seed.seed if isinstance(manifest_or_seed, Manifest) else int(manifest_or_seed)
-    if epoch < 0 or split_size < 0:
-        raise ValueError(f"epoch and split_size must be >= 0, received {epoch}, {split_size}")
-    return np.random.RandomState([seed & MAX_SEED, int(epoch)]).permutation(split_size).astype(np.int64)
-
-
-def fixed_batches_order(seed: int, split_size: int, batch_size: int, epoch: int) -> np.ndarray:
-    """The order of a split's files in ``epoch`` for ``order="fixed-batches"``: the batches of
-    ``epoch_permutation(seed, n, 0)`` stay together in every epoch, visited in a new order from
-    epoch 1 on (the last, smaller batch stays last, so batching the order rebuilds the same
-    batches). The seed's TF pipeline does this (``cache()`` after ``batch()``, then ``shuffle``);
-    here both sides follow it with the same batches, to tell the batches' fixed composition apart
-    from the rest of what the native order changes."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, received {batch_size}")
-    base = epoch_permutation(seed, split_size, 0)
-    full = split_size // batch_size
-    if epoch == 0 or full < 2:
-        return base
-    visit = np.random.RandomState([int(seed) & MAX_SEED, int(epoch), 1]).permutation(full)
-    groups = base[:full * batch_size].reshape(full, batch_size)[visit].reshape(-1)
-    return np.concatenate([groups, base[full * batch_size:]])
-
-
-def epoch_order(options: "PipelineOptions", split_size: int, epoch: int) -> np.ndarray:
-    """The training split's order in ``epoch`` under ``options.order`` (``manifest`` or
-    ``fixed-batches``; ``native`` is each framework's own shuffling) and ``options.seed``."""
-    if options.order == "manifest":
-        return epoch_permutation(options.seed, split_size, epoch)
-    if options.order == "fixed-batches":
-        return fixed_batches_order(options.seed, split_size, options.batch_size, epoch)
-    raise ValueError(f"order {options.order!r} has no shared epoch order (each framework shuffles natively)")
 
 
 # ---- the Keras listing -----------------------------------------------------------------------------

@@ -156,9 +156,10 @@ def one_ulp(bundle, seed: int):
 def _manifest_inputs(config: ParityConfig, workers: WorkerConfig, spec: ModelSpec, root: Path, trajectory: bool):
     """The first ``batch`` validation images decoded by each side's pipeline (pipeline ablations
     applied) and, for the trajectory, the first ``steps`` batches of the training split in the
-    manifest's epoch-0 order (``bench.dataset.epoch_permutation``, as training with
+    manifest's epoch-0 order (``bench.orders.epoch_permutation``, as training with
     ``order=manifest`` sees them)."""
-    from bench.dataset import epoch_permutation, load_manifest
+    from bench.dataset import load_manifest
+    from bench.orders import epoch_permutation
 
     manifest = load_manifest(config.manifest, verify="hash")  # the workers then skip verifying
     n_val, n_train = len(manifest.entries("validation")), len(manifest.entries("training"))

@@ -55,7 +55,8 @@ def _seconds(text: str) -> float:
 
 
 def register(sub) -> None:
-    from bench.dataset import DECODERS, ORDERS, PREPROCESSINGS
+    from bench.dataset import DECODERS, PREPROCESSINGS
+    from bench.orders import ORDERS
 
     p = sub.add_parser(
         "train", help="train both frameworks on one split, fairly, and record everything",

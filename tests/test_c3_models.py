@@ -82,6 +82,7 @@ def test_tf_bundle_torch_bundle_round_trip_is_bit_exact(tmp_path):
     assert "3_c3_block_cv2_conv/bias" not in first.arrays
 
 
+@pytest.mark.slow  # ~27 s of CLI processes; the C3 mapping itself: the round-trip tests above
 def test_cli_converts_resnet50_c3_through_pt_and_weights_h5(tmp_path):
     original = random_bundle(SPEC, seed=4)
     chain = [tmp_path / "a.npz", tmp_path / "b.pt", tmp_path / "c.weights.h5", tmp_path / "d.npz"]

@@ -15,8 +15,8 @@ import pytest
 
 from bench.cli import main
 from bench.errors import CheckFailed, UserError
-from bench.dataset import (PipelineOptions, build_manifest, epoch_order, epoch_permutation, fixed_batches_order,
-                           keras_split, load_manifest, verify_files)
+from bench.dataset import PipelineOptions, build_manifest, keras_split, load_manifest, verify_files
+from bench.orders import epoch_order, epoch_permutation, fixed_batches_order
 from tests.data_fixtures import (BAD_FILES, bad_file_bytes, image_bytes, make_awkward_tree, make_class_folder,
                                  write)
 

@@ -118,7 +118,7 @@ def test_compare_repeats_pairs_by_index_and_counts_each_once():
 
 def test_every_order_names_its_comparison():
     """A verdict says which comparison it is about: every pipeline order has its sentence."""
-    from bench.dataset import ORDERS
+    from bench.orders import ORDERS
 
     assert set(stats.ORDER_MEANING) == set(ORDERS)
     records = [_record(0, 80, 79), _record(1, 82, 83)]

@@ -416,7 +416,8 @@ def duplicate_halves_manifest(root: Path, run_seed: int = RUN_SEED) -> Path:
     steps (up to rounding). The batch order is ``epoch_permutation(run_seed, ...)``: the RUN's
     seed, not the manifest's split seed (until this test knew that, its "duplicate" halves were
     different images, and 1 vs 2 devices legitimately differed)."""
-    from bench.dataset import build_manifest, epoch_permutation, index_directory, keras_split
+    from bench.dataset import build_manifest, index_directory, keras_split
+    from bench.orders import epoch_permutation
 
     rng = np.random.default_rng(1)
     for label, name in enumerate(["circle", "square"]):

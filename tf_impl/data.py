@@ -2,7 +2,7 @@
 
 Per image as Keras' ``image_dataset_from_directory``; the ``accurate`` decoder uses the integer
 IDCT (bit-identical to PIL on the torch side); ``PipelineOptions.order`` ``native`` is the seed's
-shuffling and caching, ``manifest`` and ``fixed-batches`` follow ``bench.dataset.epoch_order``.
+shuffling and caching, ``manifest`` and ``fixed-batches`` follow ``bench.orders.epoch_order``.
 Details: docs/records.md.
 """
 
@@ -16,7 +16,8 @@ from typing import Any, Sequence
 import numpy as np
 import tensorflow as tf
 
-from bench.dataset import CAFFE_MEAN_BGR, SPLITS, Manifest, PipelineOptions, epoch_order, load_manifest
+from bench.dataset import CAFFE_MEAN_BGR, SPLITS, Manifest, PipelineOptions, load_manifest
+from bench.orders import epoch_order
 from bench.pipeline_timing import alternate_feeds
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -82,7 +83,7 @@ def sequential_dataset(manifest: Manifest, split: str, options: PipelineOptions,
 
 
 def _epoch_indices(options: PipelineOptions, n: int, epoch: int | None) -> tf.data.Dataset:
-    """Indices of one epoch's shared order (``bench.dataset.epoch_order``). ``epoch=None``: the
+    """Indices of one epoch's shared order (``bench.orders.epoch_order``). ``epoch=None``: the
     k-th iteration of the dataset (Keras' ``fit`` iterates it once per epoch) follows epoch k,
     counting from 0."""
     state = {"next": 0 if epoch is None else int(epoch)}

@@ -3,7 +3,7 @@
 Per image to the same numbers as the TF pipeline: PIL decoding that follows TF's decoders,
 ``F.interpolate`` bilinear without antialiasing (TF's resize); ``PipelineOptions.order``
 ``native`` is ``DataLoader(shuffle=True)``, ``manifest`` and ``fixed-batches`` follow
-``bench.dataset.epoch_order``. Details, and where TF's decoders differ from PIL's: docs/records.md.
+``bench.orders.epoch_order``. Details, and where TF's decoders differ from PIL's: docs/records.md.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from bench.dataset import CAFFE_MEAN_BGR, SPLITS, Manifest, PipelineOptions, epoch_order, load_manifest
+from bench.dataset import CAFFE_MEAN_BGR, SPLITS, Manifest, PipelineOptions, load_manifest
+from bench.orders import epoch_order
 from bench.pipeline_timing import alternate_feeds
 
 

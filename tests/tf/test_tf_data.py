@@ -8,7 +8,8 @@ import keras
 import tensorflow as tf
 from PIL import Image
 
-from bench.dataset import PipelineOptions, epoch_permutation, fixed_batches_order
+from bench.dataset import PipelineOptions
+from bench.orders import epoch_permutation, fixed_batches_order
 from tests.bench_fixtures import format_zoo
 from tf_impl import data as tfd
 

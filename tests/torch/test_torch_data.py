@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from bench.dataset import PipelineOptions, epoch_permutation, fixed_batches_order
+from bench.dataset import PipelineOptions
+from bench.orders import epoch_permutation, fixed_batches_order
 from tests.bench_fixtures import format_zoo
 from torch_impl import data as td
 
