@@ -346,6 +346,8 @@ def train_metrics(record: Record) -> list[Metric]:
             out.append(Metric("accuracy.val", labels, float(final["val_accuracy"]), better="higher"))
         if _finite(final.get("val_loss")):
             out.append(Metric("loss.val", labels, float(final["val_loss"]), better="lower"))
+        if _finite(final.get("accuracy")):  # shown, not gated: fitting the batches is not learning the task
+            out.append(Metric("accuracy.train", labels, float(final["accuracy"]), better="higher"))
         history = run.get("history") or []
         # The first epoch includes tracing/warm-up: epochs 2..N are the repeats, as for epoch time.
         steady = history[1:] if len(history) > 1 else history

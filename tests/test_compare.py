@@ -246,6 +246,26 @@ def test_accuracy_drop_within_the_noise_is_not_a_regression():
     assert single.verdict == "regression" and single.p is None
 
 
+def test_training_accuracy_is_shown_with_a_two_sided_test_and_never_gates():
+    """accuracy.train: fixing each batch's images raised it by 22-25 points on both sides
+    (docs/profiles.md) while validation did not move, so it is reported, not a regression rule."""
+    from scipy.stats import ttest_ind
+
+    def train(values):
+        return Metric("accuracy.train", (("framework", "torch"),), values[0], tuple(values), "higher")
+
+    manifest, fixed = [0.63, 0.66, 0.61, 0.64, 0.65], [0.88, 0.91, 0.84, 0.93, 0.88]
+    for a, b in ((manifest, fixed), (fixed, manifest)):
+        change = judge(train(a), train(b), None)
+        assert change.verdict == "same" and change.absolute
+        assert change.change == pytest.approx(sum(b) / 5 - sum(a) / 5)
+        assert change.p == pytest.approx(ttest_ind(a, b, equal_var=False).pvalue, rel=1e-9)
+        assert "two-sided" in change.note
+    # Under the default rules a 25-point drop in training accuracy is shown, not a regression.
+    (drop,) = compare_metrics([train(fixed)], [train(manifest)], resolve_rules([]))
+    assert drop.metric == "accuracy.train" and drop.verdict == "same" and drop.p < 0.01
+
+
 def _planted_accuracy_copy(tmp_path: Path, name: str, torch_values) -> Path:
     """repeat-b's training record, once per value: repeats of one set with the torch side's final
     validation accuracy planted."""
