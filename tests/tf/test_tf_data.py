@@ -73,31 +73,23 @@ def test_caffe_equals_keras_preprocess_input():
     np.testing.assert_array_equal(tfd.preprocess(tf.constant(x), "none").numpy(), x)
 
 
-def test_manifest_order_follows_epoch_permutation(zoo):
+@pytest.mark.parametrize("order", ["manifest", "fixed-batches"])
+def test_shared_orders_follow_bench_orders(zoo, order):
     _, _, manifest = zoo
-    options = PipelineOptions(image_size=16, batch_size=3, order="manifest", seed=7)
+    options = PipelineOptions(image_size=16, batch_size=3, order=order, seed=7)
     labels = manifest.labels("training")
     n = len(labels)
     ds = tfd.make_dataset(manifest, "training", options)
-    for epoch in range(2):  # each iteration is the next epoch
+    expected = {"manifest": lambda e: epoch_permutation(7, n, e),
+                "fixed-batches": lambda e: fixed_batches_order(7, n, 3, e)}[order]
+    for epoch in range(3):  # each iteration is the next epoch
         got = np.concatenate([y for _, y in batches(ds)])
-        np.testing.assert_array_equal(got, labels[epoch_permutation(7, n, epoch)])
+        np.testing.assert_array_equal(got, labels[expected(epoch)])
     pinned = tfd.make_dataset(manifest, "training", options, epoch=3)
     first, second = batches(pinned), batches(pinned)
     assert_same_batches(first, second)
     x_all, _ = tfd.load_images(manifest, "training", range(n), options)
-    np.testing.assert_array_equal(np.concatenate([x for x, _ in first]), x_all[epoch_permutation(7, n, 3)])
-
-
-def test_fixed_batches_order_follows_epoch_order(zoo):
-    _, _, manifest = zoo
-    options = PipelineOptions(image_size=8, batch_size=3, order="fixed-batches", seed=7)
-    labels = manifest.labels("training")
-    n = len(labels)
-    ds = tfd.make_dataset(manifest, "training", options)
-    for epoch in range(3):  # each iteration is the next epoch
-        got = np.concatenate([y for _, y in batches(ds)])
-        np.testing.assert_array_equal(got, labels[fixed_batches_order(7, n, 3, epoch)])
+    np.testing.assert_array_equal(np.concatenate([x for x, _ in first]), x_all[expected(3)])
 
 
 def test_load_images_is_the_pipeline_batch(zoo):

@@ -53,32 +53,24 @@ def test_loader_layout_and_caffe(zoo):
     np.testing.assert_array_equal(y.numpy(), manifest.labels("validation")[:4])
 
 
-def test_manifest_order_follows_epoch_permutation(zoo):
+@pytest.mark.parametrize("order", ["manifest", "fixed-batches"])
+def test_shared_orders_follow_bench_orders(zoo, order):
     _, _, manifest = zoo
-    options = PipelineOptions(image_size=8, batch_size=3, order="manifest", seed=7, workers=0)
+    options = PipelineOptions(image_size=8, batch_size=3, order=order, seed=7, workers=0)
     labels = manifest.labels("training")
     n = len(labels)
     loader = td.make_loader(manifest, "training", options)
-    for epoch in range(2):  # each iteration is the next epoch
+    expected = {"manifest": lambda e: epoch_permutation(7, n, e),
+                "fixed-batches": lambda e: fixed_batches_order(7, n, 3, e)}[order]
+    for epoch in range(3):  # each iteration is the next epoch
         got = torch.cat([y for _, y in loader]).numpy()
-        np.testing.assert_array_equal(got, labels[epoch_permutation(7, n, epoch)])
+        np.testing.assert_array_equal(got, labels[expected(epoch)])
     pinned = td.make_loader(manifest, "training", options, epoch=3)
     a = torch.cat([x for x, _ in pinned])
     b = torch.cat([x for x, _ in pinned])
     assert torch.equal(a, b)
     x_all, _ = td.load_images(manifest, "training", range(n), options)
-    np.testing.assert_array_equal(a.permute(0, 2, 3, 1).numpy(), x_all[epoch_permutation(7, n, 3)])
-
-
-def test_fixed_batches_order_follows_epoch_order(zoo):
-    _, _, manifest = zoo
-    options = PipelineOptions(image_size=8, batch_size=3, order="fixed-batches", seed=7, workers=0)
-    labels = manifest.labels("training")
-    n = len(labels)
-    loader = td.make_loader(manifest, "training", options)
-    for epoch in range(3):  # each iteration is the next epoch
-        got = torch.cat([y for _, y in loader]).numpy()
-        np.testing.assert_array_equal(got, labels[fixed_batches_order(7, n, 3, epoch)])
+    np.testing.assert_array_equal(a.permute(0, 2, 3, 1).numpy(), x_all[expected(3)])
 
 
 def test_native_order_is_seeded_and_reshuffles(zoo):
