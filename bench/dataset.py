@@ -19,8 +19,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from bench import atomic
-from bench.orders import MAX_SEED, ORDERS
 from bench.errors import CheckFailed, UserError
+from bench.orders import MAX_SEED, ORDERS
 
 FORMAT = "twinbench-manifest"
 VERSION = 1
