@@ -126,18 +126,22 @@ def _worse(delta: float, better: str) -> float:
     return -delta if better == "higher" else delta
 
 
-def welch_worse_p(base: Sequence[float], cand: Sequence[float], better: str) -> float | None:
-    """One-sided Welch t-test that the candidate's mean is worse than the baseline's (None with
-    fewer than two samples a side). Accuracy repeats are few (3-5): Mann-Whitney U cannot reach
-    significance there (its smallest two-sided p with 3 + 3 samples is 0.1)."""
+def welch_p(base: Sequence[float], cand: Sequence[float], alternative: str = "two-sided") -> float | None:
+    """Welch's t-test p of baseline against candidate (scipy's ``alternative``; None with fewer than
+    two samples a side). Accuracy repeats are few (3-5): Mann-Whitney U cannot reach significance
+    there (its smallest two-sided p with 3 + 3 samples is 0.1)."""
     if len(base) < 2 or len(cand) < 2:
         return None
     from scipy.stats import ttest_ind
 
     if len(set(base) | set(cand)) == 1:
-        return 1.0
-    return float(ttest_ind(base, cand, equal_var=False,
-                           alternative="greater" if better == "higher" else "less").pvalue)
+        return 1.0  # all equal: no evidence of a change (scipy would return nan)
+    return float(ttest_ind(base, cand, equal_var=False, alternative=alternative).pvalue)
+
+
+def welch_worse_p(base: Sequence[float], cand: Sequence[float], better: str) -> float | None:
+    """One-sided Welch t-test that the candidate's mean is worse than the baseline's."""
+    return welch_p(base, cand, "greater" if better == "higher" else "less")
 
 
 def judge(base: Metric, cand: Metric, rule: Rule | None) -> Change:
@@ -154,7 +158,7 @@ def judge(base: Metric, cand: Metric, rule: Rule | None) -> Change:
     if rule is None:
         if by_distribution and p is not None:  # shown only: the change in points, Welch's two-sided test
             change.change, change.absolute = cand.value - base.value, True
-            change.p = min(1.0, 2 * min(p, 1.0 - p))
+            change.p = welch_p(base.samples, cand.samples)
             change.note = f"means of n={len(base.samples)} vs {len(cand.samples)}, Welch t-test two-sided"
         return change
     if rule.kind == "tolerance":

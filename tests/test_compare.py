@@ -261,6 +261,8 @@ def test_training_accuracy_is_shown_with_a_two_sided_test_and_never_gates():
         assert change.change == pytest.approx(sum(b) / 5 - sum(a) / 5)
         assert change.p == pytest.approx(ttest_ind(a, b, equal_var=False).pvalue, rel=1e-9)
         assert "two-sided" in change.note
+    # Every repeat on both sides the same value: no evidence of a change, not a significant one.
+    assert judge(train([0.9] * 5), train([0.9] * 5), None).p == 1.0
     # Under the default rules a 25-point drop in training accuracy is shown, not a regression.
     (drop,) = compare_metrics([train(fixed)], [train(manifest)], resolve_rules([]))
     assert drop.metric == "accuracy.train" and drop.verdict == "same" and drop.p < 0.01
