@@ -27,7 +27,7 @@ def fixed_batches_order(seed: int, split_size: int, batch_size: int, epoch: int)
     epoch, visited in a new order from epoch 1 on (the short last batch stays last), as the seed's
     ``cache()`` after ``batch()`` keeps TF's; here both sides get the same batches (docs/records.md)."""
     base = epoch_permutation(seed, split_size, 0)
-    full = split_size // max(1, batch_size)
+    full = split_size // batch_size  # PipelineOptions keeps batch_size >= 1
     if epoch == 0 or full < 2:
         return base
     visit = np.random.RandomState([int(seed) & MAX_SEED, int(epoch), 1]).permutation(full)
