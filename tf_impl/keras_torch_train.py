@@ -13,7 +13,6 @@ Mirror: ``tf_impl/train.py`` (the TensorFlow side of the same Keras code).
 
 from __future__ import annotations
 
-import itertools
 import math
 import sys
 import time
@@ -73,16 +72,21 @@ class Trainer:
         self.manifest = load_manifest(job["manifest"], data_root=job.get("data_root"), verify="none")
         self.options = PipelineOptions(**config.pipeline_options())
         self.n_train = len(self.manifest.entries("training"))
+        self._train = self._val = None
+        self._bn_images: list[torch.Tensor] | None = None
 
     # ---- data ------------------------------------------------------------------------------------
     def steps_per_epoch(self) -> int:
         return math.ceil(self.n_train / self.config.batch_size)
 
     def train_batches(self, epoch: int):
-        from torch_impl.data import make_loader
+        from torch_impl.data import run_loader
 
-        # Seeded by (seed, epoch) as on the torch side: a resumed run sees the same order.
-        return make_loader(self.manifest, "training", self.options, epoch=epoch)
+        # One loader set to each epoch's order, seeded by (seed, epoch) as on the torch side.
+        if self._train is None:
+            self._train = run_loader(self.manifest, self.options)
+        self._train.sampler.set_epoch(epoch)
+        return self._train
 
     @staticmethod
     def _nhwc(x: torch.Tensor) -> torch.Tensor:
@@ -109,11 +113,12 @@ class Trainer:
     def estimate_bn(self) -> None:
         """Evaluation "precise-bn", as the TF side (``tf_impl.keras_tasks.estimate_bn``)."""
         from tf_impl.keras_tasks import estimate_bn
-        from torch_impl.data import make_loader
+        from torch_impl.data import bn_batches
 
-        batches = math.ceil(self.config.bn_estimate_images / self.config.batch_size)
-        loader = make_loader(self.manifest, "training", self.options.replace(order="manifest"), epoch=0)
-        estimate_bn(self.model, (self._nhwc(x) for x, _ in itertools.islice(loader, batches)))
+        if self._bn_images is None:  # decoded once, as on the torch side
+            self._bn_images = [self._nhwc(x) for x in bn_batches(self.manifest, self.options,
+                                                                 self.config.bn_estimate_images)]
+        estimate_bn(self.model, self._bn_images)
 
     def get_weights(self) -> dict[str, np.ndarray]:
         return self.tfw.to_bundle(self.model, self.spec).arrays
@@ -128,8 +133,10 @@ class Trainer:
 
         if self.config.evaluation in ("precise-bn", "swa"):
             self.estimate_bn()
+        if self._val is None:
+            self._val = make_loader(self.manifest, "validation", self.options)
         probs, losses = [], []
-        for x, y in make_loader(self.manifest, "validation", self.options):
+        for x, y in self._val:
             p, loss = self._predict(x, y)
             probs.append(p)
             losses.append(loss)

@@ -9,6 +9,8 @@ Per image to the same numbers as the TF pipeline: PIL decoding that follows TF's
 from __future__ import annotations
 
 import io
+import itertools
+import math
 import os
 import sys
 import time
@@ -109,6 +111,32 @@ class EpochOrderSampler(Sampler[int]):
         return self.size
 
 
+def native_epoch_seed(seed: int, epoch: int | None) -> int:
+    """The seed of the ``native`` order's shuffle in epoch ``epoch`` (None: the run's seed)."""
+    return seed if epoch is None else int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+class NativeShuffleSampler(Sampler[int]):
+    """The ``native`` order for a loader kept across epochs: epoch e visits the permutation that a
+    fresh ``DataLoader(shuffle=True, generator=torch.Generator().manual_seed(native_epoch_seed(seed, e)))``
+    visits (:func:`make_loader`): its iterator draws the workers' base seed from that generator,
+    then ``RandomSampler`` draws one ``randperm``; this does the same two draws."""
+
+    def __init__(self, seed: int, size: int, epoch: int | None = None):
+        self.seed, self.size, self.epoch = seed, size, epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(native_epoch_seed(self.seed, self.epoch))
+        torch.empty((), dtype=torch.int64).random_(generator=generator)  # the base seed a fresh loader draws
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
 def default_workers(options: PipelineOptions) -> int:
     if options.workers is not None:
         return options.workers
@@ -123,20 +151,43 @@ def make_loader(manifest: Manifest, split: str, options: PipelineOptions, *,
     iteration k follows epoch k); for ``native`` it seeds the shuffle of a one-epoch loader.
     """
     dataset = ManifestDataset(manifest, split, options)
-    n_workers = default_workers(options) if workers is None else workers
-    kwargs: dict[str, Any] = {
-        "batch_size": options.batch_size,
-        "num_workers": n_workers,
-        "persistent_workers": n_workers > 0,  # no worker restart per epoch
-        "pin_memory": torch.cuda.is_available(),
-    }
+    kwargs = _loader_kwargs(options, workers)
     if dataset.split != "training":
         return DataLoader(dataset, shuffle=False, **kwargs)
     if options.order == "native":
-        seed = options.seed if epoch is None else int(np.random.SeedSequence([options.seed, epoch]).generate_state(1)[0])
-        generator = torch.Generator().manual_seed(seed)
+        generator = torch.Generator().manual_seed(native_epoch_seed(options.seed, epoch))
         return DataLoader(dataset, shuffle=True, generator=generator, **kwargs)
     return DataLoader(dataset, sampler=EpochOrderSampler(options, len(dataset), epoch), **kwargs)
+
+
+def run_loader(manifest: Manifest, options: PipelineOptions, *, workers: int | None = None) -> DataLoader:
+    """One training loader for a whole run: its worker processes persist across epochs (a loader
+    per epoch starts them anew, and their first decodes slow that epoch's first steps: about 2 s
+    an epoch on 2 cores). ``loader.sampler.set_epoch(e)`` picks epoch e's order: the batches
+    ``make_loader(..., epoch=e)`` gives, in every order (tests/torch/test_torch_data.py)."""
+    dataset = ManifestDataset(manifest, "training", options)
+    sampler: Sampler[int] = (NativeShuffleSampler(options.seed, len(dataset), 0) if options.order == "native"
+                             else EpochOrderSampler(options, len(dataset), 0))
+    # Its own generator for the workers' base seeds: the global RNG is left alone, as before.
+    return DataLoader(dataset, sampler=sampler, generator=torch.Generator().manual_seed(options.seed),
+                      **_loader_kwargs(options, workers))
+
+
+def bn_batches(manifest: Manifest, options: PipelineOptions, images: int) -> list[torch.Tensor]:
+    """The images of evaluation "precise-bn" (the first ``images`` of the training split in epoch
+    0's manifest order, the same on both sides), batched as ``options`` batches; the labels dropped."""
+    loader = make_loader(manifest, "training", options.replace(order="manifest"), epoch=0)
+    return [x for x, _ in itertools.islice(loader, math.ceil(images / options.batch_size))]
+
+
+def _loader_kwargs(options: PipelineOptions, workers: int | None) -> dict[str, Any]:
+    n_workers = default_workers(options) if workers is None else workers
+    return {
+        "batch_size": options.batch_size,
+        "num_workers": n_workers,
+        "persistent_workers": n_workers > 0,  # no worker restart per iteration
+        "pin_memory": torch.cuda.is_available(),
+    }
 
 
 def sequential_loader(manifest: Manifest, split: str, options: PipelineOptions) -> DataLoader:

@@ -83,6 +83,26 @@ def test_native_order_is_seeded_and_reshuffles(zoo):
     np.testing.assert_array_equal(order(td.make_loader(manifest, "training", options)), e0)  # same seed
 
 
+@pytest.mark.parametrize("order", ["native", "manifest", "fixed-batches"])
+def test_run_loader_gives_each_epoch_the_batches_of_a_fresh_loader(zoo, order):
+    """The trainer keeps one loader (persistent workers) and sets its epoch; a resumed run makes a
+    fresh loader per epoch: both must see the same images in the same batches."""
+    _, _, manifest = zoo
+    options = PipelineOptions(image_size=8, batch_size=3, order=order, seed=11)
+    index = lambda x: x.flatten(1).sum(1)  # noqa: E731  (an image's fingerprint)
+    kept = td.run_loader(manifest, options, workers=2)
+    seen = []
+    for epoch in (0, 1, 2, 1):  # back to an epoch, as a resume's fresh trainer would ask
+        kept.sampler.set_epoch(epoch)
+        got = [index(x) for x, _ in kept]
+        fresh = [index(x) for x, _ in td.make_loader(manifest, "training", options, epoch=epoch, workers=0)]
+        assert len(got) == len(fresh)
+        assert all(torch.equal(a, b) for a, b in zip(got, fresh)), f"{order}: epoch {epoch} differs"
+        seen.append(torch.cat(got))
+    assert not torch.equal(seen[0], seen[1])  # the epochs really differ (a pinned order would pass the rest)
+    assert torch.equal(seen[1], seen[3])
+
+
 def test_worker_processes_give_the_same_batches(zoo):
     _, _, manifest = zoo
     options = PipelineOptions(image_size=20, batch_size=4)
