@@ -113,20 +113,52 @@ def export(args, inputs, job_dir):
 
 
 # ---- what both Keras trainers do alike (tf_impl.train, tf_impl.keras_torch_train) -------------------
-def estimate_bn(model: keras.Model, batches: Iterable[Any]) -> None:
-    """Evaluation "precise-bn": each BN layer's moving statistics from ``batches`` (images), in
-    training mode with the current weights: momentum (k-1)/k at the k-th batch, i.e. the mean of
-    the batch means and of the biased batch variances (torch_impl does the same with 1/k)."""
+def bn_moments(model: keras.Model) -> Callable[[Any], tuple[Any, Any]]:
+    """The step of :func:`estimate_bn`: a training-mode call of ``model`` on a batch with every BN
+    layer's momentum 0, so that each layer's moving statistics become that batch's moments, then
+    all of them as two flat tensors (means, variances). Momentum is read when the call runs (or is
+    traced, so a caller may wrap this in ``tf.function``: it is traced inside estimate_bn)."""
     layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+
+    def moments(x):
+        model(x, training=True)
+        return (keras.ops.concatenate([layer.moving_mean for layer in layers]),
+                keras.ops.concatenate([layer.moving_variance for layer in layers]))
+
+    return moments
+
+
+def estimate_bn(model: keras.Model, batches: Iterable[Any],
+                moments: Callable[[Any], tuple[Any, Any]] | None = None) -> None:
+    """Evaluation "precise-bn": each BN layer's moving statistics from ``batches`` (images), in
+    training mode with the current weights: the mean of the batch means and of the biased batch
+    variances, summed in float64 (torch_impl computes the same with momentum 1/k). ``moments``:
+    :func:`bn_moments` of ``model``, as the caller keeps it (the TF trainer traces it once);
+    default a new, eager one."""
+    layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    moments = moments or bn_moments(model)
     saved = [layer.momentum for layer in layers]
+    sums: list[np.ndarray] = []
+    count = 0
     try:
-        for k, x in enumerate(batches, 1):
-            for layer in layers:
-                layer.momentum = (k - 1) / k  # read at call time (an eager call)
-            model(x, training=True)
+        for layer in layers:
+            layer.momentum = 0.0
+        for x in batches:
+            batch = [keras.ops.convert_to_numpy(t).astype(np.float64) for t in moments(x)]
+            sums = batch if not sums else [a + b for a, b in zip(sums, batch)]
+            count += 1
     finally:
         for layer, momentum in zip(layers, saved):
             layer.momentum = momentum
+    if not count:
+        return
+    means, variances = (total / count for total in sums)
+    start = 0
+    for layer in layers:
+        end = start + int(layer.moving_mean.shape[0])
+        layer.moving_mean.assign(means[start:end].astype(layer.moving_mean.dtype))
+        layer.moving_variance.assign(variances[start:end].astype(layer.moving_variance.dtype))
+        start = end
 
 
 def save_checkpoint(model: keras.Model, spec: ModelSpec, stem: Path, source: str,

@@ -109,6 +109,7 @@ class Trainer:
         self._native: tf.data.Dataset | None = None
         self._native_epochs = 0
         self._val = None
+        self._bn: tuple[list[tf.Tensor], Any] | None = None  # the precise-BN images and traced step
         if self.devices > 1:
             element_spec = self.strategy.experimental_distribute_dataset(self._dataset(0)).element_spec
         else:
@@ -171,13 +172,19 @@ class Trainer:
 
     def estimate_bn(self) -> None:
         """Evaluation "precise-bn" (``tf_impl.keras_tasks.estimate_bn``) on the configured training
-        images in manifest order."""
+        images in manifest order: decoded once, and the BN moments traced once (eager, the
+        estimate took 6 s a validation at 32 px on 2 cores; traced, under 2 s)."""
         from tf_impl.data import make_dataset
-        from tf_impl.keras_tasks import estimate_bn
+        from tf_impl.keras_tasks import bn_moments, estimate_bn
 
-        batches = math.ceil(self.config.bn_estimate_images / self.config.batch_size)
-        ds = make_dataset(self.manifest, "training", self.options.replace(order="manifest"), epoch=0)
-        estimate_bn(self.model, (x for x, _ in ds.take(batches)))
+        if self._bn is None:
+            batches = math.ceil(self.config.bn_estimate_images / self.config.batch_size)
+            ds = make_dataset(self.manifest, "training", self.options.replace(order="manifest"), epoch=0)
+            size = self.config.input_size
+            moments = tf.function(bn_moments(self.model), input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
+            self._bn = ([x for x, _ in ds.take(batches)], moments)
+        images, moments = self._bn
+        estimate_bn(self.model, images, moments)
 
     def weight_sample(self, indices: dict[str, np.ndarray]) -> np.ndarray:
         """The chaos control's per-step sample: ``indices`` are flat indices in Keras layout."""
