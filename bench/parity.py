@@ -432,14 +432,15 @@ def _ablation_table(config: ParityConfig, workers: WorkerConfig, spec: ModelSpec
 
 
 def run_record(config: ParityConfig, workers: WorkerConfig | None = None, *, out: str | os.PathLike | None = None,
-               ablation_table: bool = False, names: tuple[str, ...] | None = None) -> tuple[dict[str, Any], Path | None]:
+               ablation_table: bool = False, names: tuple[str, ...] | None = None,
+               stop_at_expected: bool = False) -> tuple[dict[str, Any], Path | None]:
     """What ``twinbench parity`` runs: :func:`run_parity`, or with ``ablation_table``
     :func:`run_ablation_table` over ``names`` (default: every ablation the checks can see); the
     record is written atomically to ``out`` when given. Returns the record and its path. Never
     raises for failing checks: read the verdict."""
 
     if ablation_table:
-        result = run_ablation_table(config, workers, names)
+        result = run_ablation_table(config, workers, names, stop_at_expected=stop_at_expected)
     else:
         result = run_parity(config, workers)
     if out is None:

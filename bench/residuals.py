@@ -1,5 +1,5 @@
 """Residual structure, framework-free: the per-unit summary both workers return, and the call
-that measures both frameworks on one batch.
+that measures both frameworks on the same validation images.
 
 The measure is ``||F(x)|| / ||shortcut(x)||`` per residual unit and per validation image, the
 norms taken over the whole (H, W, C) activation before the add. The workers'
@@ -41,6 +41,16 @@ def validation_images(args: dict[str, Any], inputs: dict[str, np.ndarray], load_
     return x
 
 
+def stage_results(framework: str, model: str, images: int, args: dict[str, Any],
+                  units: Callable[[Any], list[dict[str, Any]]]) -> dict[str, Any]:
+    """The task's result: ``units(weights)`` (:func:`unit_summaries` with those weights loaded)
+    for ``args['weights']``, or per stage of ``args['stages']`` ({stage: weights})."""
+    head = {"framework": framework, "model": model, "images": int(images)}
+    if "stages" not in args:
+        return {**head, "weights": args.get("weights"), "units": units(args.get("weights"))}
+    return {**head, "stages": {stage: {"weights": w, "units": units(w)} for stage, w in args["stages"].items()}}
+
+
 def unit_summaries(x_all: np.ndarray, unit_norms: UnitNorms, batch: int = BATCH) -> list[dict[str, Any]]:
     """:func:`summarise` of every residual unit over all of ``x_all``, fed ``batch`` images at a time."""
     blocks: dict[str, str] = {}
@@ -66,24 +76,29 @@ def summarise(name: str, block_id: str, branch: np.ndarray, shortcut: np.ndarray
             "ratios": [float(r) for r in ratio]}
 
 
-def measure(model_args: dict[str, Any], weights: dict[str, str | Path], *, x: np.ndarray | None = None,
-            images: dict[str, Any] | None = None, config: WorkerConfig | None = None,
-            job_root: Path | None = None) -> dict[str, Any]:
-    """Both frameworks' ratios; ``weights`` maps framework -> weight file (one bundle for both
-    compares the frameworks; each side's trained weights, the effect of training).
-
+def measure_stages(model_args: dict[str, Any], stages: dict[str, dict[str, str | Path]], *,
+                   x: np.ndarray | None = None, images: dict[str, Any] | None = None,
+                   config: WorkerConfig | None = None, job_root: Path | None = None) -> dict[str, dict[str, Any]]:
+    """Both frameworks' ratios for several weight sets ({stage: {framework: weight file}}, as twinbench
+    run's before and after training) with one worker per framework for all of them: one start,
+    one model build and one decode instead of one per stage. Returns {stage: {framework: result}},
+    each result {"framework", "model", "images", "weights", "units"}. One bundle for both
+    frameworks compares the frameworks; each side's trained weights, the effect of training.
     The images: ``x`` (NHWC, as the model is fed), or ``images`` = {"manifest", "data_root",
     "indices", "pipeline"}: validation images each side decodes with its own pipeline (the two
-    pipelines agree within 0.01 of 255, ``twinbench data check``).
-    """
+    agree within 0.01 of 255, ``twinbench data check``)."""
     if (x is None) == (images is None):
         raise ValueError("pass either x or images")
-    out: dict[str, Any] = {}
+    out: dict[str, dict[str, Any]] = {stage: {} for stage in stages}
     for fw in FRAMEWORKS:
-        if fw not in weights:
+        mine = {stage: str(per_fw[fw]) for stage, per_fw in stages.items() if fw in per_fw}
+        if not mine:
             continue
         job_dir = None if job_root is None else Path(job_root) / f"residuals-{fw}"
-        out[fw] = run_job(config, Job(fw, "residual_ratios", {**model_args, **(images or {}), "weights": str(weights[fw])},
-                                      arrays=None if x is None else {"x": x}, job_dir=job_dir, inputs=("weights",),
-                                      manifest="manifest")).result
+        result = run_job(config, Job(fw, "residual_ratios", {**model_args, **(images or {}), "stages": mine},
+                                     arrays=None if x is None else {"x": x}, job_dir=job_dir,
+                                     inputs=tuple(f"stages.{stage}" for stage in mine), manifest="manifest")).result
+        head = {k: v for k, v in result.items() if k != "stages"}
+        for stage, part in result["stages"].items():
+            out[stage][fw] = {**head, **part}
     return out

@@ -192,7 +192,7 @@ class Pipeline:
         names = tuple(ABLATIONS) if self.profile.ablations is None else self.profile.ablations
         # What twinbench parity --ablation-table runs: the record, written, and its path.
         result, out = run_record(config, self.workers, out=self.run_dir / "parity.json", ablation_table=True,
-                                 names=names)
+                                 names=names, stop_at_expected=self.profile.parity_stop_at_expected)
         baseline = result["results"]["baseline"] if "results" in result else result
         verdict, first = baseline["verdict"], baseline.get("first_failure")
         del result, baseline
@@ -208,6 +208,7 @@ class Pipeline:
         values = dict(framework="both", manifest=str(self.manifest_path), profile=self.profile.name,
                       out=str(self.run_dir), verify="size", model=self.model, epochs=self.args.epochs,
                       repeats=self.args.repeats or self.profile.repeats, chaos=self.profile.chaos,
+                      chaos_steps=self.profile.chaos_steps,
                       seed=self.args.seed, margin=self.args.margin, **self.worker_values())
         train_dir = trainrun.create_run_dir(self.run_dir)
         try:
@@ -245,7 +246,6 @@ class Pipeline:
                   "indices": list(range(n)),
                   "pipeline": PipelineOptions(image_size=int(config["input_size"]), decoder=config.get("decoder", "accurate"),
                                               preprocessing=config.get("preprocessing", "none")).to_dict()}
-        stages: dict[str, Any] = {}
         weights: dict[str, Any] = {}
         if init:
             weights["before"] = {fw: str(self.train_dir / init) for fw in record.frameworks}
@@ -256,15 +256,15 @@ class Pipeline:
         if not weights:
             raise CheckFailed("the training run kept no weights to measure (no init bundle, no checkpoint)")
         out = self.run_dir / "residuals.json"
-        for stage, per_fw in weights.items():
-            self.progress.say(f"residual ratios {stage} training ({', '.join(per_fw)})")
-            stages[stage] = residuals.measure(margs, per_fw, images=images, config=self.workers,
-                                              job_root=self.run_dir / "jobs" / f"residuals-{stage}")
-            envelope.write(out, envelope.record(RESIDUALS_FORMAT, RESIDUALS_VERSION, {
-                "model": self.model,
-                "images": {"count": n, "split": "validation", "input_size": config["input_size"],
-                           "manifest": str(self.manifest_path)},
-                "weights": weights, "stages": stages, "train_run": str(self.train_dir)}))
+        self.progress.say(f"residual ratios {' and '.join(weights)} training "
+                          f"({', '.join(sorted({fw for per_fw in weights.values() for fw in per_fw}))})")
+        stages = residuals.measure_stages(margs, weights, images=images, config=self.workers,
+                                          job_root=self.run_dir / "jobs" / "residuals")
+        envelope.write(out, envelope.record(RESIDUALS_FORMAT, RESIDUALS_VERSION, {
+            "model": self.model,
+            "images": {"count": n, "split": "validation", "input_size": config["input_size"],
+                       "manifest": str(self.manifest_path)},
+            "weights": weights, "stages": stages, "train_run": str(self.train_dir)}))
         return str(out)
 
     # 8

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bench.dataset import build_manifest
-from bench.residuals import measure, summarise, unit_summaries, validation_images
+from bench.residuals import measure_stages, summarise, unit_summaries, validation_images
 from bench.runner import WorkerConfig
 from bench.spec import build_spec
 from bench.weights import random_bundle
@@ -59,13 +59,24 @@ def test_validation_images_are_the_given_batch_or_the_sides_own_decoding_of_the_
 
 @pytest.mark.parametrize("model", ["resnet50", pytest.param("resnet50_c3", marks=pytest.mark.slow)])
 def test_both_frameworks_measure_the_same_ratios(tmp_path, model):
+    """Both frameworks, two weight sets in one worker each (as twinbench run's before and after):
+    the same ratios on both sides for each set, and each set its own."""
     spec = build_spec(model, 4, 64, "global")
-    path = tmp_path / "bundle.npz"
-    random_bundle(spec, seed=3).save(path)
+    paths = {stage: tmp_path / f"{stage}.npz" for stage in ("before", "after")}
+    for seed, path in enumerate(paths.values(), 3):
+        random_bundle(spec, seed=seed).save(path)
     x = np.random.default_rng(3).uniform(0, 255, (3, 64, 64, 3)).astype("float32")
     margs = {"model": model, "classes": 4, "input_size": 64, "pooling": "global"}
-    out = measure(margs, {"tf": path, "torch": path}, x=x, config=QUIET)
+    stages = measure_stages(margs, {stage: {"tf": p, "torch": p} for stage, p in paths.items()}, x=x, config=QUIET)
+    before, after = ([u["ratios"] for u in stages[s]["tf"]["units"]] for s in paths)
+    assert not np.allclose(before, after, rtol=1e-3)  # each stage measured its own weights
+    for stage in paths:
+        _check_same_ratios(spec, model, stages[stage], str(paths[stage]))
+
+
+def _check_same_ratios(spec, model, out, path):
     tf_units, torch_units = out["tf"]["units"], out["torch"]["units"]
+    assert out["tf"]["weights"] == out["torch"]["weights"] == path
     expected = 16  # 3 + 4 + 6 + 3 residual units in both models
     assert len(tf_units) == len(torch_units) == expected
     assert [u["unit"] for u in tf_units] == [u["unit"] for u in torch_units]

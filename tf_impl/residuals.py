@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from bench import spec as specs
-from bench.residuals import unit_summaries, validation_images
+from bench.residuals import stage_results, unit_summaries, validation_images
 from bench.spec import ModelSpec, spec_from_args
 from tf_impl import model as tfm
 from tf_impl import weights as tfw
@@ -51,11 +51,12 @@ def branches_model(model: keras.Model, spec: ModelSpec) -> tuple[keras.Model, li
 
 
 def residual_ratios(args: dict, inputs: dict[str, np.ndarray], job_dir: Path):
-    """Task: per residual unit, ||F(x)|| / ||shortcut(x)|| on ``inputs['x']`` for ``args['weights']``."""
+    """Task: per residual unit, ||F(x)|| / ||shortcut(x)|| on ``inputs['x']`` (or the manifest's
+    images) for ``args['weights']``, or for each weight file of ``args['stages']`` ({stage: file}:
+    one model build and one decode for all; ``bench.residuals.measure_stages``)."""
     spec = spec_from_args(args)
     model = tfm.build(spec)
-    tfw.load_into(model, spec, args.get("weights"))
-    probe, names = branches_model(model, spec)
+    probe, names = branches_model(model, spec)  # reads the layers' current weights when called
 
     def numpy_norms(x: np.ndarray) -> dict[str, tuple[str, np.ndarray, np.ndarray]]:
         norms = []
@@ -64,6 +65,9 @@ def residual_ratios(args: dict, inputs: dict[str, np.ndarray], job_dir: Path):
             norms.append(tf.norm(t, axis=1).numpy())
         return {unit: (block_id, norms[2 * k], norms[2 * k + 1]) for k, (unit, block_id) in enumerate(names)}
 
+    def units(weights):
+        tfw.load_into(model, spec, weights)
+        return unit_summaries(x_all, numpy_norms)
+
     x_all = validation_images(args, inputs, load_images)
-    return {"framework": "tf", "model": spec.name, "images": int(len(x_all)),
-            "weights": args.get("weights"), "units": unit_summaries(x_all, numpy_norms)}, None
+    return stage_results("tf", spec.name, len(x_all), args, units), None

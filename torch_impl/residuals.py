@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.residuals import unit_summaries, validation_images
+from bench.residuals import stage_results, unit_summaries, validation_images
 from bench.spec import spec_from_args
 from torch_impl import model as tm
 from torch_impl import weights as tw
@@ -48,16 +48,20 @@ def _norms(t: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def residual_ratios(args: dict, inputs: dict[str, np.ndarray], job_dir: Path):
-    """Task: per residual unit, ||F(x)|| / ||shortcut(x)|| on ``inputs['x']`` for ``args['weights']``."""
+    """Task: per residual unit, ||F(x)|| / ||shortcut(x)|| on ``inputs['x']`` (or the manifest's
+    images) for ``args['weights']``, or for each weight file of ``args['stages']`` ({stage: file}:
+    one model build and one decode for all; ``bench.residuals.measure_stages``)."""
     spec = spec_from_args(args)
     model = tm.build(spec)
-    tw.load_into(model, spec, args.get("weights"))
     model.eval()
 
     def numpy_norms(x: np.ndarray) -> dict[str, tuple[str, np.ndarray, np.ndarray]]:
         x = torch.from_numpy(np.ascontiguousarray(x)).float().permute(0, 3, 1, 2)  # NHWC -> NCHW
         return {name: (block_id, fn.numpy(), sn.numpy()) for name, (block_id, fn, sn) in unit_norms(model, x).items()}
 
+    def units(weights):
+        tw.load_into(model, spec, weights)
+        return unit_summaries(x_all, numpy_norms)
+
     x_all = validation_images(args, inputs, load_images)
-    return {"framework": "torch", "model": spec.name, "images": int(len(x_all)),
-            "weights": args.get("weights"), "units": unit_summaries(x_all, numpy_norms)}, None
+    return stage_results("torch", spec.name, len(x_all), args, units), None
