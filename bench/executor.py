@@ -18,7 +18,9 @@ writes the outputs back where the arguments said, atomically. Jobs of one ``grou
 node (a bench's rows: one machine's figures, never a mix).
 
 - ``local`` (the default): ``bench.runner.run_worker`` in a subprocess of this process, the
-  cells one after the other, exactly as before the seam existed. Ray is not imported.
+  cells one after the other, exactly as before the seam existed; with ``--parallel N``, N
+  cells at a time (each worker then gets cores/N threads; other jobs still one at a time).
+  Ray is not imported.
 - ``ray`` (``bench.ray_executor``): every cell is a Ray task that runs the same worker module in
   a subprocess on its node (one framework per process still holds), with ``num_cpus`` = the
   worker's threads; independent cells run at the same time, as many as the cluster's CPUs allow.
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -134,23 +137,59 @@ class Executor(Protocol):
 
 
 class LocalExecutor:
-    """Today's subprocesses, one cell after the other."""
+    """Subprocesses of this process: the cells one after the other, or ``slots`` at a time
+    (``--parallel``). The callbacks run one at a time (they write the records)."""
 
     name = "local"
-    concurrent = False
+
+    def __init__(self, slots: int = 1):
+        self.slots = max(1, int(slots))
+
+    @property
+    def concurrent(self) -> bool:
+        return self.slots > 1
 
     def run(self, cells: list[Cell], *, on_start: Callable[[Cell], None],
             on_done: Callable[[Cell, Outcome], None]) -> None:
+        if self.slots == 1:
+            for cell in cells:
+                on_start(cell)
+                on_done(cell, self._train(cell))
+            return
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+
+        lock = threading.Lock()
+
+        def one(cell: Cell) -> None:
+            with lock:
+                on_start(cell)
+                print(f"local: {cell.key} started ({self.slots} workers at a time)", file=sys.stderr, flush=True)
+            outcome = self._train(cell)
+            outcome.executor = {"name": self.name, "parallel": self.slots}
+            with lock:
+                print(f"local: {cell.key} ended ({'ok' if outcome.error is None else 'failed'})", file=sys.stderr,
+                      flush=True)
+                on_done(cell, outcome)
+
+        pool = ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix="twinbench-cell")
+        try:
+            for future in [pool.submit(one, cell) for cell in cells]:
+                future.result()  # a UserError (or a bug) in a cell propagates, as one after the other
+        finally:
+            # Ctrl-C or an error: the cells not started never start; running workers got the
+            # terminal's SIGINT too (or end on their own) and their threads record them.
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    @staticmethod
+    def _train(cell: Cell) -> Outcome:
         from bench.runner import run_worker
 
-        for cell in cells:
-            on_start(cell)
-            try:
-                out = run_worker(cell.framework, "train", cell.job, job_dir=cell.fw_dir / "job", config=cell.wconfig)
-            except WorkerError as exc:
-                on_done(cell, Outcome(error=exc))
-                continue
-            on_done(cell, Outcome(result=out.result))
+        try:
+            out = run_worker(cell.framework, "train", cell.job, job_dir=cell.fw_dir / "job", config=cell.wconfig)
+        except WorkerError as exc:
+            return Outcome(error=exc)
+        return Outcome(result=out.result)
 
     def call(self, job: Job, config: Any) -> Any:
         from bench.runner import run_worker
@@ -177,7 +216,7 @@ def from_args(args: argparse.Namespace) -> Executor:
                                data_root=getattr(args, "data_root", None))
     else:
         check_options(args)
-        executor = LocalExecutor()
+        executor = LocalExecutor(getattr(args, "parallel", None) or 1)
     args._executor = executor
     args._executor_owned = True  # close() closes it; one lent by a caller (twinbench run) stays open
     return executor
@@ -188,6 +227,9 @@ def check_options(args: argparse.Namespace) -> None:
     from bench.errors import UserError
 
     if (getattr(args, "executor", None) or "local") == "ray":
+        if (getattr(args, "parallel", None) or 1) > 1:
+            raise UserError(f"--parallel {args.parallel} is the local executor's; with --executor ray the cells run "
+                            f"side by side as the cluster's CPUs allow (set --threads)")
         return
     for flag, dest in (("--ray-address", "ray_address"), ("--ray-cpus", "ray_cpus")):
         if getattr(args, dest, None):

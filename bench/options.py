@@ -62,6 +62,9 @@ def add_executor_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--executor", choices=EXECUTORS, default="local",
                        help="local: worker subprocesses here, one after the other (default); ray: every worker "
                             "job a Ray task (training cells side by side as the cluster's CPUs allow)")
+    group.add_argument("--parallel", type=positive_int, default=None, metavar="N",
+                       help="(local) training workers at a time, each with cores/N threads unless --threads says "
+                            "(default 1; twinbench run: the profile's, quick 2); other jobs run one at a time")
     group.add_argument("--ray-address", default=None, metavar="ADDR",
                        help="(ray) join the running cluster at ADDR (e.g. 10.0.0.5:6379 or auto); "
                             "default: start a local one")

@@ -32,6 +32,17 @@ def _pooled_epochs(records: Sequence[Record], fw: str, key: str) -> list[float]:
     return out
 
 
+def _sharing(records: Sequence[Any], threads: Any) -> str:
+    """How the training workers shared the machine: their threads, and how many ran at a time
+    (``--parallel``: its workers' timings are taken beside each other, not on a quiet machine)."""
+    parallel = max((int(((r.doc["frameworks"].get(fw) or {}).get("executor") or {}).get("parallel") or 1)
+                    for r in records for fw in r.doc.get("frameworks") or {}), default=1)
+    if parallel == 1:
+        return ""  # one worker at a time, all its threads: the usual conditions
+    each = f"{threads} thread{'s' if threads != 1 else ''} each, " if threads else ""
+    return f", {parallel} training workers at a time ({each}--parallel)"
+
+
 def _median_iqr(values: Sequence[float], fmt: str, unit: str) -> str:
     if not values:
         return "-"
@@ -199,7 +210,8 @@ class SummarySections(SectionBuilder):
                 f"{tset.chaos['factor']:.3g}x", tset.chaos.get("summary", ""))
         speed = lambda fw: _median_iqr(_pooled_epochs(tset.records, fw, "train_throughput"), ".1f", "img/s")  # noqa: E731
         add("training throughput in fit (median of epochs 2..N over all runs)", *per_fw(speed),
-            f"{c.get('input_size')} px, batch {c.get('batch_size')}, {c.get('precision')}", arms=arms(speed))
+            f"{c.get('input_size')} px, batch {c.get('batch_size')}, {c.get('precision')}"
+            + _sharing(tset.records, c.get("threads")), arms=arms(speed))
         memory = lambda fw: (fmt_bytes(max(((r.doc["frameworks"].get(fw) or {}).get("memory") or {})  # noqa: E731
                                            .get("peak_bytes") or 0 for r in tset.records) or None)
                              + f" (n={len(tset.records)})")

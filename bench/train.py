@@ -167,8 +167,10 @@ def _train(args: argparse.Namespace, run_dir: Path | None) -> Path:
     config, sources = trainrun.resolve_config(args)
     frameworks = chosen_frameworks(args)
     if config.threads is None:
-        config.threads = os.cpu_count() or 1  # explicit, so both sides get (and record) the same number
-        sources["threads"] = "all cores"
+        # Explicit, so both sides get (and record) the same number; --parallel N shares the cores.
+        slots = getattr(executor.from_args(args), "slots", 1)
+        config.threads = max(1, (os.cpu_count() or 1) // slots)
+        sources["threads"] = "all cores" if slots == 1 else f"all cores / --parallel {slots}"
     validate_config(config)  # bad values fail here, before the manifest is even read
     manifest = trainrun.load_train_manifest(args)
     if config.classes == "auto":

@@ -20,7 +20,7 @@ import pytest
 
 from bench import nodedata, results
 from bench.dataset import load_manifest
-from bench.errors import UserError
+from bench.errors import UserError, WorkerError
 
 from tests.test_train import REPO, TINY, cli, tiny  # noqa: F401  (tiny: the 2 x 12 JPEG manifest fixture)
 
@@ -131,6 +131,70 @@ def test_ray_gives_the_local_executors_histories_bit_for_bit(tiny, tmp_path):
     # Two 1-thread cells at a time on 2 CPUs: both had started before either ended.
     lines = [line for line in remote.stderr.splitlines() if line.startswith("ray: repeat-")]
     assert [("started" in line) for line in lines[:2]] == [True, True], lines
+
+
+# ---- the local executor, N cells at a time ------------------------------------------------------------
+def test_local_parallel_runs_n_cells_at_a_time_and_one_callback_at_a_time(tmp_path, monkeypatch):
+    import threading
+    from types import SimpleNamespace
+
+    from bench import runner
+    from bench.executor import LocalExecutor
+
+    active, peak, lock = [0], [0], threading.Lock()
+
+    def fake_worker(framework, task, job, *, job_dir, config):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.2)
+        with lock:
+            active[0] -= 1
+        if job["fail"]:
+            raise WorkerError(f"{framework} worker (train) exited with code 1")
+        return SimpleNamespace(result={"status": "complete", "n": job["n"]})
+
+    monkeypatch.setattr(runner, "run_worker", fake_worker)
+    cells = [SimpleNamespace(key=f"repeat-{n}/torch", framework="torch", job={"n": n, "fail": n == 2},
+                             fw_dir=tmp_path / str(n), wconfig=None) for n in range(5)]
+    inside, overlap, done = [0], [], {}
+
+    def callback(name):
+        def call(cell, outcome=None):
+            inside[0] += 1
+            overlap.append(inside[0])
+            time.sleep(0.01)
+            if outcome is not None:
+                done[cell.key] = outcome
+            inside[0] -= 1
+        return call
+
+    LocalExecutor(2).run(cells, on_start=callback("start"), on_done=callback("done"))
+    assert peak[0] == 2  # two workers at a time, never three
+    assert max(overlap) == 1  # the callbacks (they write the records) never overlap
+    assert sorted(done) == [c.key for c in cells]
+    assert done["repeat-2/torch"].error is not None and done["repeat-1/torch"].result["n"] == 1
+    assert all(o.executor == {"name": "local", "parallel": 2} for o in done.values())
+    assert LocalExecutor(2).concurrent and not LocalExecutor().concurrent
+
+
+def test_parallel_is_the_local_executors_option():
+    out = cli("train", "--executor", "ray", "--parallel", "2", "--manifest", "nowhere.json")
+    assert out.returncode == 2 and "--parallel 2 is the local executor's" in out.stderr
+
+
+@pytest.mark.slow
+def test_local_parallel_gives_the_one_at_a_time_histories_bit_for_bit(tiny, tmp_path):
+    one = cli(*SWEEP, "--manifest", str(tiny), "--repeats", "2", "--out", str(tmp_path / "one"), "--quiet")
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = cli(*SWEEP, "--manifest", str(tiny), "--repeats", "2", "--parallel", "2", "--out", str(tmp_path / "two"),
+              "--quiet")
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = _set_dir(tmp_path / "one"), _set_dir(tmp_path / "two")
+    assert _histories(a, 2) == _histories(b, 2)  # --threads 1 both ways, deterministic torch: bit-identical
+    lines = [line for line in two.stderr.splitlines() if line.startswith("local: repeat-")]
+    assert [("started" in line) for line in lines[:2]] == [True, True], lines  # side by side
+    assert results.load_record(b / "repeat-1").framework("torch")["executor"] == {"name": "local", "parallel": 2}
 
 
 # ---- faults -------------------------------------------------------------------------------------------
