@@ -188,14 +188,18 @@ def _run_repeats_together(set_dir: Path, plan: SetPlan, config, sources, framewo
                 run = trainrun.prepare_run(repeat_config(config, i), sources, frameworks, manifest, run_dir, args,
                                            repeat=repeat, trace=trace)
             prepared.append((i, run))
+        chaos_run = _prepare_chaos_beside(set_dir, plan, config, sources, manifest, args, stack,
+                                          trace_steps=trace_steps, chaos_in_repeat=chaos_in_repeat)
         write_set_record(set_dir, plan)
         cells = [cell for _, run in prepared for cell in trainrun.plan_cells(run)]
+        if chaos_run is not None:
+            cells += trainrun.plan_cells(chaos_run)
         print(f"{len(cells)} cell(s) to train on {executors.from_args(args).name}", file=sys.stderr, flush=True)
         try:
             interrupted = trainrun.run_cells(executors.from_args(args), cells)
         finally:
             write_set_record(set_dir, plan)
-        for i, run in prepared:
+        for i, run in prepared + ([(None, chaos_run)] if chaos_run is not None else []):
             trainrun.settle_record(run.record, interrupted=interrupted)
         write_set_record(set_dir, plan)
         if interrupted:
@@ -206,6 +210,27 @@ def _run_repeats_together(set_dir: Path, plan: SetPlan, config, sources, framewo
             except CheckFailed as exc:  # a stopped or failed repeat: recorded, the set goes on
                 problems.append(f"repeat {i}: {exc}")
     return problems
+
+
+def _prepare_chaos_beside(set_dir: Path, plan: SetPlan, config, sources, manifest, args, stack, *,
+                          trace_steps: int, chaos_in_repeat: bool) -> "trainrun.PreparedRun | None":
+    """The chaos control's 1-ulp torch run, prepared to train beside the repeats (its bundle is
+    repeat 0's, moved one ulp): None when repeat 0 is not the pair it needs, or it is done.
+    ``run_chaos`` then finds it trained and writes chaos.json."""
+    if not (plan.chaos and chaos_in_repeat):
+        return None
+    cconfig = _chaos_config(plan, config, manifest)
+    ulp_dir, bundle = _ulp_run(set_dir, set_dir / repeat_dir_name(0))
+    if _finished(ulp_dir, cconfig.epochs):
+        return None
+    _say_ulp(bundle, ", beside the repeats")
+    stack.enter_context(trainrun.RunLock(ulp_dir))
+    if (ulp_dir / trainrun.CONFIG_NAME).is_file():
+        run = trainrun.prepare_resume(ulp_dir, _resume_args(args, ulp_dir))
+        stack.callback(run.release)
+        return run
+    return trainrun.prepare_run(cconfig, sources, ["torch"], manifest, ulp_dir, args, kind="chaos",
+                                init_bundle=bundle, trace={"steps": trace_steps})
 
 
 def _finished(run_dir: Path, epochs: int) -> bool:
@@ -237,10 +262,7 @@ def run_chaos(set_dir: Path, plan: SetPlan, config, sources, manifest, args, *, 
     chaos_dir = set_dir / CHAOS_DIR
     chaos_dir.mkdir(exist_ok=True)
     trace = {"steps": plan.chaos_steps or 10**9}
-    cconfig = dataclasses.replace(config, order="manifest")
-    if plan.chaos_steps:  # the cheap form: only as many epochs as the traced steps need
-        steps_per_epoch = -(-int(manifest.info()["counts"]["training"]) // config.batch_size)
-        cconfig = dataclasses.replace(cconfig, epochs=min(config.epochs, -(-plan.chaos_steps // steps_per_epoch)))
+    cconfig = _chaos_config(plan, config, manifest)
     runs: dict[str, Path] = {}
     if in_repeat:
         pair_dir = set_dir / repeat_dir_name(0)
@@ -254,17 +276,15 @@ def run_chaos(set_dir: Path, plan: SetPlan, config, sources, manifest, args, *, 
             else:
                 trainrun.start_run(cconfig, sources, ["tf", "torch"], manifest, pair_dir, args, kind="chaos", trace=trace)
         runs.update({"tf": pair_dir / "tf", "torch": pair_dir / "torch"})
-    ulp_dir = chaos_dir / "ulp"
-    ulp_dir.mkdir(exist_ok=True)
-    bundle = chaos_dir / "init-1ulp.npz"
-    if not bundle.is_file():
-        chaos.perturb_bundle(pair_dir / "init.npz", bundle)
-    print(f"chaos control: torch from {bundle.name} (every weight + 1 ulp), manifest order", file=sys.stderr,
-          flush=True)
+    ulp_dir, bundle = _ulp_run(set_dir, pair_dir)
     with trainrun.RunLock(ulp_dir):
-        if (ulp_dir / trainrun.CONFIG_NAME).is_file():
+        if _finished(ulp_dir, cconfig.epochs):
+            pass  # trained beside the repeats (a concurrent executor: bench.repeats._run_repeats_together)
+        elif (ulp_dir / trainrun.CONFIG_NAME).is_file():
+            _say_ulp(bundle)
             trainrun.resume_one(ulp_dir, _resume_args(args, ulp_dir))
         else:
+            _say_ulp(bundle)
             trainrun.start_run(cconfig, sources, ["torch"], manifest, ulp_dir, args, kind="chaos",
                                init_bundle=bundle, trace=trace)
     runs["torch-1ulp"] = ulp_dir / "torch"
@@ -278,6 +298,34 @@ def run_chaos(set_dir: Path, plan: SetPlan, config, sources, manifest, args, *, 
     envelope.write(set_dir / CHAOS_NAME, doc)
     print(f"chaos control: {result.get('summary') or result.get('message')}", file=sys.stderr, flush=True)
     return doc
+
+
+def _chaos_config(plan: SetPlan, config, manifest):
+    """The chaos runs' config: manifest order, and in the cheap form only as many epochs as the
+    traced steps need."""
+    cconfig = dataclasses.replace(config, order="manifest")
+    if plan.chaos_steps:
+        steps_per_epoch = -(-int(manifest.info()["counts"]["training"]) // config.batch_size)
+        cconfig = dataclasses.replace(cconfig, epochs=min(config.epochs, -(-plan.chaos_steps // steps_per_epoch)))
+    return cconfig
+
+
+def _ulp_run(set_dir: Path, pair_dir: Path) -> tuple[Path, Path]:
+    """The 1-ulp run's directory and its starting bundle (written from the pair's, once)."""
+    from bench import chaos
+
+    chaos_dir = set_dir / CHAOS_DIR
+    ulp_dir = chaos_dir / "ulp"
+    ulp_dir.mkdir(parents=True, exist_ok=True)
+    bundle = chaos_dir / "init-1ulp.npz"
+    if not bundle.is_file():
+        chaos.perturb_bundle(pair_dir / "init.npz", bundle)
+    return ulp_dir, bundle
+
+
+def _say_ulp(bundle: Path, where: str = "") -> None:
+    print(f"chaos control: torch from {bundle.name} (every weight + 1 ulp), manifest order{where}", file=sys.stderr,
+          flush=True)
 
 
 def write_set_record(set_dir: Path, plan: SetPlan) -> dict[str, Any]:

@@ -571,13 +571,19 @@ def test_peak_rss_is_the_workers_own_not_its_parents():
 
 # ---- repeats, statistics and the chaos control -----------------------------------------------------
 @pytest.mark.slow  # 5 worker runs, ~3 min on 2 cores: keeps make test within its 15 minutes
-def test_repeats_pair_seeds_and_the_chaos_control(tiny, tmp_path):
+@pytest.mark.parametrize("parallel", [1, 2], ids=["one-at-a-time", "parallel-2"])
+def test_repeats_pair_seeds_and_the_chaos_control(tiny, tmp_path, parallel):
     from bench.weights import WeightBundle
 
     out = cli("train", "--manifest", str(tiny), *TINY, "--epochs", "1", "--repeats", "2", "--chaos",
-              "--order", "manifest", "--quiet", "--out", str(tmp_path))
+              "--order", "manifest", "--quiet", "--out", str(tmp_path), "--parallel", str(parallel))
     assert out.returncode == 0, out.stderr[-3000:]
     set_dir = next(tmp_path.glob("train-*"))
+    # --parallel 2: the 1-ulp run trains beside the repeats (one cell list), 1 thread a worker
+    assert ("manifest order, beside the repeats" in out.stderr) == (parallel > 1)
+    ulp_run = results.load_record(set_dir / "chaos" / "ulp").frameworks["torch"]
+    assert (ulp_run.get("executor") or {}).get("parallel", 1) == parallel and ulp_run["status"] == "complete"
+    assert results.load_record(set_dir / "repeat-0").config["threads"] == (os.cpu_count() or 1) // parallel
     doc = json.loads((set_dir / "repeats.json").read_text())
     assert doc["format"] == "twinbench.repeats" and [r["index"] for r in doc["repeats"]] == [0, 1]
     assert [r["status"] for r in doc["repeats"]] == ["complete", "complete"]
