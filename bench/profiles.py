@@ -108,6 +108,7 @@ class Profile:
     repeats: int = 1  # training runs per framework in twinbench run (twinbench train --repeats)
     chaos: bool = False  # the chaos control in twinbench run (twinbench train --chaos)
     chaos_steps: int | None = None  # steps it traces (twinbench train --chaos-steps; None: the whole run)
+    parallel: int = 1  # training workers at a time in twinbench run (--parallel; the local executor)
     parity_stop_at_expected: bool = False  # each parity ablation runs only the checks up to the one it must fail
     parity_model: dict[str, Any] = field(default_factory=lambda: dict(PARITY_MODEL_ARGS))
     residual_images: int = RESIDUAL_IMAGES
@@ -136,7 +137,10 @@ PROFILES = {
                       "residuals": 15, "report": 5}, repeats=3, chaos=True,
                      # The cheap chaos control: one epoch on the demo (29 steps at batch 16); its factor reads
                      # steps 1-10, the rest shows the saturation. Saves 3 of the 1-ulp run's 4 epochs.
-                     chaos_steps=29, parity_stop_at_expected=True),
+                     chaos_steps=29, parity_stop_at_expected=True,
+                     # Two training workers at a time, 1 thread each: at 32 px a step on 1 thread takes 1.6x (TF)
+                     # and 1.8x (torch) its 2-thread time, and tracing, validation and checkpoints overlap.
+                     parallel=2),
     # The seed: 224 px, 50 epochs, batch 8, the seed's 1000-way head; the bench at the seed's
     # conditions (batch 8, 224 px, fp32 and bf16, NHWC, eager; the full matrix is twinbench bench).
     "seed": Profile("seed", TrainConfig,

@@ -400,6 +400,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     steps = [s for s in STEPS if s not in set(args.skip)]
     if args.report and Path(args.report).exists() and not Path(args.report).is_dir():
         raise UserError(f"--report {args.report} exists and is not a folder")
+    if args.parallel is None and (args.executor or "local") == "local":
+        args.parallel = profile.parallel  # training cells side by side (its executor is made with the pipeline)
     run_dir = create_run_dir(Path(args.out))
     session = Session(run_dir, run_dir.name, profile.name, args.model, ["twinbench", *sys.argv[1:]])
     for name in STEPS:
