@@ -133,7 +133,7 @@ PROFILES = {
                       "pooling": "global", "warmup": 2, "repeats": 5, "steps": 2, "memory_steps": 2,
                       "peak_size": 1024},
                      ("accurate",), ("bn-eps", "bn-momentum", "adam-eps", "decoder"),
-                     {"data": 5, "manifest": 5, "datacheck": 10, "parity": 100, "train": 420, "bench": 85,
+                     {"data": 5, "manifest": 5, "datacheck": 10, "parity": 100, "train": 320, "bench": 85,
                       "residuals": 15, "report": 5}, repeats=3, chaos=True,
                      # The cheap chaos control: one epoch on the demo (29 steps at batch 16); its factor reads
                      # steps 1-10, the rest shows the saturation. Saves 3 of the 1-ulp run's 4 epochs.
