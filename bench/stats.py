@@ -119,8 +119,14 @@ def paired(reference: Sequence[float], other: Sequence[float], margin: float | N
     if not judged:
         return out
     out["tost"] = tost(d, margin)
+    # TOST at alpha is the (1 - 2 alpha) interval inside the margin: shown beside an "equivalent",
+    # whose 95% interval may reach past the margin (n=3: -0.3 [-6.6, +6.1], TOST p 0.043).
+    low90, high90 = test.confidence_interval(1 - 2 * alpha)
+    out["tost"]["ci"] = [float(low90), float(high90)]
+    out["tost"]["confidence"] = 1 - 2 * alpha
     if out["tost"]["p"] < alpha:
-        out["verdict"] = _verdict("equivalent", f"within ±{margin:g}: TOST p={out['tost']['p']:.3g}")
+        out["verdict"] = _verdict("equivalent", f"within ±{margin:g}: TOST p={out['tost']['p']:.3g}, its "
+                                                f"{1 - 2 * alpha:.0%} CI [{low90:+.1f}, {high90:+.1f}] inside the margin")
     elif test.pvalue < alpha:
         out["verdict"] = _verdict("different", f"paired t-test p={test.pvalue:.3g}")
     else:

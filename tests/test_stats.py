@@ -49,6 +49,21 @@ def test_equal_samples_are_equivalent():
     assert out["verdict"]["word"] == "equivalent" and out["tost"]["p"] < 0.05
 
 
+def test_an_equivalent_verdict_shows_the_tosts_own_interval():
+    """TOST at alpha 0.05 is the 90% interval inside the margin; the 95% one may reach past it.
+    This session's seed-200 run (n=3): -0.3 points, 95% CI [-6.6, +6.1], TOST p 0.043."""
+    tf, torch = np.array([68, 62, 71]) / 113 * 100, np.array([70, 64, 68]) / 113 * 100  # of 113 images
+    out = stats.paired(tf, torch, margin=5.0)
+    ci90 = st.ttest_rel(tf, torch).confidence_interval(0.90)
+    assert out["tost"]["ci"] == pytest.approx([ci90.low, ci90.high])
+    assert out["verdict"]["word"] == "equivalent" and out["tost"]["p"] == pytest.approx(0.0429, abs=1e-4)
+    assert -5 < out["tost"]["ci"][0] and out["tost"]["ci"][1] < 5  # the duality the verdict rests on
+    assert out["ci_t"][0] < -5  # ... while the 95% interval reaches past the margin
+    assert "90% CI [-4.6, +4.0] inside the margin" in out["verdict"]["why"]
+    noisy = stats.paired([60.2, 54.9, 62.8], [61.9, 50.6, 66.2], margin=5.0)
+    assert noisy["verdict"]["word"] == "inconclusive" and not (-5 < noisy["tost"]["ci"][0] < noisy["tost"]["ci"][1] < 5)
+
+
 def test_shifted_samples_are_different():
     rng = np.random.default_rng(1)
     a = 85 + rng.normal(0, 1.0, 6)
