@@ -107,7 +107,7 @@ class TrainingSections(SectionBuilder):
         """The accuracy table with spread, the paired differences with their CIs and verdict, the
         noise floor, and the chaos control."""
         from bench import figures
-        from bench.stats import METRICS, fmt_ci
+        from bench.stats import METRICS, fmt_ci, fmt_sources
 
         stats = tset.stats
         rows = []
@@ -144,6 +144,13 @@ class TrainingSections(SectionBuilder):
                     f"{fmt_num(abs(gap) if gap is not None else None, '.1f')} points; the seed-to-seed standard "
                     f"deviation within each framework is {floor} points. Verdict: **{pair['verdict']['word']}** "
                     f"({pair['verdict']['why']}).")
+        sources = stats.get("spread_sources") or {}
+        if sources:
+            s.p("Where each framework's spread comes from (the variance of its per-seed accuracy split exactly into "
+                "the images' own variances and their covariances, from each run's final predictions): "
+                + "; ".join(fmt_sources(FRAMEWORK_LABELS.get(fw, fw), src) for fw, src in sources.items())
+                + ". The image-by-image part is what this validation set shows even if every run were equally "
+                  "good: the spread cannot fall below it unless the runs come to agree on which images they get right.")
         chaos = tset.chaos
         if chaos and chaos.get("status") == "complete":
             wd, loss = chaos["weight_distance"], chaos["loss"]

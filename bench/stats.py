@@ -9,6 +9,9 @@ Every test is scipy's (``scipy.stats``); nothing here computes a distribution by
 - Equivalence: TOST, two one-sided ``ttest_1samp`` tests of the differences against -margin and
   +margin; p is the larger of the two.
 - Difference: the paired t-test (``ttest_rel``), two-sided.
+- Where a framework's spread comes from (:func:`spread_sources`): the variance of the per-seed
+  accuracy split, exactly, into the images' own variances (the runs disagreeing image by image)
+  and the covariances between images (whole runs better or worse), from each run's predictions.
 - Verdict: ``equivalent`` when TOST rejects at alpha (the 90% interval lies inside the margin);
   else ``different`` when the paired t-test rejects; else ``inconclusive``, with the number of
   repeats the observed spread needs for TOST to decide (or a note that the observed difference
@@ -59,6 +62,28 @@ def describe(values: Sequence[float]) -> dict[str, Any]:
         return {"n": 0, "mean": None, "std": None, "min": None, "max": None, "values": []}
     return {"n": n, "mean": float(x.mean()), "std": float(x.std(ddof=1)) if n > 1 else None,
             "min": float(x.min()), "max": float(x.max()), "values": x.tolist()}
+
+
+def spread_sources(correct: Any) -> dict[str, Any]:
+    """Where the seed-to-seed variance of an accuracy comes from. ``correct``: repeats x images,
+    1 where a run got the image right.
+
+    The accuracy of run s is the mean of its row, so its sample variance over the runs is exactly
+    1'C1 / n^2 for C the images' covariance matrix (``numpy.cov``, n - 1): the diagonal (each image
+    right in some runs and wrong in others: what an n-image validation set shows even if every run
+    were equally good) plus the off-diagonal (images moving together: whole runs better or worse).
+    In percentage points; the parts add up as variances, and the second may be negative."""
+    c = np.asarray(correct, dtype=np.float64)
+    if c.ndim != 2 or c.shape[0] < 2 or c.shape[1] < 1:
+        raise ValueError(f"need at least 2 runs of at least 1 image, got shape {c.shape}")
+    runs, images = c.shape
+    cov = np.atleast_2d(np.cov(c, rowvar=False)) * 1e4 / images**2
+    total, per_image = float(cov.sum()), float(np.trace(cov))
+    always, never = int((c.min(axis=0) == 1).sum()), int((c.max(axis=0) == 0).sum())
+    return {"runs": runs, "images": images, "variance": total, "std": math.sqrt(max(total, 0.0)),
+            "per_image_variance": per_image, "per_image_std": math.sqrt(per_image),
+            "between_images_variance": total - per_image,
+            "always_right": always, "never_right": never, "mixed": images - always - never}
 
 
 def tost(diffs: Sequence[float], margin: float) -> dict[str, Any]:
@@ -180,6 +205,7 @@ def compare_repeats(records: Iterable[dict[str, Any]], *, margin: float, alpha: 
     per_fw = {fw: {m: describe([v for i in indices if (v := value(i, fw, m)) is not None]) for m in METRICS}
               for fw in frameworks}
     excluded = {fw: [i for i in indices if value(i, fw, "val_accuracy") is None] for fw in frameworks}
+    sources = {fw: src for fw in frameworks if (src := _sources(by_index, indices, fw)) is not None}
     pairs = {}
     # Each arm against the original, then against every arm before it (keras-torch vs our port too).
     for ref, fw in itertools.combinations(frameworks, 2):
@@ -196,10 +222,37 @@ def compare_repeats(records: Iterable[dict[str, Any]], *, margin: float, alpha: 
     return {"n_repeats": len(indices), "frameworks": frameworks, "margin": margin, "alpha": alpha,
             "metric": METRICS["val_accuracy"][0], "orders": orders,
             "comparison": "; ".join(ORDER_MEANING.get(o, o) for o in orders),
-            "per_framework": per_fw, "excluded": excluded, "pairs": pairs,
+            "per_framework": per_fw, "excluded": excluded, "pairs": pairs, "spread_sources": sources,
             "method": "paired by seed; t CI and paired t-test: scipy.stats.ttest_rel; TOST: two "
                       "scipy.stats.ttest_1samp; bootstrap: scipy.stats.bootstrap (BCa) when there are at "
                       f"least {BOOTSTRAP_MIN_N} pairs"}
+
+
+def _sources(by_index: dict[int, dict[str, Any]], indices: list[int], fw: str) -> dict[str, Any] | None:
+    """:func:`spread_sources` of ``fw``'s final predictions over the complete repeats (None when
+    fewer than 2 record them for the same validation images)."""
+    rows, paths = [], None
+    for i in indices:
+        run = by_index[i].get("frameworks", {}).get(fw) or {}
+        pred = run.get("predictions") or {}
+        if run.get("status") != "complete" or not pred.get("predicted"):
+            continue
+        if paths is None:
+            paths = pred.get("paths")
+        if pred.get("paths") != paths or len(pred["predicted"]) != len(pred.get("labels", [])):
+            return None
+        rows.append(np.asarray(pred["predicted"]) == np.asarray(pred["labels"]))
+    return spread_sources(rows) if len(rows) >= 2 else None
+
+
+def fmt_sources(fw: str, src: dict[str, Any]) -> str:
+    """One line: how much of a framework's spread the runs' image-by-image disagreement explains."""
+    between = src["between_images_variance"]
+    whole = f"{math.sqrt(between):.1f}" if between >= 0 else "none (the images' covariances sum below 0)"
+    return (f"{fw}: std {src['std']:.1f} over {src['runs']} runs; image-by-image disagreement alone "
+            f"{src['per_image_std']:.1f} ({src['mixed']} of {src['images']} validation images right in some runs "
+            f"and wrong in others, {src['always_right']} always right, {src['never_right']} never), whole-run "
+            f"shifts {whole} (variances {src['per_image_variance']:.1f} + {between:.1f})")
 
 
 def fmt_spread(d: dict[str, Any], unit: str = "%", digits: int = 1) -> str:
@@ -227,6 +280,8 @@ def format_verdicts(statistics: dict[str, Any]) -> str:
              f"{statistics.get('comparison', '')}"]
     for fw, metrics in statistics.get("per_framework", {}).items():
         lines.append(f"  {fw:<8} {fmt_spread(metrics['val_accuracy'])}")
+    for fw, src in statistics.get("spread_sources", {}).items():
+        lines.append("  spread " + fmt_sources(fw, src))
     for name, pair in statistics.get("pairs", {}).items():
         m = pair["val_accuracy"]
         diff = m["diff"]

@@ -96,6 +96,11 @@ def test_conditions_of_a_repeated_set_name_every_seed(tmp_path):
     training = next(line for line in summary.splitlines() if line.startswith("| training |"))
     assert "seeds 123..125 (3 repeats, run i at seed + i)" in training, training
     assert "n=3" in summary
+    # Three copies of one run: the same images right every time, so no part of a spread to split.
+    md = (tmp_path / "out" / "report.md").read_text()
+    n = len(doc["frameworks"]["torch"]["predictions"]["labels"])
+    assert "Where each framework's spread comes from" in md
+    assert f"PyTorch: std 0.0 over 3 runs; image-by-image disagreement alone 0.0 (0 of {n} validation images" in md
 
 
 def test_parity_section_lists_the_ablations(full):

@@ -168,3 +168,52 @@ def test_quartiles_match_numpy_and_pytest_benchmark(n):
     assert iqr(values, "pytest-benchmark") == pytest.approx(pb.iqr, rel=1e-12)
     with pytest.raises(ValueError, match="quartile method"):
         quartiles(values, "nearest")
+
+
+def test_spread_sources_split_the_accuracy_variance_exactly():
+    """The per-seed accuracy's sample variance is the images' variances plus their covariances."""
+    rng = np.random.default_rng(7)
+    correct = rng.random((5, 113)) < rng.random(113)  # images of every difficulty
+    out = stats.spread_sources(correct)
+    acc = correct.mean(axis=1) * 100
+    assert out["variance"] == pytest.approx(acc.var(ddof=1), rel=1e-12)
+    assert out["per_image_variance"] == pytest.approx(correct.var(axis=0, ddof=1).sum() / 113**2 * 1e4, rel=1e-12)
+    assert out["per_image_variance"] + out["between_images_variance"] == pytest.approx(out["variance"], rel=1e-12)
+    mixed = (correct.min(axis=0) != correct.max(axis=0)).sum()
+    assert (out["mixed"], out["always_right"] + out["never_right"]) == (mixed, 113 - mixed)
+
+
+def test_spread_sources_on_constructed_runs():
+    # Every run equally good, on different images: no spread, all of the per-image part cancelled.
+    equal = np.array([[1, 0, 1, 0], [0, 1, 0, 1], [1, 1, 0, 0], [0, 0, 1, 1]])
+    out = stats.spread_sources(equal)
+    assert out["variance"] == pytest.approx(0, abs=1e-9) and out["per_image_variance"] > 0
+    assert out["between_images_variance"] == pytest.approx(-out["per_image_variance"])
+    assert "none (the images' covariances sum below 0)" in stats.fmt_sources("tf", out)
+    # The same images right in every run: nothing to split.
+    same = stats.spread_sources(np.array([[1, 1, 0, 0]] * 3))
+    assert same["variance"] == same["per_image_variance"] == 0 and same["mixed"] == 0
+    # Nested runs (run k gets the k easiest images right): whole runs better or worse.
+    nested = stats.spread_sources(np.tril(np.ones((4, 4)))[:, ::-1][::-1])
+    assert nested["between_images_variance"] > 0 and nested["variance"] > nested["per_image_variance"] > 0
+    with pytest.raises(ValueError, match="at least 2 runs"):
+        stats.spread_sources(np.ones((1, 5)))
+
+
+def test_compare_repeats_splits_each_frameworks_spread_from_its_predictions():
+    labels = [0, 1, 2, 3, 0, 1]
+    rights = {"tf": [[1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 1], [1, 1, 1, 1, 0, 0]],
+              "torch": [[1, 0, 1, 0, 1, 0], [1, 1, 1, 1, 1, 0], [0, 0, 1, 0, 1, 0]]}
+    records = []
+    for i in range(3):
+        doc = _record(i, 50, 50)
+        for fw, runs in rights.items():
+            predicted = [lab if ok else (lab + 1) % 4 for lab, ok in zip(labels, runs[i])]
+            doc["frameworks"][fw]["predictions"] = {"paths": [f"v/{k}.jpg" for k in range(6)], "labels": labels,
+                                                    "predicted": predicted}
+        records.append(doc)
+    out = stats.compare_repeats(records, margin=5.0)
+    for fw, runs in rights.items():
+        assert out["spread_sources"][fw] == stats.spread_sources(np.array(runs))
+    records[2]["frameworks"]["torch"]["predictions"]["paths"][0] = "other.jpg"  # another validation set
+    assert set(stats.compare_repeats(records, margin=5.0)["spread_sources"]) == {"tf"}
