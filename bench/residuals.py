@@ -43,12 +43,12 @@ def validation_images(args: dict[str, Any], inputs: dict[str, np.ndarray], load_
 
 def stage_results(framework: str, model: str, images: int, args: dict[str, Any],
                   units: Callable[[Any], list[dict[str, Any]]]) -> dict[str, Any]:
-    """The task's result: ``units(weights)`` (:func:`unit_summaries` with those weights loaded)
-    for ``args['weights']``, or per stage of ``args['stages']`` ({stage: weights})."""
-    head = {"framework": framework, "model": model, "images": int(images)}
-    if "stages" not in args:
-        return {**head, "weights": args.get("weights"), "units": units(args.get("weights"))}
-    return {**head, "stages": {stage: {"weights": w, "units": units(w)} for stage, w in args["stages"].items()}}
+    """The task's result: per stage of ``args['stages']`` ({stage: weights}), ``units(weights)``
+    (:func:`unit_summaries` with those weights loaded)."""
+    if not args.get("stages"):
+        raise ValueError("residual_ratios needs 'stages': {stage: weight file}")
+    return {"framework": framework, "model": model, "images": int(images),
+            "stages": {stage: {"weights": w, "units": units(w)} for stage, w in args["stages"].items()}}
 
 
 def unit_summaries(x_all: np.ndarray, unit_norms: UnitNorms, batch: int = BATCH) -> list[dict[str, Any]]:

@@ -315,15 +315,15 @@ def test_a_job_runs_on_a_node_from_what_its_task_carries(tiny, tmp_path, monkeyp
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
 
     images = {"manifest": str(tiny), "indices": [0, 1], "pipeline": {"image_size": 32}}
-    job = Job("torch", "residual_ratios", {**MARGS, **images, "weights": str(local_out)}, inputs=("weights",),
-              manifest="manifest")
+    job = Job("torch", "residual_ratios", {**MARGS, **images, "stages": {"init": str(local_out)}},
+              inputs=("stages.init",), manifest="manifest")
     here = LocalExecutor().call(job, config).result
     fetched = []
     there = run_job_here(job_spec(job, config, key="job-2/residual_ratios/torch", data_root=None,
                                   job_dir=tmp_path / "j2"), None,
                          node="n" * 56, attempt=1, fetch=lambda: fetched.append(1) or nodedata.pack_images(manifest))
     assert fetched == [1] and (tmp_path / "cache" / manifest.fingerprint[:32] / nodedata.COMPLETE_NAME).is_file()
-    assert there["result"] == here and here["weights"] == str(local_out)
+    assert there["result"] == here and here["stages"]["init"]["weights"] == str(local_out)
 
     # A node whose copy differs refuses before any worker starts, naming the file.
     victim = tmp_path / "cache" / manifest.fingerprint[:32] / manifest.files[0].path

@@ -49,7 +49,7 @@ def _norms(t: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def residual_ratios(args: dict, inputs: dict[str, np.ndarray], job_dir: Path):
     """Task: per residual unit, ||F(x)|| / ||shortcut(x)|| on ``inputs['x']`` (or the manifest's
-    images) for ``args['weights']``, or for each weight file of ``args['stages']`` ({stage: file}:
+    images) for each weight file of ``args['stages']`` ({stage: file}:
     one model build and one decode for all; ``bench.residuals.measure_stages``)."""
     spec = spec_from_args(args)
     model = tm.build(spec)
