@@ -23,7 +23,7 @@ from bench.frameworks import ARMS, FRAMEWORKS, KERAS_TORCH
 from bench.results import RECORD_NAME
 from bench.options import add_executor_options, add_model_options, add_worker_options, csv_choices, positive_int
 from bench.schedule import SCHEDULES
-from bench.profiles import PROFILES, QuickProfile
+from bench.profiles import PROFILES, QuickProfile, SteadyProfile
 from bench.training import EVALUATIONS, INITS, OPTIMIZERS, PRECISIONS, validate_config
 
 
@@ -67,7 +67,9 @@ def register(sub) -> None:
                     "Profiles: seed (224 px, batch 8, 50 epochs, the 1000-way head, raw pixels: the seed "
                     f"exactly) and quick ({QuickProfile.input_size} px, batch {QuickProfile.batch_size}, global pooling, the "
                     f"manifest's classes, {QuickProfile.epochs} epochs, caffe inputs, manifest order, the "
-                    "second half's weights averaged for validation, with precise BN statistics; docs/profiles.md). Every "
+                    "second half's weights averaged for validation, with precise BN statistics) and steady (quick at "
+                    f"{SteadyProfile.input_size} px for {SteadyProfile.epochs} epochs, the last third averaged: a spread "
+                    "within about 3 points; docs/profiles.md). Every "
                     "setting below overrides the profile; the resolved config is saved with the results.")
     p.add_argument("--framework", choices=("tf", "torch", "both"), default=None,
                    help="which side(s) to train (default both); shorthand for --frameworks")

@@ -657,3 +657,18 @@ def test_seed_profile_is_the_seed_and_quick_measures_learning():
     quick = profiles.QuickProfile()
     assert quick.evaluation == "swa" and quick.order == "manifest" and quick.classes == "auto"
     assert quick.average_from is None and quick.average_every == 5  # epochs 3-4 of 4, every 5th step
+
+
+def test_steady_is_quick_trained_to_its_plateau():
+    """The steady profile changes only size, epochs and the averaging window; every step but training is quick's."""
+    quick, steady = profiles.QuickProfile(), profiles.SteadyProfile()
+    changed = {f.name for f in dataclasses.fields(quick) if getattr(quick, f.name) != getattr(steady, f.name)}
+    assert changed == {"input_size", "epochs", "average_from"}
+    assert (steady.input_size, steady.epochs, steady.average_from) == (64, 12, 9)
+    assert profiles.evaluation_text(dataclasses.asdict(steady)).startswith("swa (weights averaged over epochs 9-12,")
+    training.validate_config(dataclasses.replace(steady, classes=4))
+    q, s = profiles.PROFILES["quick"], profiles.PROFILES["steady"]
+    for step in ("bench", "datacheck_decoders", "ablations", "repeats", "chaos", "chaos_steps", "parallel",
+                 "parity_stop_at_expected", "parity_model", "residual_images"):
+        assert getattr(s, step) == getattr(q, step), step
+    assert s.budget_s["train"] > q.budget_s["train"] and s.input_size == 64
