@@ -149,8 +149,9 @@ class TrainingSections(SectionBuilder):
             s.p("Where each framework's spread comes from (the variance of its per-seed accuracy split exactly into "
                 "the images' own variances and their covariances, from each run's final predictions): "
                 + "; ".join(fmt_sources(FRAMEWORK_LABELS.get(fw, fw), src) for fw, src in sources.items())
-                + ". The image-by-image part is what this validation set shows even if every run were equally "
-                  "good: the spread cannot fall below it unless the runs come to agree on which images they get right.")
+                + ". The image-by-image part is the spread this validation set would show even if every run were "
+                  "equally good; runs that agree on which images they get right bring it down (below it, the images' "
+                  "covariances are negative: runs that gain some images lose others).")
         chaos = tset.chaos
         if chaos and chaos.get("status") == "complete":
             wd, loss = chaos["weight_distance"], chaos["loss"]

@@ -252,7 +252,7 @@ def fmt_sources(fw: str, src: dict[str, Any]) -> str:
     return (f"{fw}: std {src['std']:.1f} over {src['runs']} runs; image-by-image disagreement alone "
             f"{src['per_image_std']:.1f} ({src['mixed']} of {src['images']} validation images right in some runs "
             f"and wrong in others, {src['always_right']} always right, {src['never_right']} never), whole-run "
-            f"shifts {whole} (variances {src['per_image_variance']:.1f} + {between:.1f})")
+            f"shifts {whole} (variances {src['per_image_variance']:.1f} and {between:+.1f})")
 
 
 def fmt_spread(d: dict[str, Any], unit: str = "%", digits: int = 1) -> str:
