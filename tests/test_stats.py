@@ -215,5 +215,8 @@ def test_compare_repeats_splits_each_frameworks_spread_from_its_predictions():
     out = stats.compare_repeats(records, margin=5.0)
     for fw, runs in rights.items():
         assert out["spread_sources"][fw] == stats.spread_sources(np.array(runs))
+    records[1]["frameworks"]["tf"]["status"] = "stopped"  # an unfinished run's predictions are not counted
+    assert stats.compare_repeats(records, margin=5.0)["spread_sources"]["tf"] == stats.spread_sources(
+        np.array(rights["tf"])[[0, 2]])
     records[2]["frameworks"]["torch"]["predictions"]["paths"][0] = "other.jpg"  # another validation set
     assert set(stats.compare_repeats(records, margin=5.0)["spread_sources"]) == {"tf"}
